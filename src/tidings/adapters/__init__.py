@@ -1,0 +1,1 @@
+"""Adapters: implementations of the ports. Only `tidings.wiring` chooses among them."""

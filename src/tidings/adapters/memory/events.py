@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import dataclasses
+
+from tidings.errors import Conflict, IdempotencyConflict, NotFound
+from tidings.ports.clock import Clock
+from tidings.types import EventRecord, EventState, NewEvent, Outcome
+
+
+class MemoryEventStore:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._by_id: dict[str, EventRecord] = {}
+        self._by_key: dict[str, str] = {}
+
+    async def append(self, event: NewEvent) -> tuple[EventRecord, bool]:
+        existing_id = self._by_key.get(event.idempotency_key)
+        if existing_id is not None:
+            existing = self._by_id[existing_id]
+            if existing.body_hash != event.body_hash:
+                raise IdempotencyConflict(
+                    "idempotency key was used with a different body", field="idempotency_key"
+                )
+            return existing, False
+        if event.id in self._by_id:
+            raise Conflict(f"event {event.id} exists", field="id")
+        record = EventRecord.from_new(event, created_at=self._clock.now())
+        self._by_id[event.id] = record
+        self._by_key[event.idempotency_key] = event.id
+        return record, True
+
+    async def get(self, event_id: str) -> EventRecord | None:
+        return self._by_id.get(event_id)
+
+    def _require(self, event_id: str) -> EventRecord:
+        record = self._by_id.get(event_id)
+        if record is None:
+            raise NotFound(f"event {event_id} not found")
+        return record
+
+    async def add_outcome(self, event_id: str, outcome: Outcome) -> None:
+        record = self._require(event_id)
+        if not outcome.at:
+            outcome = dataclasses.replace(outcome, at=self._clock.now())
+        self._by_id[event_id] = dataclasses.replace(record, outcomes=(*record.outcomes, outcome))
+
+    async def set_state(self, event_id: str, state: EventState) -> None:
+        record = self._require(event_id)
+        self._by_id[event_id] = dataclasses.replace(record, state=state)
+
+    async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
+        found = [r for r in self._by_id.values() if r.state == state]
+        found.sort(key=lambda r: r.created_at)
+        return found[:limit]

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings.adapters.sql.engine import reader
+from tidings.adapters.sql.tables import event_outcomes, events
+from tidings.errors import Conflict, IdempotencyConflict, NotFound
+from tidings.ports.clock import Clock
+from tidings.types import EventRecord, EventState, NewEvent, Outcome, Priority
+
+
+class SqlEventStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._read = reader(engine)
+        self._clock = clock
+
+    async def append(self, event: NewEvent) -> tuple[EventRecord, bool]:
+        record = EventRecord.from_new(event, created_at=self._clock.now())
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(events).values(**_row(record)))
+            return record, True
+        except IntegrityError:
+            pass  # the key is taken: by the same request (replay) or another body (conflict)
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(events).where(events.c.idempotency_key == event.idempotency_key)
+                )
+            ).one_or_none()
+            if row is None:  # the id collided, not the key: cannot happen with uuid4 ids
+                raise Conflict(f"event {event.id} exists", field="id")
+            [existing] = await _with_outcomes(conn, [_record(row._mapping)])
+        if existing.body_hash != event.body_hash:
+            raise IdempotencyConflict(
+                "idempotency key was used with a different body", field="idempotency_key"
+            )
+        return existing, False
+
+    async def get(self, event_id: str) -> EventRecord | None:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(events).where(events.c.id == event_id))).one_or_none()
+            if row is None:
+                return None
+            return (await _with_outcomes(conn, [_record(row._mapping)]))[0]
+
+    async def add_outcome(self, event_id: str, outcome: Outcome) -> None:
+        async with self._engine.begin() as conn:
+            exists = (
+                await conn.execute(select(events.c.id).where(events.c.id == event_id))
+            ).one_or_none()
+            if exists is None:
+                raise NotFound(f"event {event_id} not found")
+            await conn.execute(
+                insert(event_outcomes).values(
+                    event_id=event_id,
+                    kind=outcome.kind,
+                    target=outcome.target,
+                    status=outcome.status,
+                    detail=outcome.detail,
+                    at=outcome.at or self._clock.now(),
+                )
+            )
+
+    async def set_state(self, event_id: str, state: EventState) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(events).where(events.c.id == event_id).values(state=state.value)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"event {event_id} not found")
+
+    async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(events)
+                .where(events.c.state == state.value)
+                .order_by(events.c.created_at, events.c.id)
+                .limit(limit)
+            )
+            return await _with_outcomes(conn, [_record(r._mapping) for r in rows])
+
+
+def _row(r: EventRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "type": r.type,
+        "idempotency_key": r.idempotency_key,
+        "body_hash": r.body_hash,
+        "actor": r.actor,
+        "recipients": list(r.recipients),
+        "topic": r.topic,
+        "channels": list(r.channels),
+        "payload": r.payload,
+        "priority": r.priority.value,
+        "send_at": r.send_at,
+        "state": r.state.value,
+        "created_at": r.created_at,
+    }
+
+
+def _record(m: Any) -> EventRecord:
+    return EventRecord(
+        id=m["id"],
+        type=m["type"],
+        idempotency_key=m["idempotency_key"],
+        body_hash=m["body_hash"],
+        actor=m["actor"],
+        recipients=tuple(m["recipients"]),
+        topic=m["topic"],
+        channels=tuple(m["channels"]),
+        payload=m["payload"],
+        priority=Priority(m["priority"]),
+        send_at=m["send_at"],
+        state=EventState(m["state"]),
+        created_at=m["created_at"],
+    )
+
+
+async def _with_outcomes(conn: AsyncConnection, records: list[EventRecord]) -> list[EventRecord]:
+    """The records with their outcomes, in the order they were added (one query)."""
+    if not records:
+        return records
+    rows = await conn.execute(
+        select(event_outcomes)
+        .where(event_outcomes.c.event_id.in_([r.id for r in records]))
+        .order_by(event_outcomes.c.id)
+    )
+    found: dict[str, list[Outcome]] = {}
+    for r in rows:
+        found.setdefault(r.event_id, []).append(
+            Outcome(kind=r.kind, target=r.target, status=r.status, detail=r.detail, at=r.at)
+        )
+    return [
+        dataclasses.replace(r, outcomes=tuple(found[r.id])) if r.id in found else r
+        for r in records
+    ]

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import String, and_, case, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.adapters.sql.engine import is_postgres, reader
+from tidings.adapters.sql.tables import jobs
+from tidings.errors import LeaseLost, NotFound
+from tidings.ports.clock import Clock
+from tidings.types import Job, JobState, NewJob, Priority, QueueDepth
+
+_RUNNING = JobState.RUNNING.value
+
+
+class SqlJobQueue:
+    """The durable job queue. On PostgreSQL a claim locks its candidates with
+    `FOR UPDATE SKIP LOCKED`, so concurrent workers neither wait on nor share rows; on SQLite
+    the claim is one UPDATE inside an IMMEDIATE transaction (a single writer)."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._read = reader(engine)
+        self._clock = clock
+
+    async def enqueue(self, job: NewJob) -> str:
+        now = self._clock.now()
+        job_id = str(uuid.uuid4())
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(jobs).values(
+                        id=job_id,
+                        kind=job.kind,
+                        payload=job.payload,
+                        lane=job.lane.value,
+                        state=JobState.QUEUED.value,
+                        run_at=now if job.run_at is None else job.run_at,
+                        attempts=0,
+                        max_attempts=job.max_attempts,
+                        dedupe_key=job.dedupe_key,
+                        created_at=now,
+                    )
+                )
+            return job_id
+        except IntegrityError:
+            if job.dedupe_key is None:
+                raise
+        async with self._read.connect() as conn:
+            existing = (
+                await conn.execute(select(jobs.c.id).where(jobs.c.dedupe_key == job.dedupe_key))
+            ).scalar_one()
+        return str(existing)
+
+    async def claim(
+        self, worker: str, lanes: Sequence[Priority], limit: int, lease_seconds: float
+    ) -> list[Job]:
+        if not lanes or limit <= 0:
+            return []
+        now = self._clock.now()
+        rank = {lane.value: i for i, lane in enumerate(lanes)}
+        candidates = (
+            select(jobs.c.seq)
+            .where(
+                jobs.c.lane.in_(list(rank)),
+                or_(
+                    and_(jobs.c.state == JobState.QUEUED.value, jobs.c.run_at <= now),
+                    and_(jobs.c.state == _RUNNING, jobs.c.locked_until <= now),
+                ),
+            )
+            .order_by(case(rank, value=jobs.c.lane), jobs.c.run_at, jobs.c.seq)
+            .limit(limit)
+        )
+        # One random part per claim, made unique per job by its sequence number.
+        token = literal(uuid.uuid4().hex + ".") + cast(jobs.c.seq, String)
+        take = update(jobs).values(
+            state=_RUNNING,
+            attempts=jobs.c.attempts + 1,
+            lease_token=token,
+            locked_until=now + lease_seconds,
+        )
+        async with self._engine.begin() as conn:
+            if is_postgres(self._engine):
+                # Lock the candidates, passing over rows another claimer holds, then take them.
+                seqs = list(
+                    (await conn.execute(candidates.with_for_update(skip_locked=True))).scalars()
+                )
+                if not seqs:
+                    return []
+                stmt = take.where(jobs.c.seq.in_(seqs))
+            else:
+                # SQLite: the transaction began IMMEDIATE, so this single statement runs alone.
+                stmt = take.where(jobs.c.seq.in_(candidates.scalar_subquery()))
+            rows = [r._mapping for r in await conn.execute(stmt.returning(*jobs.c))]
+        rows.sort(key=lambda m: (rank[m["lane"]], m["run_at"], m["seq"]))
+        return [_job(m) for m in rows]
+
+    async def _settle(self, job_id: str, token: str, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.state == _RUNNING,
+                    jobs.c.lease_token == token,
+                )
+                .values(**values)
+            )
+        if result.rowcount == 0:
+            raise LeaseLost(f"lease on job {job_id} is not held")
+
+    async def complete(self, job_id: str, lease_token: str) -> None:
+        await self._settle(
+            job_id, lease_token, state=JobState.DONE.value, lease_token=None, locked_until=None
+        )
+
+    async def retry(self, job_id: str, lease_token: str, run_at: float, error: str) -> None:
+        await self._settle(
+            job_id,
+            lease_token,
+            state=JobState.QUEUED.value,
+            run_at=run_at,
+            lease_token=None,
+            locked_until=None,
+            last_error=error,
+        )
+
+    async def dead_letter(self, job_id: str, lease_token: str, error: str) -> None:
+        await self._settle(
+            job_id,
+            lease_token,
+            state=JobState.DEAD.value,
+            lease_token=None,
+            locked_until=None,
+            last_error=error,
+        )
+
+    async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> None:
+        await self._settle(job_id, lease_token, locked_until=self._clock.now() + lease_seconds)
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one_or_none()
+        return None if row is None else _job(row._mapping)
+
+    async def list_dead(self, limit: int, kind: str | None = None) -> list[Job]:
+        stmt = select(jobs).where(jobs.c.state == JobState.DEAD.value)
+        if kind is not None:
+            stmt = stmt.where(jobs.c.kind == kind)
+        async with self._read.connect() as conn:
+            rows = await conn.execute(stmt.order_by(jobs.c.seq).limit(limit))
+            return [_job(r._mapping) for r in rows]
+
+    async def replay(self, job_id: str) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.DEAD.value)
+                .values(state=JobState.QUEUED.value, attempts=0, run_at=self._clock.now())
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"dead job {job_id} not found")
+
+    async def discard(self, job_id: str) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(jobs).where(jobs.c.id == job_id, jobs.c.state == JobState.DEAD.value)
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"dead job {job_id} not found")
+
+    async def depth(self) -> QueueDepth:
+        stmt = (
+            select(jobs.c.lane, jobs.c.state, func.count())
+            .where(jobs.c.state.in_([JobState.QUEUED.value, _RUNNING, JobState.DEAD.value]))
+            .group_by(jobs.c.lane, jobs.c.state)
+        )
+        queued: dict[str, int] = {}
+        running: dict[str, int] = {}
+        dead = 0
+        async with self._read.connect() as conn:
+            for lane, state, count in await conn.execute(stmt):
+                if state == JobState.QUEUED.value:
+                    queued[lane] = int(count)
+                elif state == _RUNNING:
+                    running[lane] = int(count)
+                else:
+                    dead += int(count)
+        return QueueDepth(queued=queued, running=running, dead=dead)
+
+
+def _job(m: Any) -> Job:
+    return Job(
+        id=m["id"],
+        kind=m["kind"],
+        payload=m["payload"],
+        lane=Priority(m["lane"]),
+        state=JobState(m["state"]),
+        run_at=m["run_at"],
+        attempts=m["attempts"],
+        max_attempts=m["max_attempts"],
+        dedupe_key=m["dedupe_key"],
+        lease_token=m["lease_token"],
+        locked_until=m["locked_until"],
+        last_error=m["last_error"],
+        created_at=m["created_at"],
+    )

@@ -1,0 +1,103 @@
+"""The schema, as SQLAlchemy Core tables. Times are epoch seconds from the injected clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+metadata = MetaData()
+
+
+class Epoch(TypeDecorator[float]):
+    """Epoch seconds as a double, always read back as `float`: SQLite stores integral REALs as
+    integers and its RETURNING clause hands them back as `int`."""
+
+    impl = Double
+    cache_ok = True
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> float | None:
+        return None if value is None else float(value)
+
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("type", String(200), nullable=False),
+    Column("idempotency_key", String(255), nullable=False, unique=True),
+    Column("body_hash", String(64), nullable=False),
+    Column("actor", String(200)),
+    Column("recipients", JSON, nullable=False),
+    Column("topic", String(200)),
+    Column("channels", JSON, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("priority", String(16), nullable=False),
+    Column("send_at", Epoch),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Epoch, nullable=False),
+    Index("ix_events_state_created", "state", "created_at"),
+)
+
+event_outcomes = Table(
+    "event_outcomes",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("event_id", String(64), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("target", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("at", Epoch, nullable=False),
+    Index("ix_event_outcomes_event", "event_id", "id"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("kind", String(100), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("lane", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("run_at", Epoch, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("dedupe_key", String(255), unique=True),
+    Column("lease_token", String(64)),
+    Column("locked_until", Epoch),
+    Column("last_error", Text),
+    Column("created_at", Epoch, nullable=False),
+    Index("ix_jobs_claim", "state", "lane", "run_at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(32), nullable=False, unique=True),
+    Column("secret_hash", String(128), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("created_at", Epoch, nullable=False),
+    Column("revoked_at", Epoch),
+)

@@ -1,0 +1,109 @@
+"""Admin endpoints (admin scope): API keys and the dead-letter queue."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.api.auth import require, services
+from tidings.types import ApiKey, Job, Scope
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+ADMIN = Depends(require(Scope.ADMIN))
+PROBLEM: dict[int | str, dict[str, Any]] = {
+    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 422)
+}
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    scopes: Annotated[list[Scope], Field(min_length=1)]
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    scopes: list[Scope]
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, k: ApiKey) -> ApiKeyOut:
+        return cls(
+            id=k.id,
+            name=k.name,
+            prefix=k.prefix,
+            scopes=sorted(k.scopes),
+            created_at=_dt(k.created_at),
+            revoked_at=_dt(k.revoked_at) if k.revoked_at else None,
+        )
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret; shown only in this response.")
+
+
+class DeadJobOut(BaseModel):
+    id: str
+    kind: str
+    lane: str
+    payload: dict[str, Any]
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, j: Job) -> DeadJobOut:
+        return cls(
+            id=j.id,
+            kind=j.kind,
+            lane=j.lane.value,
+            payload=j.payload,
+            attempts=j.attempts,
+            last_error=j.last_error,
+            created_at=_dt(j.created_at),
+        )
+
+
+@router.post("/apikeys", status_code=201, responses=PROBLEM, dependencies=[ADMIN])
+async def create_key(request: Request, body: ApiKeyIn) -> ApiKeyCreated:
+    key, secret = await services(request).apikeys.create(body.name, frozenset(body.scopes))
+    return ApiKeyCreated(**ApiKeyOut.of(key).model_dump(), key=secret)
+
+
+@router.get("/apikeys", responses=PROBLEM, dependencies=[ADMIN])
+async def list_keys(request: Request) -> list[ApiKeyOut]:
+    return [ApiKeyOut.of(k) for k in await services(request).apikeys.list()]
+
+
+@router.delete("/apikeys/{key_id}", status_code=204, responses=PROBLEM, dependencies=[ADMIN])
+async def revoke_key(request: Request, key_id: str) -> None:
+    await services(request).apikeys.revoke(key_id)
+
+
+@router.get("/dlq", responses=PROBLEM, dependencies=[ADMIN])
+async def list_dead(
+    request: Request,
+    kind: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[DeadJobOut]:
+    return [DeadJobOut.of(j) for j in await services(request).jobs.list_dead(limit, kind)]
+
+
+@router.post("/dlq/{job_id}/replay", status_code=204, responses=PROBLEM, dependencies=[ADMIN])
+async def replay_dead(request: Request, job_id: str) -> None:
+    await services(request).jobs.replay(job_id)
+
+
+@router.delete("/dlq/{job_id}", status_code=204, responses=PROBLEM, dependencies=[ADMIN])
+async def discard_dead(request: Request, job_id: str) -> None:
+    await services(request).jobs.discard(job_id)
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)

@@ -1,0 +1,46 @@
+"""The FastAPI application: routers, problem+json errors, body limit and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from tidings import __version__
+from tidings.api import admin, events, ops, problems
+from tidings.api.middleware import BodyLimit, Metrics
+from tidings.services.container import Services
+
+DESCRIPTION = """Tidings accepts authoritative business events exactly once and feeds them to
+the real-time gateway and the notification orchestrator.
+
+Authenticate with an API key: `Authorization: Bearer tdg_...` (create one with
+`tidings apikey create --scope publish`). Every error is an RFC 9457 problem+json document.
+"""
+
+
+def create_api(
+    services: Services,
+    *,
+    max_body_bytes: int,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="Tidings",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    registry = CollectorRegistry()
+    app.state.services = services
+    app.state.registry = registry
+    app.state.queue_gauges = ops.QueueGauges(registry)
+    problems.install(app)
+    app.include_router(events.router)
+    app.include_router(admin.router)
+    app.include_router(ops.router)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(Metrics, registry=registry)
+    return app

@@ -1,0 +1,87 @@
+"""POST /v1/events (exactly-once ingest) and GET /v1/events/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from tidings.api.auth import require, services
+from tidings.api.schemas import EventAccepted, EventIn, EventOut
+from tidings.errors import NotFound
+from tidings.services.ingest import EventInput
+from tidings.types import ApiKey, Scope
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=EventAccepted,
+    responses={
+        401: PROBLEM,
+        403: PROBLEM,
+        409: PROBLEM,
+        413: PROBLEM,
+        422: PROBLEM,
+    },
+    summary="Accept an authoritative event (exactly once per idempotency key)",
+)
+async def post_event(
+    request: Request,
+    response: Response,
+    body: EventIn,
+    _key: Annotated[ApiKey, Depends(require(Scope.PUBLISH))],
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> EventAccepted:
+    svc = services(request)
+    result = await svc.ingest.ingest(
+        EventInput(
+            type=body.type,
+            payload=body.payload,
+            actor=body.actor,
+            recipients=tuple(body.recipients),
+            topic=body.topic,
+            channels=tuple(body.channels),
+            priority=body.priority,
+            send_at=body.send_at.timestamp() if body.send_at else None,
+            external_id=body.id,
+        ),
+        idempotency_key,
+    )
+    event = result.event
+    accepted = EventAccepted.model_validate(
+        {
+            "id": event.id,
+            "idempotency_key": event.idempotency_key,
+            "state": "accepted",
+            "created_at": EventOut.of(event).created_at,
+            "href": f"/v1/events/{event.id}",
+        }
+    )
+    response.headers["Location"] = accepted.href
+    if not result.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted
+
+
+@router.get(
+    "/{event_id}",
+    response_model=EventOut,
+    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM},
+    summary="An event and what happened downstream of it",
+)
+async def get_event(
+    request: Request,
+    event_id: str,
+    _key: Annotated[ApiKey, Depends(require(Scope.PUBLISH))],
+) -> EventOut:
+    event = await services(request).ingest.get(event_id)
+    if event is None:
+        raise NotFound(f"event {event_id} not found")
+    return EventOut.of(event)

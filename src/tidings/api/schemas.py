@@ -1,0 +1,109 @@
+"""Request and response bodies. Unknown fields are rejected (422 naming the field)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tidings.types import EventRecord, Priority
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-/@]+$")]
+ChannelName = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.\-:@/=,#$]+$")
+]
+RecipientId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class EventIn(BaseModel):
+    """An authoritative business event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="Your id for this event; used as the idempotency key when the "
+        "Idempotency-Key header is absent.",
+    )
+    type: Name = Field(description="Event type, e.g. `order.shipped`; selects workflows.")
+    actor: RecipientId | None = Field(default=None, description="Who caused the event.")
+    recipients: list[RecipientId] = Field(default_factory=list, max_length=1000)
+    topic: Name | None = Field(default=None, description="Deliver to a topic's subscribers.")
+    channels: list[ChannelName] = Field(
+        default_factory=list, max_length=100, description="Real-time channels to publish to."
+    )
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.TRANSACTIONAL
+    send_at: datetime | None = Field(
+        default=None, description="Hold dispatch until this time (RFC 3339 with offset)."
+    )
+
+    @model_validator(mode="after")
+    def _targets(self) -> EventIn:
+        if not (self.recipients or self.topic or self.channels):
+            raise ValueError("give at least one of recipients, topic or channels")
+        if self.send_at is not None and self.send_at.tzinfo is None:
+            raise ValueError("send_at needs a UTC offset, e.g. 2026-01-01T09:00:00Z")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels must not repeat")
+        return self
+
+
+class OutcomeOut(BaseModel):
+    kind: str
+    target: str
+    status: str
+    detail: str
+    at: datetime
+
+
+class EventOut(BaseModel):
+    id: str
+    idempotency_key: str
+    type: str
+    actor: str | None
+    recipients: list[str]
+    topic: str | None
+    channels: list[str]
+    payload: dict[str, Any]
+    priority: Priority
+    send_at: datetime | None
+    state: str
+    created_at: datetime
+    outcomes: list[OutcomeOut]
+
+    @classmethod
+    def of(cls, e: EventRecord) -> EventOut:
+        return cls(
+            id=e.id,
+            idempotency_key=e.idempotency_key,
+            type=e.type,
+            actor=e.actor,
+            recipients=list(e.recipients),
+            topic=e.topic,
+            channels=list(e.channels),
+            payload=e.payload,
+            priority=e.priority,
+            send_at=_dt(e.send_at) if e.send_at is not None else None,
+            state=e.state.value,
+            created_at=_dt(e.created_at),
+            outcomes=[
+                OutcomeOut(
+                    kind=o.kind, target=o.target, status=o.status, detail=o.detail, at=_dt(o.at)
+                )
+                for o in e.outcomes
+            ],
+        )
+
+
+class EventAccepted(BaseModel):
+    id: str
+    idempotency_key: str
+    state: str
+    created_at: datetime
+    href: str
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)

@@ -1,0 +1,229 @@
+"""The `tidings` command: serve, migrate, API keys, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidings import __version__, logs
+from tidings.config import Settings, load_settings
+from tidings.errors import TidingsError
+from tidings.types import Scope
+from tidings.wiring import Runtime, build_runtime, create_app, migration_state
+from tidings.wiring import migrate as run_migrations
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="tidings",
+    help="Tidings: real-time gateway and notification orchestrator in one service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+apikey_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect, replay and discard dead-lettered jobs.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(dlq_app, name="dlq")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="TOML config file (else $TIDINGS_CONFIG).")
+]
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        return load_settings(config)
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _require_migrated(settings: Settings) -> None:
+    try:
+        cur, head = migration_state(settings)
+    except Exception as exc:
+        raise _fail(f"cannot open the database {settings.database_url}: {exc}") from exc
+    if cur != head:
+        raise _fail(
+            f"the database is at migration {cur or 'none'}, the code needs {head}: "
+            "run `tidings migrate` first"
+        )
+
+
+def _with_runtime(settings: Settings, op: Callable[[Runtime], Awaitable[T]]) -> T:
+    _require_migrated(settings)
+
+    async def run() -> T:
+        rt = build_runtime(settings)
+        try:
+            return await op(rt)
+        finally:
+            await rt.engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except TidingsError as exc:
+        raise _fail(exc.message) from exc
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"tidings {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """Tidings: real-time gateway and notification orchestrator in one service."""
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Apply database migrations (creates the SQLite file if needed)."""
+    settings = _settings(config)
+    try:
+        head = run_migrations(settings)
+    except Exception as exc:
+        raise _fail(f"migration failed on {settings.database_url}: {exc}") from exc
+    out.print(f"database {settings.database_url} is at migration {head}")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the API, the gateway and the workers in one process."""
+    import uvicorn
+
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = _settings(config)
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    logs.configure(settings.log_level, settings.log_format)
+    _require_migrated(settings)
+    base = settings.base_url()
+    out.print(f"Tidings {__version__} on {base}")
+    out.print(f"  API docs  {base}/docs")
+    out.print(f"  health    {base}/healthz   ready {base}/readyz")
+    out.print(f"  metrics   {base}/metrics")
+    out.print(f"  store     {settings.database_url}   broker {settings.broker}")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=True,
+    )
+
+
+@apikey_app.command("create")
+def apikey_create(
+    scope: Annotated[
+        list[Scope], typer.Option("--scope", "-s", help="publish or admin; repeat for more.")
+    ],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key. The key is printed once, alone on the last line."""
+    settings = _settings(config)
+    key, secret = _with_runtime(
+        settings, lambda rt: rt.services.apikeys.create(name, frozenset(scope))
+    )
+    scopes = ",".join(sorted(s.value for s in key.scopes))
+    out.print(f"created API key {key.id} ({name}; scopes: {scopes}); it is shown only once:")
+    sys.stdout.write(secret + "\n")
+
+
+@apikey_app.command("list")
+def apikey_list(config: ConfigOpt = None) -> None:
+    """List API keys (never their secrets)."""
+    keys = _with_runtime(_settings(config), lambda rt: rt.services.apikeys.list())
+    table = Table("id", "name", "prefix", "scopes", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.name,
+            k.prefix,
+            ",".join(sorted(s.value for s in k.scopes)),
+            _when(k.created_at),
+            _when(k.revoked_at) if k.revoked_at else "",
+        )
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: str, config: ConfigOpt = None) -> None:
+    """Revoke an API key by id."""
+    _with_runtime(_settings(config), lambda rt: rt.services.apikeys.revoke(key_id))
+    out.print(f"revoked {key_id}")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """List dead-lettered jobs, oldest first."""
+    jobs = _with_runtime(_settings(config), lambda rt: rt.services.jobs.list_dead(limit, kind))
+    table = Table("id", "kind", "attempts", "created", "last error")
+    for j in jobs:
+        table.add_row(j.id, j.kind, str(j.attempts), _when(j.created_at), j.last_error or "")
+    out.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(job_ids: list[str], config: ConfigOpt = None) -> None:
+    """Put dead-lettered jobs back on the queue."""
+
+    async def op(rt: Runtime) -> None:
+        for job_id in job_ids:
+            await rt.services.jobs.replay(job_id)
+
+    _with_runtime(_settings(config), op)
+    out.print(f"replayed {len(job_ids)} job(s)")
+
+
+@dlq_app.command("discard")
+def dlq_discard(job_ids: list[str], config: ConfigOpt = None) -> None:
+    """Delete dead-lettered jobs for good."""
+
+    async def op(rt: Runtime) -> None:
+        for job_id in job_ids:
+            await rt.services.jobs.discard(job_id)
+
+    _with_runtime(_settings(config), op)
+    out.print(f"discarded {len(job_ids)} job(s)")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,76 @@
+"""Configuration: environment variables `TIDINGS_*`, then an optional TOML file.
+
+Precedence, highest first: environment, the TOML file named by `TIDINGS_CONFIG` (or
+`--config`), defaults. Nested tables in TOML map to nested settings; in the environment
+use a double underscore: `TIDINGS_GATEWAY__PING_INTERVAL=10`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class WorkerSettings(BaseModel):
+    enabled: bool = True
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    poll_interval: float = Field(default=0.2, gt=0)
+    batch: int = Field(default=32, ge=1, le=1000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TIDINGS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./var/tidings.db"
+    broker: Literal["memory"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+    token_secret: str | None = None
+    worker: WorkerSettings = WorkerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("TIDINGS_CONFIG")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Read settings; `config_file` takes the place of `TIDINGS_CONFIG`."""
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        os.environ["TIDINGS_CONFIG"] = config_file
+    elif (path := os.environ.get("TIDINGS_CONFIG")) and not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found (TIDINGS_CONFIG): {path}")
+    return Settings(**overrides)

@@ -1,0 +1,289 @@
+"""Connection and subscription JWTs, with the claims Centrifugo defines.
+
+Connection token claims: `sub` (user id, "" for anonymous), `exp`, `info` (JSON shown in
+presence, join/leave and client publications) or `b64info`, `channels` (server-side
+subscriptions), `meta` (server-only JSON), `expire_at` (connection expiry apart from `exp`;
+0 = never). Subscription token claims: `sub` (must be the connection's user), `channel`
+(must be the channel subscribed to), `exp`, `info`/`b64info`, `expire_at`.
+
+Signatures: HS256/384/512 with a shared secret, RS256/384/512 with an RSA public key,
+ES256/384/512 with an ECDSA public key. Time is passed in (`now`, Unix seconds): PyJWT's
+own clock checks are switched off and done here, so decoding is pure.
+
+Failures map to the protocol: an expired token is error 109 (the SDK fetches a new token and
+retries); any other bad token closes the connection with 3500 invalid token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ec import (
+    EllipticCurvePrivateKey,
+    EllipticCurvePublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.types import Options
+
+from tidings.core.protocol.codes import Disconnect, DisconnectCode, ErrorCode
+from tidings.errors import Unauthorized
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
+ECDSA_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
+
+SigningKey = str | bytes | RSAPrivateKey | EllipticCurvePrivateKey
+
+
+class TokenError(Unauthorized):
+    """A token was refused. `protocol_error` is what the session should answer with."""
+
+    code = "invalid_token"
+
+    @property
+    def protocol_error(self) -> ErrorCode | Disconnect:
+        return Disconnect.of(DisconnectCode.INVALID_TOKEN)
+
+
+class InvalidToken(TokenError):
+    """Malformed, badly signed, for another audience/issuer/channel/user: close with 3500."""
+
+
+class TokenExpired(TokenError):
+    """`exp` has passed: reply with error 109 so the SDK refreshes the token."""
+
+    code = "token_expired"
+
+    @property
+    def protocol_error(self) -> ErrorCode | Disconnect:
+        return ErrorCode.TOKEN_EXPIRED
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKeys:
+    """Verification keys; build from configuration with `TokenKeys.from_config`."""
+
+    hmac_secret: str | bytes | None = None
+    rsa_public_key: RSAPublicKey | None = None
+    ecdsa_public_key: EllipticCurvePublicKey | None = None
+    audience: str | None = None  # checked when set
+    issuer: str | None = None  # checked when set
+    leeway: float = 0.0  # seconds of clock skew tolerated on exp/nbf
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        hmac_secret: str | bytes | None = None,
+        rsa_public_key: str | bytes | None = None,
+        ecdsa_public_key: str | bytes | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 0.0,
+    ) -> TokenKeys:
+        """Load PEM public keys once (raises `ValueError` for a key of the wrong kind)."""
+        rsa = _load_public(rsa_public_key, RSAPublicKey, "rsa_public_key")
+        ec = _load_public(ecdsa_public_key, EllipticCurvePublicKey, "ecdsa_public_key")
+        return cls(hmac_secret or None, rsa, ec, audience, issuer, leeway)
+
+    def key_for(self, algorithm: str) -> str | bytes | RSAPublicKey | EllipticCurvePublicKey:
+        key: str | bytes | RSAPublicKey | EllipticCurvePublicKey | None = None
+        if algorithm in HMAC_ALGORITHMS:
+            key = self.hmac_secret
+        elif algorithm in RSA_ALGORITHMS:
+            key = self.rsa_public_key
+        elif algorithm in ECDSA_ALGORITHMS:
+            key = self.ecdsa_public_key
+        if key is None:
+            raise InvalidToken(f"no key configured for algorithm {algorithm!r}")
+        return key
+
+
+def _load_public(pem: str | bytes | None, kind: type[Any], name: str) -> Any:
+    if pem is None:
+        return None
+    key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, kind):
+        raise ValueError(f"{name} is not a {kind.__name__}")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionToken:
+    user: str
+    exp: int | None = None
+    info: bytes | None = None  # JSON bytes
+    channels: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
+    expire_at: int | None = None
+
+    def ttl(self, now: float) -> int | None:
+        """Seconds until the connection expires (None: never), for `Session.connected`."""
+        return _ttl(self.exp, self.expire_at, now)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionToken:
+    user: str
+    channel: str
+    exp: int | None = None
+    info: bytes | None = None  # JSON bytes, the channel info of this subscriber
+    expire_at: int | None = None
+
+    def ttl(self, now: float) -> int | None:
+        """Seconds until the subscription expires (None: never)."""
+        return _ttl(self.exp, self.expire_at, now)
+
+
+def _ttl(exp: int | None, expire_at: int | None, now: float) -> int | None:
+    at = expire_at if expire_at is not None else exp
+    if not at:
+        return None
+    return max(1, int(at - now))
+
+
+def decode_connection_token(token: str, keys: TokenKeys, now: float) -> ConnectionToken:
+    """Verify a connection JWT at Unix time `now`; raises `InvalidToken` or `TokenExpired`."""
+    claims = _verify(token, keys, now)
+    channels = claims.get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise InvalidToken("channels claim must be a list of strings")
+    meta = claims.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidToken("meta claim must be an object")
+    return ConnectionToken(
+        user=_user(claims),
+        exp=_int_claim(claims, "exp"),
+        info=_info(claims),
+        channels=tuple(channels),
+        meta=meta,
+        expire_at=_int_claim(claims, "expire_at"),
+    )
+
+
+def decode_subscription_token(
+    token: str, keys: TokenKeys, now: float, *, channel: str, user: str
+) -> SubscriptionToken:
+    """Verify a subscription JWT for `channel` and the connection's `user`."""
+    claims = _verify(token, keys, now)
+    if claims.get("channel") != channel:
+        raise InvalidToken("token is for another channel")
+    if _user(claims) != user:
+        raise InvalidToken("token is for another user")
+    return SubscriptionToken(
+        user=user,
+        channel=channel,
+        exp=_int_claim(claims, "exp"),
+        info=_info(claims),
+        expire_at=_int_claim(claims, "expire_at"),
+    )
+
+
+def _verify(token: str, keys: TokenKeys, now: float) -> dict[str, Any]:
+    if not token:
+        raise InvalidToken("token required")
+    try:
+        algorithm = jwt.get_unverified_header(token).get("alg")
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken(f"malformed token: {exc}") from None
+    if not isinstance(algorithm, str):
+        raise InvalidToken("token header has no algorithm")
+    key = keys.key_for(algorithm)
+    options: Options = {
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+        "verify_aud": keys.audience is not None,
+        "verify_iss": keys.issuer is not None,
+    }
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            options=options,
+            audience=keys.audience,
+            issuer=keys.issuer,
+        )
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken(f"invalid token: {exc}") from None
+    exp = _int_claim(claims, "exp")
+    if exp is not None and now >= exp + keys.leeway:
+        raise TokenExpired("token expired")
+    nbf = _int_claim(claims, "nbf")
+    if nbf is not None and now < nbf - keys.leeway:
+        raise InvalidToken("token not yet valid")
+    return claims
+
+
+def _user(claims: Mapping[str, Any]) -> str:
+    user = claims.get("sub", "")
+    if not isinstance(user, str):
+        raise InvalidToken("sub claim must be a string")
+    return user
+
+
+def _int_claim(claims: Mapping[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"{name} claim must be a number")
+    return int(value)
+
+
+def _info(claims: Mapping[str, Any]) -> bytes | None:
+    if claims.get("b64info"):
+        try:
+            return base64.b64decode(str(claims["b64info"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidToken("b64info claim is not base64") from None
+    if claims.get("info") is not None:
+        return orjson.dumps(claims["info"])
+    return None
+
+
+def encode_token(claims: Mapping[str, Any], key: SigningKey, algorithm: str = "HS256") -> str:
+    """Sign `claims` (for the CLI and tests): a secret for HS*, a private key for RS*/ES*."""
+    return jwt.encode(dict(claims), key, algorithm=algorithm)
+
+
+def connection_claims(
+    user: str,
+    *,
+    now: float,
+    ttl: float | None = None,
+    info: Any = None,
+    channels: Iterable[str] = (),
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Claims of a connection token for `user`, expiring `ttl` seconds after `now`."""
+    claims: dict[str, Any] = {"sub": user, "iat": int(now)}
+    if ttl is not None:
+        claims["exp"] = int(now + ttl)
+    if info is not None:
+        claims["info"] = info
+    if channels := list(channels):
+        claims["channels"] = channels
+    if meta is not None:
+        claims["meta"] = dict(meta)
+    return claims
+
+
+def subscription_claims(
+    user: str, channel: str, *, now: float, ttl: float | None = None, info: Any = None
+) -> dict[str, Any]:
+    """Claims of a subscription token letting `user` into `channel`."""
+    claims: dict[str, Any] = {"sub": user, "channel": channel, "iat": int(now)}
+    if ttl is not None:
+        claims["exp"] = int(now + ttl)
+    if info is not None:
+        claims["info"] = info
+    return claims

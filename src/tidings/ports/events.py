@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Protocol
+
+from tidings.types import EventRecord, EventState, NewEvent, Outcome
+
+
+class EventStore(Protocol):
+    """Authoritative events, stored exactly once per idempotency key.
+
+    Contract:
+    - `append` is atomic. For a new idempotency key it stores the event and returns
+      `(record, True)`. For a key already stored with the same `body_hash` it stores nothing and
+      returns `(original, False)`. For a key stored with a different `body_hash` it raises
+      `IdempotencyConflict`. Concurrent appends with one key store exactly one event.
+    - Outcomes are appended in order and returned in that order with the event.
+    """
+
+    async def append(self, event: NewEvent) -> tuple[EventRecord, bool]: ...
+
+    async def get(self, event_id: str) -> EventRecord | None:
+        """The event with its outcomes, or None."""
+        ...
+
+    async def add_outcome(self, event_id: str, outcome: Outcome) -> None: ...
+
+    async def set_state(self, event_id: str, state: EventState) -> None: ...
+
+    async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
+        """Oldest first; used to re-dispatch events accepted before a crash."""
+        ...

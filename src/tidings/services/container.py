@@ -1,0 +1,20 @@
+"""What the interfaces get from the composition root: services and a few checks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tidings.ports.clock import Clock
+from tidings.ports.jobs import JobQueue
+from tidings.services.apikeys import ApiKeyService
+from tidings.services.ingest import IngestService
+
+
+@dataclass(slots=True)
+class Services:
+    clock: Clock
+    ingest: IngestService
+    apikeys: ApiKeyService
+    jobs: JobQueue
+    ready_checks: dict[str, Callable[[], Awaitable[None]]]

@@ -1,0 +1,79 @@
+"""Dispatch: what happens to an event after it is stored. Each step is recorded as an outcome
+on the event, so `GET /v1/events/{id}` explains what happened downstream."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import orjson
+
+from tidings.errors import NotFound
+from tidings.ports.events import EventStore
+from tidings.services.worker import PermanentJobError
+from tidings.types import JSON, EventRecord, EventState, Job, Outcome, Publication
+
+log = logging.getLogger(__name__)
+
+
+class ChannelFanout(Protocol):
+    """Publishes to real-time channels (the gateway implements it)."""
+
+    async def publish(
+        self, channel: str, data: bytes, *, idempotency_key: str | None = None
+    ) -> Publication: ...
+
+
+def channel_message(event: EventRecord) -> bytes:
+    """The JSON a real-time subscriber receives for an event, encoded once per event."""
+    body: JSON = {
+        "event_id": event.id,
+        "type": event.type,
+        "actor": event.actor,
+        "payload": event.payload,
+        "created_at": event.created_at,
+    }
+    return orjson.dumps(body)
+
+
+class Dispatcher:
+    def __init__(self, events: EventStore, fanout: ChannelFanout) -> None:
+        self._events = events
+        self._fanout = fanout
+
+    async def handle(self, job: Job) -> None:
+        event_id = str(job.payload.get("event_id", ""))
+        event = await self._events.get(event_id)
+        if event is None:
+            raise PermanentJobError(f"event {event_id} not found")
+        if event.state != EventState.ACCEPTED:
+            return  # already dispatched by an earlier attempt
+        done = {o.target for o in event.outcomes if o.kind == "channel" and o.status == "published"}
+        data = channel_message(event)
+        for channel in event.channels:
+            if channel in done:
+                continue
+            # The idempotency key makes a retried attempt return the original publication.
+            pub = await self._fanout.publish(channel, data, idempotency_key=event.id)
+            await self._events.add_outcome(
+                event.id,
+                Outcome(
+                    kind="channel",
+                    target=channel,
+                    status="published",
+                    detail=f"epoch={pub.epoch} offset={pub.offset}",
+                ),
+            )
+        await self._events.set_state(event.id, EventState.DISPATCHED)
+        log.debug("event dispatched", extra={"event_id": event.id})
+
+    async def fail(self, job: Job, reason: str) -> None:
+        """Called when the dispatch job is dead-lettered."""
+        event_id = str(job.payload.get("event_id", ""))
+        try:
+            await self._events.add_outcome(
+                event_id, Outcome(kind="dispatch", target="event", status="failed", detail=reason)
+            )
+            await self._events.set_state(event_id, EventState.FAILED)
+        except NotFound:
+            log.warning("dead-lettered dispatch for unknown event", extra={"event_id": event_id})

@@ -1,0 +1,128 @@
+"""Event ingest: accept an authoritative event exactly once, persist it, then hand it on."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tidings.core.idempotency import fingerprint
+from tidings.errors import InvalidInput
+from tidings.ports.clock import Clock
+from tidings.ports.events import EventStore
+from tidings.ports.jobs import JobQueue
+from tidings.types import JSON, EventRecord, EventState, NewEvent, NewJob, Priority
+
+DISPATCH_JOB = "event.dispatch"
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    """A validated ingest request (the HTTP layer and the SDK build it)."""
+
+    type: str
+    payload: JSON
+    actor: str | None = None
+    recipients: tuple[str, ...] = ()
+    topic: str | None = None
+    channels: tuple[str, ...] = ()
+    priority: Priority = Priority.TRANSACTIONAL
+    send_at: float | None = None
+    external_id: str | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "payload": self.payload,
+            "actor": self.actor,
+            "recipients": list(self.recipients),
+            "topic": self.topic,
+            "channels": list(self.channels),
+            "priority": self.priority.value,
+            "send_at": self.send_at,
+            "id": self.external_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    event: EventRecord
+    created: bool
+
+
+class IngestService:
+    """Exactly-once ingest.
+
+    The idempotency key is the `Idempotency-Key` given by the caller, else the event's own `id`;
+    without either, every request is a new event. The body fingerprint decides between a replay
+    (same body: the original event) and a conflict (different body: `IdempotencyConflict`).
+    The dispatch job is enqueued with a dedupe key after the event is stored, so a crash in
+    between is repaired by the next replay of the request or by `redispatch_pending` at start.
+    """
+
+    def __init__(
+        self,
+        events: EventStore,
+        jobs: JobQueue,
+        clock: Clock,
+        *,
+        max_payload_bytes: int,
+        on_enqueue: Callable[[], None] | None = None,
+    ) -> None:
+        self._events = events
+        self._jobs = jobs
+        self._clock = clock
+        self._max_payload = max_payload_bytes
+        self._on_enqueue = on_enqueue
+
+    async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
+        size = len(orjson.dumps(data.payload))
+        if size > self._max_payload:
+            raise InvalidInput(
+                f"payload is {size} bytes; the limit is {self._max_payload}", field="payload"
+            )
+        event_id = str(uuid.uuid4())
+        key = idempotency_key or data.external_id or f"auto:{event_id}"
+        new = NewEvent(
+            id=event_id,
+            type=data.type,
+            idempotency_key=key,
+            body_hash=fingerprint(data.canonical()),
+            actor=data.actor,
+            recipients=data.recipients,
+            topic=data.topic,
+            channels=data.channels,
+            payload=data.payload,
+            priority=data.priority,
+            send_at=data.send_at,
+        )
+        record, created = await self._events.append(new)
+        await self._enqueue_dispatch(record)
+        return IngestResult(event=record, created=created)
+
+    async def _enqueue_dispatch(self, record: EventRecord) -> None:
+        await self._jobs.enqueue(
+            NewJob(
+                kind=DISPATCH_JOB,
+                payload={"event_id": record.id},
+                lane=record.priority,
+                run_at=record.send_at,
+                dedupe_key=f"dispatch:{record.id}",
+            )
+        )
+        if self._on_enqueue is not None:
+            self._on_enqueue()
+
+    async def redispatch_pending(self, limit: int = 1000) -> int:
+        """Enqueue dispatch for events stored but never dispatched (e.g. after a crash between
+        append and enqueue). Safe to repeat: the dispatch job's dedupe key makes it a no-op."""
+        pending = await self._events.list_in_state(EventState.ACCEPTED, limit)
+        for record in pending:
+            await self._enqueue_dispatch(record)
+        return len(pending)
+
+    async def get(self, event_id: str) -> EventRecord | None:
+        return await self._events.get(event_id)

@@ -1,0 +1,191 @@
+"""Workers: claim jobs with leases, run their handlers, settle them.
+
+At-least-once: a job runs until a worker completes it under a lease it still holds. A handler
+that raises is retried with exponential backoff and full jitter until its attempts run out,
+then dead-lettered; `PermanentJobError` dead-letters at once. A job whose workers keep dying
+(its lease expires again and again) is dead-lettered once its attempts are spent, so a poison
+message never blocks healthy traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from tidings.core.retry import FailureClass, RetryPolicy, decide
+from tidings.errors import LeaseLost
+from tidings.ports.clock import Clock
+from tidings.ports.jobs import JobQueue
+from tidings.types import Job, Priority
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], Awaitable[None]]
+DeadHandler = Callable[[Job, str], Awaitable[None]]
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed: dead-letter it without retrying."""
+
+
+class RetryableJobError(Exception):
+    def __init__(
+        self,
+        message: str,
+        failure: FailureClass = FailureClass.TRANSIENT,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.retry_after = retry_after
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        jobs: JobQueue,
+        clock: Clock,
+        handlers: Mapping[str, Handler],
+        *,
+        lanes: Sequence[Priority],
+        on_dead: Mapping[str, DeadHandler] | None = None,
+        concurrency: int = 8,
+        batch: int = 32,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.2,
+        policy: RetryPolicy | None = None,
+        name: str = "worker",
+    ) -> None:
+        self._jobs = jobs
+        self._clock = clock
+        self._handlers = handlers
+        self._on_dead = on_dead or {}
+        self._lanes = tuple(lanes)
+        self._concurrency = concurrency
+        self._batch = batch
+        self._lease = lease_seconds
+        self._poll = poll_interval
+        self._policy = policy or RetryPolicy()
+        self.worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def notify(self) -> None:
+        """Wake the claim loop now (new work was enqueued in this process)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._run(), name=self.worker_id)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, let running jobs finish for up to `grace` seconds. Jobs still running
+        then are cancelled; their leases expire and another worker takes them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free = self._concurrency - len(self._inflight)
+            claimed: list[Job] = []
+            if free > 0:
+                try:
+                    claimed = await self.claim(min(free, self._batch))
+                except Exception:
+                    log.exception("claim failed", extra={"worker": self.worker_id})
+            for job in claimed:
+                task = asyncio.create_task(self.execute(job))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+            if not claimed or free <= len(claimed):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def claim(self, limit: int) -> list[Job]:
+        return await self._jobs.claim(self.worker_id, self._lanes, limit, self._lease)
+
+    async def run_once(self, limit: int = 100) -> int:
+        """Claim and run one batch in the foreground (tools and tests)."""
+        jobs = await self.claim(limit)
+        for job in jobs:
+            await self.execute(job)
+        return len(jobs)
+
+    async def execute(self, job: Job) -> None:
+        assert job.lease_token is not None
+        token = job.lease_token
+        if job.attempts > job.max_attempts:
+            await self._dead(job, token, f"attempts exhausted ({job.attempts - 1} claims)")
+            return
+        handler = self._handlers.get(job.kind)
+        if handler is None:
+            await self._dead(job, token, f"no handler for job kind {job.kind!r}")
+            return
+        keeper = asyncio.create_task(self._keep_lease(job.id, token))
+        try:
+            await handler(job)
+        except PermanentJobError as exc:
+            await self._dead(job, token, f"permanent: {exc}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failure = exc.failure if isinstance(exc, RetryableJobError) else FailureClass.TRANSIENT
+            retry_after = exc.retry_after if isinstance(exc, RetryableJobError) else None
+            policy = dataclasses.replace(self._policy, max_attempts=job.max_attempts)
+            decision = decide(policy, failure, job.attempts, retry_after=retry_after)
+            error = f"{type(exc).__name__}: {exc}"
+            if decision.retry:
+                log.warning(
+                    "job failed, will retry",
+                    extra={"job": job.id, "kind": job.kind, "error": error, "in": decision.delay},
+                )
+                await self._settle(
+                    self._jobs.retry(job.id, token, self._clock.now() + decision.delay, error)
+                )
+            else:
+                await self._dead(job, token, f"{decision.reason}: {error}")
+        else:
+            await self._settle(self._jobs.complete(job.id, token))
+        finally:
+            keeper.cancel()
+
+    async def _dead(self, job: Job, token: str, reason: str) -> None:
+        log.error("job dead-lettered", extra={"job": job.id, "kind": job.kind, "reason": reason})
+        if await self._settle(self._jobs.dead_letter(job.id, token, reason)):
+            on_dead = self._on_dead.get(job.kind)
+            if on_dead is not None:
+                await on_dead(job, reason)
+
+    async def _settle(self, op: Awaitable[None]) -> bool:
+        try:
+            await op
+        except LeaseLost:
+            log.warning("lease lost before settling job", extra={"worker": self.worker_id})
+            return False
+        return True
+
+    async def _keep_lease(self, job_id: str, token: str) -> None:
+        with contextlib.suppress(LeaseLost):
+            while True:
+                await asyncio.sleep(self._lease / 3)
+                await self._jobs.extend(job_id, token, self._lease)

@@ -1,0 +1,185 @@
+"""The shared vocabulary: plain data types every layer may import."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+class Priority(enum.StrEnum):
+    """Delivery lane. Transactional work is never delayed by bulk work."""
+
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"
+
+
+class EventState(enum.StrEnum):
+    ACCEPTED = "accepted"  # persisted, not yet dispatched
+    DISPATCHED = "dispatched"  # fanout done (channels published, workflows handed off)
+    FAILED = "failed"  # dispatch failed permanently (see outcomes)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An authoritative business event as accepted at ingest, before it is stored."""
+
+    id: str
+    type: str
+    idempotency_key: str
+    body_hash: str
+    actor: str | None
+    recipients: tuple[str, ...]
+    topic: str | None
+    channels: tuple[str, ...]
+    payload: JSON
+    priority: Priority
+    send_at: float | None  # epoch seconds; None = now
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One thing that happened downstream of an event (a channel publish, a job, a delivery)."""
+
+    kind: str
+    target: str
+    status: str
+    detail: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: str
+    type: str
+    idempotency_key: str
+    body_hash: str
+    actor: str | None
+    recipients: tuple[str, ...]
+    topic: str | None
+    channels: tuple[str, ...]
+    payload: JSON
+    priority: Priority
+    send_at: float | None
+    state: EventState
+    created_at: float
+    outcomes: tuple[Outcome, ...] = ()
+
+    @classmethod
+    def from_new(cls, e: NewEvent, *, created_at: float) -> EventRecord:
+        return cls(
+            id=e.id,
+            type=e.type,
+            idempotency_key=e.idempotency_key,
+            body_hash=e.body_hash,
+            actor=e.actor,
+            recipients=e.recipients,
+            topic=e.topic,
+            channels=e.channels,
+            payload=e.payload,
+            priority=e.priority,
+            send_at=e.send_at,
+            state=EventState.ACCEPTED,
+            created_at=created_at,
+        )
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"  # claimed; lease until `locked_until`
+    DONE = "done"
+    DEAD = "dead"  # dead-lettered
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    kind: str
+    payload: JSON
+    lane: Priority = Priority.TRANSACTIONAL
+    run_at: float | None = None  # None = now
+    dedupe_key: str | None = None  # unique among all jobs ever enqueued; a repeat is a no-op
+    max_attempts: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str
+    payload: JSON
+    lane: Priority
+    state: JobState
+    run_at: float
+    attempts: int  # claims so far, including the current one
+    max_attempts: int
+    dedupe_key: str | None
+    lease_token: str | None
+    locked_until: float | None
+    last_error: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Jobs waiting (due or not) and running, per lane; dead letters in total."""
+
+    queued: dict[str, int] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    dead: int = 0
+
+
+class Scope(enum.StrEnum):
+    PUBLISH = "publish"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    scopes: frozenset[Scope]
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a channel's durable stream stands: offsets grow by one per publication; a new epoch
+    means history before it is gone."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    channel: str
+    data: bytes  # JSON bytes, encoded once by the publisher
+    offset: int  # 0 for publications that are not kept in history
+    epoch: str
+    info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    key: str | None = None  # coalescing key for the "latest" delivery class
+    time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    user: str
+    client: str
+    conn_info: bytes | None = None  # JSON bytes
+    chan_info: bytes | None = None  # JSON bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    position: StreamPosition
+    publications: tuple[Publication, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    num_clients: int
+    num_users: int

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tidings.config import Settings, WorkerSettings
+from tidings.types import Scope
+from tidings.wiring import Runtime, build_runtime, create_app, migrate
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    runtime: Runtime
+    publish_key: str
+    admin_key: str
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.publish_key}"}
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    return Settings(
+        database_url=database_url,
+        max_body_bytes=16 * 1024,
+        max_payload_bytes=4 * 1024,
+        worker=WorkerSettings(poll_interval=0.02, lease_seconds=5.0),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+async def open_api(settings: Settings) -> AsyncIterator[Api]:
+    migrate(settings)
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime)
+    async with app.router.lifespan_context(app):
+        _, publish = await runtime.services.apikeys.create("pub", frozenset({Scope.PUBLISH}))
+        _, admin = await runtime.services.apikeys.create("adm", frozenset({Scope.ADMIN}))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
+            yield Api(client=client, runtime=runtime, publish_key=publish, admin_key=admin)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/api.db")
+    async for a in open_api(settings):
+        yield a

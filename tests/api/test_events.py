@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+
+from tests.api.conftest import Api
+
+EVENT = {
+    "type": "order.shipped",
+    "actor": "shop",
+    "recipients": ["u1"],
+    "channels": ["orders:u1"],
+    "payload": {"order": 42},
+}
+
+
+async def wait_state(api: Api, event_id: str, state: str, timeout: float = 5.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await api.client.get(f"/v1/events/{event_id}", headers=api.auth())
+        assert r.status_code == 200
+        body = r.json()
+        if body["state"] == state:
+            return body
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.02)
+
+
+async def count_events(api: Api) -> int:
+    async with api.runtime.engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM events"))).scalar_one())
+
+
+async def test_accept_then_dispatch_to_channels(api: Api) -> None:
+    r = await api.client.post("/v1/events", json=EVENT, headers=api.auth())
+    assert r.status_code == 202, r.text
+    accepted = r.json()
+    assert r.headers["location"] == f"/v1/events/{accepted['id']}"
+    assert "idempotent-replayed" not in r.headers
+    body = await wait_state(api, accepted["id"], "dispatched")
+    assert body["type"] == "order.shipped"
+    assert body["payload"] == {"order": 42}
+    [outcome] = body["outcomes"]
+    assert outcome["kind"] == "channel"
+    assert outcome["target"] == "orders:u1"
+    assert outcome["status"] == "published"
+    assert "offset=1" in outcome["detail"]
+    history = await api.runtime.broker.history("orders:u1", limit=-1)
+    assert [p.offset for p in history.publications] == [1]
+    assert b'"order":42' in history.publications[0].data
+
+
+async def test_same_key_same_body_returns_original(api: Api) -> None:
+    headers = {**api.auth(), "Idempotency-Key": "k-1"}
+    first = await api.client.post("/v1/events", json=EVENT, headers=headers)
+    second = await api.client.post(
+        "/v1/events", json=dict(reversed(EVENT.items())), headers=headers
+    )
+    assert first.status_code == second.status_code == 202
+    assert second.json() == first.json()
+    assert second.headers["idempotent-replayed"] == "true"
+    assert await count_events(api) == 1
+
+
+async def test_body_id_is_the_idempotency_key(api: Api) -> None:
+    first = await api.client.post("/v1/events", json={**EVENT, "id": "ext-7"}, headers=api.auth())
+    again = await api.client.post("/v1/events", json={**EVENT, "id": "ext-7"}, headers=api.auth())
+    assert first.json()["id"] == again.json()["id"]
+    assert first.json()["idempotency_key"] == "ext-7"
+
+
+async def test_same_key_different_body_is_409(api: Api) -> None:
+    headers = {**api.auth(), "Idempotency-Key": "k-2"}
+    assert (await api.client.post("/v1/events", json=EVENT, headers=headers)).status_code == 202
+    r = await api.client.post(
+        "/v1/events", json={**EVENT, "payload": {"order": 43}}, headers=headers
+    )
+    assert r.status_code == 409
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["status"] == 409
+    assert problem["type"].endswith("idempotency-conflict")
+    assert await count_events(api) == 1
+
+
+async def test_concurrent_identical_requests_store_one_event(api: Api) -> None:
+    headers = {**api.auth(), "Idempotency-Key": "burst"}
+    responses = await asyncio.gather(
+        *(api.client.post("/v1/events", json=EVENT, headers=headers) for _ in range(25))
+    )
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum(1 for r in responses if "idempotent-replayed" not in r.headers) == 1
+    assert await count_events(api) == 1
+    event_id = responses[0].json()["id"]
+    body = await wait_state(api, event_id, "dispatched")
+    assert len(body["outcomes"]) == 1  # published once
+
+
+async def test_send_at_holds_dispatch(api: Api) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    r = await api.client.post("/v1/events", json={**EVENT, "send_at": later}, headers=api.auth())
+    assert r.status_code == 202
+    await asyncio.sleep(0.2)
+    got = (await api.client.get(f"/v1/events/{r.json()['id']}", headers=api.auth())).json()
+    assert got["state"] == "accepted"
+    assert got["outcomes"] == []
+    depth = await api.runtime.services.jobs.depth()
+    assert depth.queued == {"transactional": 1}
+
+
+async def test_unknown_event_is_404_problem(api: Api) -> None:
+    r = await api.client.get("/v1/events/nope", headers=api.auth())
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "event nope not found"

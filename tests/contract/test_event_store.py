@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.contract.conftest import Stores
+from tidings.errors import Conflict, IdempotencyConflict, NotFound
+from tidings.types import EventState, NewEvent, Outcome, Priority
+
+
+def new_event(key: str = "k1", body_hash: str = "h1", **kw: object) -> NewEvent:
+    fields: dict[str, object] = {
+        "id": str(uuid.uuid4()),
+        "type": "order.shipped",
+        "idempotency_key": key,
+        "body_hash": body_hash,
+        "actor": "shop",
+        "recipients": ("u1", "u2"),
+        "topic": None,
+        "channels": ("orders:u1",),
+        "payload": {"order": 42, "items": ["a", {"b": None}]},
+        "priority": Priority.TRANSACTIONAL,
+        "send_at": None,
+    }
+    fields.update(kw)
+    return NewEvent(**fields)  # type: ignore[arg-type]
+
+
+async def test_append_stores_and_returns_the_event(stores: Stores) -> None:
+    e = new_event(send_at=stores.clock.now() + 60, priority=Priority.BULK)
+    record, created = await stores.events.append(e)
+    assert created
+    assert record.id == e.id and record.state == EventState.ACCEPTED
+    assert record.created_at == stores.clock.now()
+    got = await stores.events.get(e.id)
+    assert got == record
+    assert got.payload == {"order": 42, "items": ["a", {"b": None}]}
+    assert got.recipients == ("u1", "u2") and got.priority == Priority.BULK
+    assert await stores.events.get("missing") is None
+
+
+async def test_same_key_same_body_returns_the_original(stores: Stores) -> None:
+    first, _ = await stores.events.append(new_event())
+    stores.clock.advance(5)
+    again, created = await stores.events.append(new_event())
+    assert not created
+    assert again.id == first.id and again.created_at == first.created_at
+
+
+async def test_same_key_other_body_conflicts(stores: Stores) -> None:
+    await stores.events.append(new_event())
+    with pytest.raises(IdempotencyConflict):
+        await stores.events.append(new_event(body_hash="h2"))
+    assert len(await stores.events.list_in_state(EventState.ACCEPTED, 10)) == 1
+
+
+async def test_concurrent_appends_of_one_key_store_exactly_one(stores: Stores) -> None:
+    results = await asyncio.gather(*(stores.events.append(new_event("burst")) for _ in range(50)))
+    assert sum(created for _, created in results) == 1
+    assert len({r.id for r, _ in results}) == 1
+    assert len(await stores.events.list_in_state(EventState.ACCEPTED, 100)) == 1
+
+
+async def test_outcomes_are_kept_in_order(stores: Stores) -> None:
+    record, _ = await stores.events.append(new_event())
+    for i in range(5):
+        stores.clock.advance(1)
+        await stores.events.add_outcome(
+            record.id, Outcome(kind="channel", target=f"c{i}", status="published", detail=str(i))
+        )
+    got = await stores.events.get(record.id)
+    assert [o.target for o in got.outcomes] == [f"c{i}" for i in range(5)]
+    assert got.outcomes[0].at == record.created_at + 1  # stamped by the store's clock
+    with pytest.raises(NotFound):
+        await stores.events.add_outcome("missing", Outcome("k", "t", "s"))
+
+
+async def test_states_and_listing(stores: Stores) -> None:
+    ids = []
+    for i in range(4):
+        stores.clock.advance(1)
+        record, _ = await stores.events.append(new_event(key=f"k{i}"))
+        ids.append(record.id)
+    await stores.events.set_state(ids[1], EventState.DISPATCHED)
+    await stores.events.set_state(ids[2], EventState.FAILED)
+    accepted = await stores.events.list_in_state(EventState.ACCEPTED, 10)
+    assert [r.id for r in accepted] == [ids[0], ids[3]]  # oldest first
+    assert [r.id for r in await stores.events.list_in_state(EventState.ACCEPTED, 1)] == [ids[0]]
+    assert (await stores.events.get(ids[1])).state == EventState.DISPATCHED
+    with pytest.raises(NotFound):
+        await stores.events.set_state("missing", EventState.DISPATCHED)
+
+
+async def test_concurrent_appends_with_two_bodies_store_one(stores: Stores) -> None:
+    attempts = [new_event("contested", body_hash=f"h{i % 2}") for i in range(50)]
+    results = await asyncio.gather(
+        *(stores.events.append(e) for e in attempts), return_exceptions=True
+    )
+    stored = [r for r in results if not isinstance(r, BaseException)]
+    assert sum(created for _, created in stored) == 1
+    winner = next(r for r, created in stored if created)
+    for attempt, result in zip(attempts, results, strict=True):
+        if attempt.body_hash == winner.body_hash:
+            assert not isinstance(result, BaseException) and result[0] == winner
+        else:
+            assert isinstance(result, IdempotencyConflict)
+    assert len(await stores.events.list_in_state(EventState.ACCEPTED, 100)) == 1
+
+
+async def test_replay_returns_outcomes_and_state_of_the_original(stores: Stores) -> None:
+    first, _ = await stores.events.append(new_event())
+    await stores.events.add_outcome(first.id, Outcome("channel", "orders:u1", "published"))
+    await stores.events.set_state(first.id, EventState.DISPATCHED)
+    again, created = await stores.events.append(new_event())
+    assert not created
+    assert again.state == EventState.DISPATCHED
+    assert [o.target for o in again.outcomes] == ["orders:u1"]
+
+
+async def test_reusing_an_event_id_with_another_key_conflicts(stores: Stores) -> None:
+    first, _ = await stores.events.append(new_event("a"))
+    with pytest.raises(Conflict):
+        await stores.events.append(new_event("b", id=first.id))
+    assert (await stores.events.get(first.id)) == first
+
+
+async def test_optional_fields_round_trip(stores: Stores) -> None:
+    e = new_event(actor=None, topic="orders", recipients=(), channels=(), payload={})
+    record, _ = await stores.events.append(e)
+    got = await stores.events.get(e.id)
+    assert got == record
+    assert (got.actor, got.topic, got.recipients, got.channels, got.payload) == (
+        None,
+        "orders",
+        (),
+        (),
+        {},
+    )
+    assert got.send_at is None and got.outcomes == ()
+    assert isinstance(got.created_at, float)
+
+
+async def test_outcome_keeps_its_own_time_and_detail(stores: Stores) -> None:
+    record, _ = await stores.events.append(new_event())
+    await stores.events.add_outcome(
+        record.id, Outcome("delivery", "email:u1", "failed", detail="550 mailbox", at=123.5)
+    )
+    [outcome] = (await stores.events.get(record.id)).outcomes
+    assert outcome == Outcome("delivery", "email:u1", "failed", detail="550 mailbox", at=123.5)
+
+
+async def test_outcomes_stay_with_their_event(stores: Stores) -> None:
+    a, _ = await stores.events.append(new_event("a"))
+    b, _ = await stores.events.append(new_event("b"))
+    await stores.events.add_outcome(a.id, Outcome("channel", "x", "published"))
+    await stores.events.add_outcome(b.id, Outcome("channel", "y", "published"))
+    await stores.events.add_outcome(a.id, Outcome("channel", "z", "published"))
+    assert [o.target for o in (await stores.events.get(a.id)).outcomes] == ["x", "z"]
+    assert [o.target for o in (await stores.events.get(b.id)).outcomes] == ["y"]
+
+
+async def test_listed_events_carry_their_outcomes(stores: Stores) -> None:
+    a, _ = await stores.events.append(new_event("a"))
+    stores.clock.advance(1)
+    b, _ = await stores.events.append(new_event("b"))
+    await stores.events.add_outcome(b.id, Outcome("channel", "x", "published"))
+    await stores.events.add_outcome(b.id, Outcome("job", "y", "enqueued"))
+    listed = await stores.events.list_in_state(EventState.ACCEPTED, 10)
+    assert listed == [await stores.events.get(a.id), await stores.events.get(b.id)]
+    assert [o.target for o in listed[1].outcomes] == ["x", "y"]
+    assert await stores.events.list_in_state(EventState.FAILED, 10) == []
