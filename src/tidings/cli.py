@@ -16,7 +16,13 @@ from tidings import __version__, logs
 from tidings.config import Settings, load_settings
 from tidings.errors import TidingsError
 from tidings.types import Scope
-from tidings.wiring import Runtime, build_runtime, create_app, migration_state
+from tidings.wiring import (
+    Runtime,
+    build_runtime,
+    create_app,
+    migration_state,
+    uvicorn_config,
+)
 from tidings.wiring import migrate as run_migrations
 
 T = TypeVar("T")
@@ -128,15 +134,8 @@ def serve(
     out.print(f"  health    {base}/healthz   ready {base}/readyz")
     out.print(f"  metrics   {base}/metrics")
     out.print(f"  store     {settings.database_url}   broker {settings.broker}")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        proxy_headers=True,
-    )
+    out.print(f"  realtime  {base.replace('http', 'ws', 1)}{settings.gateway.path}")
+    uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
 
 
 @apikey_app.command("create")

@@ -28,6 +28,35 @@ class WorkerSettings(BaseModel):
     batch: int = Field(default=32, ge=1, le=1000)
 
 
+def _default_channels() -> dict[str, Any]:
+    return {
+        "default": {
+            "history_size": 100,
+            "history_ttl": "5m",
+            "presence": True,
+        },
+        "namespaces": {},
+    }
+
+
+class GatewaySettings(BaseModel):
+    path: str = "/connection/websocket"
+    allowed_origins: list[str] = Field(default_factory=list)  # empty: any origin
+    token_rsa_public_key_file: str | None = None
+    token_ecdsa_public_key_file: str | None = None
+    token_audience: str | None = None
+    token_issuer: str | None = None
+    allow_anonymous: bool = False
+    ping_interval: float = Field(default=25.0, ge=0)
+    pong_timeout: float = Field(default=10.0, ge=0)
+    max_buffer_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_subscriptions: int = Field(default=128, ge=1)
+    commands_per_second: float = Field(default=50.0, ge=0)
+    presence_ttl: float = Field(default=60.0, gt=0)
+    channels: dict[str, Any] = Field(default_factory=_default_channels)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDINGS_", env_nested_delimiter="__", extra="forbid"
@@ -43,8 +72,17 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
-    token_secret: str | None = None
+    token_secret: str | None = Field(
+        default=None,
+        description="HMAC secret for connection and subscription JWTs (HS256). Unset: one "
+        "is generated once into var/token_secret.",
+    )
     worker: WorkerSettings = WorkerSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
+    def secret_file(self) -> Path:
+        """Where the generated token secret lives when `token_secret` is not set."""
+        return Path("var") / "token_secret"
 
     @classmethod
     def settings_customise_sources(

@@ -6,25 +6,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from tidings import __version__
 from tidings.adapters import sql
 from tidings.adapters.clock import SystemClock
-from tidings.adapters.memory import MemoryBroker
+from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
 from tidings.api import create_api
 from tidings.config import Settings
+from tidings.core.channels import ChannelResolver
+from tidings.core.protocol.limits import SessionConfig
+from tidings.core.tokens import TokenKeys
 from tidings.ports.broker import Broker
 from tidings.ports.clock import Clock
+from tidings.ports.presence import PresenceStore
 from tidings.services.apikeys import ApiKeyService
-from tidings.services.channels import BrokerFanout
 from tidings.services.container import Services
 from tidings.services.dispatch import Dispatcher
+from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.ingest import DISPATCH_JOB, IngestService
 from tidings.services.worker import WorkerPool
+from tidings.transports.websocket import websocket_protocol
 from tidings.types import Priority
 
 log = logging.getLogger(__name__)
@@ -38,12 +49,13 @@ class Runtime:
     clock: Clock
     engine: AsyncEngine
     broker: Broker
+    hub: Hub
     services: Services
     dispatcher: Dispatcher
     pools: list[WorkerPool] = field(default_factory=list)
 
     async def start(self) -> None:
-        await self.broker.start(_ignore_publication, _ignore_join_leave)
+        await self.hub.start()
         if self.settings.worker.enabled:
             for pool in self.pools:
                 await pool.start()
@@ -52,22 +64,16 @@ class Runtime:
                 log.info("re-dispatching events accepted before a stop", extra={"count": pending})
 
     async def stop(self) -> None:
+        await self.hub.drain()
         for pool in self.pools:
             await pool.stop()
-        await self.broker.close()
+        await self.hub.stop()
+        await self.hub.presence_store.close()
         await self.engine.dispose()
 
     def wake_workers(self) -> None:
         for pool in self.pools:
             pool.notify()
-
-
-async def _ignore_publication(_pub: object) -> None:
-    return None
-
-
-async def _ignore_join_leave(_channel: str, _info: object, _joined: bool) -> None:
-    return None
 
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
@@ -77,7 +83,14 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     jobs = sql.SqlJobQueue(engine, clock)
     apikeys = sql.SqlApiKeyStore(engine, clock)
     broker = build_broker(settings, clock)
-    dispatcher = Dispatcher(events, BrokerFanout(broker))
+    hub = Hub(
+        broker,
+        build_presence(settings, clock),
+        channel_resolver(settings),
+        clock,
+        gateway_options(settings),
+    )
+    dispatcher = Dispatcher(events, hub)
     pools: list[WorkerPool] = []
 
     def wake() -> None:
@@ -85,7 +98,12 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
             pool.notify()
 
     ingest = IngestService(
-        events, jobs, clock, max_payload_bytes=settings.max_payload_bytes, on_enqueue=wake
+        events,
+        jobs,
+        clock,
+        max_payload_bytes=settings.max_payload_bytes,
+        on_enqueue=wake,
+        check_channel=hub.channels.options,
     )
 
     async def store_ready() -> None:
@@ -130,6 +148,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         clock=clock,
         engine=engine,
         broker=broker,
+        hub=hub,
         services=services,
         dispatcher=dispatcher,
         pools=pools,
@@ -140,6 +159,61 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
     if settings.broker == "memory":
         return MemoryBroker(clock)
     raise ValueError(f"unknown broker {settings.broker!r}")
+
+
+def build_presence(settings: Settings, clock: Clock) -> PresenceStore:
+    return MemoryPresenceStore(clock)
+
+
+def channel_resolver(settings: Settings) -> ChannelResolver:
+    return ChannelResolver.from_config(settings.gateway.channels)
+
+
+def token_secret(settings: Settings) -> str:
+    """The HMAC secret for JWTs: configured, or generated once into `var/token_secret`."""
+    if settings.token_secret:
+        return settings.token_secret
+    path = settings.secret_file()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def token_keys(settings: Settings) -> TokenKeys:
+    g = settings.gateway
+    return TokenKeys.from_config(
+        hmac_secret=token_secret(settings),
+        rsa_public_key=_read(g.token_rsa_public_key_file),
+        ecdsa_public_key=_read(g.token_ecdsa_public_key_file),
+        audience=g.token_audience,
+        issuer=g.token_issuer,
+    )
+
+
+def _read(path: str | None) -> str | None:
+    return Path(path).read_text() if path else None
+
+
+def gateway_options(settings: Settings) -> GatewayOptions:
+    g = settings.gateway
+    return GatewayOptions(
+        session=SessionConfig(
+            max_subscriptions=g.max_subscriptions,
+            max_command_size=g.max_message_bytes,
+            max_frame_size=g.max_message_bytes,
+            commands_per_second=g.commands_per_second,
+            ping_interval=g.ping_interval,
+            pong_timeout=g.pong_timeout,
+            server_version=__version__,
+        ),
+        keys=token_keys(settings),
+        max_buffer_bytes=g.max_buffer_bytes,
+        presence_ttl=g.presence_ttl,
+        allow_anonymous=g.allow_anonymous,
+    )
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -156,6 +230,29 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app = create_api(rt.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
     app.state.runtime = rt
     return app
+
+
+def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """uvicorn serving the API and, natively on the same port, the gateway's WebSocket."""
+    rt: Runtime = app.state.runtime
+    ws = websocket_protocol(
+        rt.hub,
+        path=settings.gateway.path,
+        fallback=WebSocketsSansIOProtocol,
+        max_size=settings.gateway.max_message_bytes,
+        origins=settings.gateway.allowed_origins or None,
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws=ws,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def migrate(settings: Settings) -> str:

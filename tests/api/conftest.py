@@ -7,7 +7,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tidings.config import Settings, WorkerSettings
+from tidings.config import GatewaySettings, Settings, WorkerSettings
+
+CHANNELS = {
+    "default": {"history_size": 100, "history_ttl": "5m", "presence": True},
+    "namespaces": {
+        "orders": {"history_size": 10, "history_ttl": "1m"},
+        "chat": {
+            "history_size": 100,
+            "history_ttl": "5m",
+            "presence": True,
+            "join_leave": True,
+            "allow_publish_for_client": True,
+            "allow_history_for_client": True,
+            "allow_presence_for_client": True,
+        },
+        "typing": {"allow_publish_for_client": True},
+        "cursor": {"delivery": "latest", "history_size": 1, "history_ttl": "1m"},
+        "secret": {"private": True, "history_size": 10, "history_ttl": "1m"},
+    },
+}
 from tidings.types import Scope
 from tidings.wiring import Runtime, build_runtime, create_app, migrate
 
@@ -29,6 +48,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         max_body_bytes=16 * 1024,
         max_payload_bytes=4 * 1024,
         worker=WorkerSettings(poll_interval=0.02, lease_seconds=5.0),
+        token_secret="t" * 64,
+        gateway=GatewaySettings(channels=CHANNELS),
         **overrides,  # type: ignore[arg-type]
     )
 

@@ -67,6 +67,8 @@ async def test_wrong_scope_is_403(api: Api) -> None:
         ({**GOOD, "send_at": "tomorrow"}, "send_at"),
         ({"type": "t", "payload": {}}, "body"),
         ({**GOOD, "payload": [1, 2]}, "payload"),
+        ({**GOOD, "channels": ["news", "nowhere:x"]}, "channels.1"),
+        ({**GOOD, "channels": ["bad channel"]}, "channels.0"),
     ],
 )
 async def test_bad_body_is_422_naming_the_field(api: Api, body: dict, field: str) -> None:

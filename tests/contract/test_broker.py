@@ -59,8 +59,9 @@ async def test_history_position_limit_and_since(broker_kit: BrokerKit) -> None:
     since = StreamPosition(offset=2, epoch=pubs[0].epoch)
     after = await broker_kit.broker.history(CH, since=since, limit=-1)
     assert [p.offset for p in after.publications] == [3, 4, 5]
-    assert [p.offset for p in (await broker_kit.broker.history(CH, since=since, limit=1))
-            .publications] == [3]
+    assert [
+        p.offset for p in (await broker_kit.broker.history(CH, since=since, limit=1)).publications
+    ] == [3]
     caught_up = await broker_kit.broker.history(CH, since=pos, limit=-1)
     assert caught_up.publications == () and caught_up.position == pos
 

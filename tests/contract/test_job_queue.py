@@ -6,6 +6,7 @@ import pytest
 
 from tests.contract.conftest import Stores
 from tidings.errors import LeaseLost, NotFound
+from tidings.ports import JobQueue
 from tidings.types import JobState, NewJob, Priority
 
 TX, BULK = Priority.TRANSACTIONAL, Priority.BULK
@@ -132,16 +133,13 @@ async def test_depth_counts_by_lane_and_state(stores: Stores) -> None:
 
 
 async def test_concurrent_claimers_never_share_a_job(stores: Stores) -> None:
-    total = 40
+    total = 20
     for i in range(total):
         await stores.jobs.enqueue(NewJob(kind="k", payload={"i": i}))
     taken: list[str] = []
 
     async def worker(name: str) -> None:
-        while True:
-            batch = await stores.jobs.claim(name, BOTH, 3, 30.0)
-            if not batch:
-                return
+        while batch := await stores.jobs.claim(name, BOTH, 3, 30.0):
             taken.extend(j.id for j in batch)
             for j in batch:
                 await stores.jobs.complete(j.id, j.lease_token)
@@ -149,3 +147,198 @@ async def test_concurrent_claimers_never_share_a_job(stores: Stores) -> None:
     await asyncio.gather(*(worker(f"w{i}") for i in range(5)))
     assert len(taken) == total
     assert len(set(taken)) == total
+
+
+async def test_concurrent_claims_without_settling_hand_out_each_job_once(
+    stores: Stores,
+) -> None:
+    for i in range(20):
+        await stores.jobs.enqueue(NewJob(kind="k", payload={"i": i}))
+    batches = await asyncio.gather(*(stores.jobs.claim(f"w{i}", BOTH, 3, 30.0) for i in range(10)))
+    ids = [j.id for batch in batches for j in batch]
+    assert len(ids) == 20 == len(set(ids))
+    assert all(len(b) <= 3 for b in batches)
+
+
+async def test_job_fields_round_trip(stores: Stores) -> None:
+    now = stores.clock.now()
+    job_id = await stores.jobs.enqueue(
+        NewJob(
+            kind="deliver",
+            payload={"to": ["a", "b"], "n": 1.5, "nested": {"x": None}},
+            lane=BULK,
+            run_at=now - 3,
+            dedupe_key="evt-1:email",
+            max_attempts=4,
+        )
+    )
+    got = await stores.jobs.get(job_id)
+    assert got.kind == "deliver" and got.lane == BULK and got.state == JobState.QUEUED
+    assert got.payload == {"to": ["a", "b"], "n": 1.5, "nested": {"x": None}}
+    assert (got.run_at, got.created_at, got.attempts, got.max_attempts) == (now - 3, now, 0, 4)
+    assert (got.dedupe_key, got.lease_token, got.locked_until, got.last_error) == (
+        "evt-1:email",
+        None,
+        None,
+        None,
+    )
+    assert isinstance(got.run_at, float) and isinstance(got.created_at, float)
+    [claimed] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+    assert await stores.jobs.get(job_id) == claimed
+    assert isinstance(claimed.locked_until, float)
+    assert await stores.jobs.get("missing") is None
+
+
+async def test_dedupe_key_holds_in_every_state(stores: Stores) -> None:
+    job_id = await stores.jobs.enqueue(NewJob(kind="k", payload={}, dedupe_key="once"))
+    [job] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+    assert await stores.jobs.enqueue(NewJob(kind="k", payload={}, dedupe_key="once")) == job_id
+    await stores.jobs.complete(job.id, job.lease_token)
+    assert await stores.jobs.enqueue(NewJob(kind="k", payload={}, dedupe_key="once")) == job_id
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+    other = await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    assert other != job_id  # no dedupe key: always a new job
+
+
+async def test_lane_order_is_the_callers(stores: Stores) -> None:
+    await stores.jobs.enqueue(NewJob(kind="t", payload={}, run_at=stores.clock.now() - 9))
+    await stores.jobs.enqueue(NewJob(kind="b", payload={}, lane=BULK))
+    assert [j.kind for j in await stores.jobs.claim("w", [BULK, TX], 10, 30.0)] == ["b", "t"]
+
+
+async def test_earlier_lanes_fill_the_limit_first(stores: Stores) -> None:
+    for i in range(3):
+        await stores.jobs.enqueue(NewJob(kind=f"b{i}", payload={}, lane=BULK, run_at=0.0))
+    for i in range(3):
+        await stores.jobs.enqueue(NewJob(kind=f"t{i}", payload={}))
+    assert [j.kind for j in await stores.jobs.claim("w", BOTH, 4, 30.0)] == [
+        "t0",
+        "t1",
+        "t2",
+        "b0",
+    ]
+
+
+async def test_claim_with_nothing_to_do(stores: Stores) -> None:
+    await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    assert await stores.jobs.claim("w", BOTH, 0, 30.0) == []
+    assert await stores.jobs.claim("w", [], 5, 30.0) == []
+    assert await stores.jobs.claim("w", [BULK], 5, 30.0) == []
+    assert len(await stores.jobs.claim("w", BOTH, 5, 30.0)) == 1
+
+
+async def test_lease_expires_exactly_at_locked_until(stores: Stores) -> None:
+    await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    [a] = await stores.jobs.claim("a", BOTH, 1, 30.0)
+    stores.clock.advance(30)
+    [b] = await stores.jobs.claim("b", BOTH, 1, 30.0)
+    assert b.id == a.id and b.locked_until == stores.clock.now() + 30
+
+
+async def test_stale_tokens_change_nothing(stores: Stores) -> None:
+    job_id = await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    [a] = await stores.jobs.claim("a", BOTH, 1, 10.0)
+    stores.clock.advance(11)
+    [b] = await stores.jobs.claim("b", BOTH, 1, 10.0)
+    before = await stores.jobs.get(job_id)
+    for settle in (
+        stores.jobs.complete(job_id, a.lease_token),
+        stores.jobs.retry(job_id, a.lease_token, 0.0, "stale"),
+        stores.jobs.dead_letter(job_id, a.lease_token, "stale"),
+        stores.jobs.extend(job_id, a.lease_token, 100.0),
+        stores.jobs.complete(job_id, "never-issued"),
+        stores.jobs.complete("missing", b.lease_token),
+    ):
+        with pytest.raises(LeaseLost):
+            await settle
+    assert await stores.jobs.get(job_id) == before
+    await stores.jobs.extend(job_id, b.lease_token, 100.0)  # the live worker still can
+    await stores.jobs.dead_letter(job_id, b.lease_token, "gave up")
+    with pytest.raises(LeaseLost):  # a settled job has no lease to hold
+        await stores.jobs.extend(job_id, b.lease_token, 100.0)
+
+
+async def test_every_claim_issues_a_distinct_token(stores: Stores) -> None:
+    for _ in range(3):
+        await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    batch = await stores.jobs.claim("w", BOTH, 3, 30.0)
+    tokens = {j.lease_token for j in batch}
+    assert len(tokens) == 3
+    with pytest.raises(LeaseLost):  # one job's token does not settle another
+        await stores.jobs.complete(batch[0].id, batch[1].lease_token)
+
+
+async def test_retry_into_the_past_is_due_now(stores: Stores) -> None:
+    await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    [job] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+    await stores.jobs.retry(job.id, job.lease_token, stores.clock.now() - 1, "flaky")
+    [again] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+    assert again.id == job.id and again.last_error == "flaky"
+
+
+async def test_replay_resets_attempts_and_schedules_now(stores: Stores) -> None:
+    job_id = await stores.jobs.enqueue(NewJob(kind="k", payload={}, max_attempts=2))
+    for _ in range(2):
+        [job] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+        await stores.jobs.retry(job.id, job.lease_token, stores.clock.now(), "nope")
+    [job] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+    assert job.attempts == 3
+    await stores.jobs.dead_letter(job.id, job.lease_token, "nope")
+    stores.clock.advance(3600)
+    await stores.jobs.replay(job_id)
+    got = await stores.jobs.get(job_id)
+    assert got.state == JobState.QUEUED and got.attempts == 0
+    assert got.run_at == stores.clock.now()
+    assert (await stores.jobs.depth()).dead == 0
+    with pytest.raises(NotFound):
+        await stores.jobs.replay(job_id)  # queued, not dead
+    with pytest.raises(NotFound):
+        await stores.jobs.discard(job_id)
+    with pytest.raises(NotFound):
+        await stores.jobs.replay("missing")
+
+
+async def test_list_dead_limit_and_order(stores: Stores) -> None:
+    for i in range(5):
+        await stores.jobs.enqueue(NewJob(kind="k", payload={"i": i}))
+    for job in reversed(await stores.jobs.claim("w", BOTH, 5, 30.0)):
+        await stores.jobs.dead_letter(job.id, job.lease_token, "x")
+    assert [j.payload["i"] for j in await stores.jobs.list_dead(3)] == [0, 1, 2]
+    assert await stores.jobs.list_dead(10, kind="other") == []
+
+
+async def test_depth_of_an_empty_queue_and_after_settling(stores: Stores) -> None:
+    depth = await stores.jobs.depth()
+    assert (depth.queued, depth.running, depth.dead) == ({}, {}, 0)
+    await stores.jobs.enqueue(NewJob(kind="k", payload={}, run_at=stores.clock.now() + 99))
+    await stores.jobs.enqueue(NewJob(kind="k", payload={}))
+    [job] = await stores.jobs.claim("w", BOTH, 5, 30.0)
+    assert (await stores.jobs.depth()).queued == {"transactional": 1}  # not due counts too
+    await stores.jobs.complete(job.id, job.lease_token)
+    depth = await stores.jobs.depth()
+    assert (depth.queued, depth.running, depth.dead) == ({"transactional": 1}, {}, 0)
+
+
+async def test_claimers_on_separate_engines_never_share_a_job(stores: Stores) -> None:
+    """Like separate worker processes: each SQL claimer has its own engine and connections
+    (the in-process adapter has only the one queue to share)."""
+    if stores.url is None:
+        queues: list[JobQueue] = [stores.jobs] * 3
+    else:
+        queues = [type(stores.jobs)(stores.engine(), stores.clock) for _ in range(3)]
+    total = 30
+    for i in range(total):
+        await stores.jobs.enqueue(NewJob(kind="k", payload={"i": i}, lane=(TX, BULK)[i % 2]))
+    taken: list[str] = []
+
+    async def worker(queue: JobQueue, name: str) -> None:
+        while batch := await queue.claim(name, BOTH, 2, 30.0):
+            taken.extend(j.id for j in batch)
+            for j in batch:
+                assert j.lease_token is not None
+                await queue.complete(j.id, j.lease_token)
+
+    await asyncio.gather(*(worker(queues[i % 3], f"w{i}") for i in range(6)))
+    assert len(taken) == total == len(set(taken))
+    depth = await stores.jobs.depth()
+    assert (depth.queued, depth.running) == ({}, {})

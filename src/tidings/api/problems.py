@@ -102,9 +102,10 @@ def install(app: FastAPI) -> None:
         if exc.field:
             extra["errors"] = [{"field": exc.field, "message": exc.message, "type": exc.code}]
         headers = {"WWW-Authenticate": 'Bearer realm="tidings"'} if status == 401 else None
+        detail = f"{exc.field}: {exc.message}" if exc.field and status == 422 else exc.message
         return problem(
             status,
-            exc.message,
+            detail,
             kind=exc.code.replace("_", "-"),
             instance=request.url.path,
             headers=headers,

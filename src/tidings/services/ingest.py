@@ -71,12 +71,14 @@ class IngestService:
         *,
         max_payload_bytes: int,
         on_enqueue: Callable[[], None] | None = None,
+        check_channel: Callable[[str], object] | None = None,
     ) -> None:
         self._events = events
         self._jobs = jobs
         self._clock = clock
         self._max_payload = max_payload_bytes
         self._on_enqueue = on_enqueue
+        self._check_channel = check_channel
 
     async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
         size = len(orjson.dumps(data.payload))
@@ -84,6 +86,12 @@ class IngestService:
             raise InvalidInput(
                 f"payload is {size} bytes; the limit is {self._max_payload}", field="payload"
             )
+        if self._check_channel is not None:
+            for i, channel in enumerate(data.channels):
+                try:
+                    self._check_channel(channel)
+                except InvalidInput as exc:
+                    raise InvalidInput(exc.message, field=f"channels.{i}") from exc
         event_id = str(uuid.uuid4())
         key = idempotency_key or data.external_id or f"auto:{event_id}"
         new = NewEvent(

@@ -50,7 +50,9 @@ class SqlApiKeyStore:
 
     async def list(self) -> list[ApiKey]:
         async with self._read.connect() as conn:
-            rows = await conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id))
+            rows = await conn.execute(
+                select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+            )
             return [_key(r._mapping) for r in rows]
 
     async def revoke(self, key_id: str) -> None:

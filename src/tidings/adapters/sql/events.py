@@ -138,6 +138,5 @@ async def _with_outcomes(conn: AsyncConnection, records: list[EventRecord]) -> l
             Outcome(kind=r.kind, target=r.target, status=r.status, detail=r.detail, at=r.at)
         )
     return [
-        dataclasses.replace(r, outcomes=tuple(found[r.id])) if r.id in found else r
-        for r in records
+        dataclasses.replace(r, outcomes=tuple(found[r.id])) if r.id in found else r for r in records
     ]

@@ -25,7 +25,12 @@ def _run(connection: Connection) -> None:
 
 
 async def _online() -> None:
-    engine = create_engine(config.attributes["url"])
+    # `tidings.adapters.sql.migrate` passes the URL as an attribute; a hand-written alembic.ini
+    # may give it as `sqlalchemy.url` instead.
+    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("no database URL: set config.attributes['url'] or sqlalchemy.url")
+    engine = create_engine(url)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)

@@ -1,0 +1,255 @@
+"""The hub: which local clients are in which channel, fanout of broker publications to them,
+and the server API (publish, broadcast, history, presence, disconnect).
+
+A publication is encoded once per channel (`EncodedPush`), and each transport takes the
+same bytes: the WebSocket frame is built once and written to every subscriber as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tidings.core.channels import ChannelResolver, DeliveryClass
+from tidings.core.protocol import frames as f
+from tidings.core.protocol.codes import Disconnect, DisconnectCode
+from tidings.core.protocol.limits import SessionConfig
+from tidings.core.tokens import TokenKeys
+from tidings.core.wsframe import frame as ws_frame
+from tidings.ports.broker import Broker
+from tidings.ports.clock import Clock
+from tidings.ports.presence import PresenceStore
+from tidings.types import ClientInfo, HistoryResult, PresenceStats, Publication, StreamPosition
+
+if TYPE_CHECKING:
+    from tidings.services.gateway.client import ClientConnection
+
+log = logging.getLogger(__name__)
+
+
+class EncodedPush:
+    """A push encoded at most once per form, shared by every subscriber of the channel."""
+
+    __slots__ = ("_frame", "_json", "pub")
+
+    def __init__(self, pub: Publication | None, json: bytes | None = None) -> None:
+        self.pub = pub
+        self._json = json
+        self._frame: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            assert self.pub is not None
+            self._json = f.encode_push_publication(self.pub.channel, self.pub)
+        return self._json
+
+    @property
+    def ws_frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = ws_frame(self.json)
+        return self._frame
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    session: SessionConfig = field(default_factory=SessionConfig)
+    keys: TokenKeys = field(default_factory=TokenKeys)
+    max_buffer_bytes: int = 1024 * 1024  # outbound bytes queued per connection
+    presence_ttl: float = 60.0  # entries are refreshed every third of it
+    tick: float = 1.0  # heartbeat resolution, seconds
+    drain_spread: float = 5.0  # reconnect advice spread on shutdown, seconds
+    allow_anonymous: bool = False  # connect without a token as user ""
+    node: str = "node"
+
+
+class Hub:
+    def __init__(
+        self,
+        broker: Broker,
+        presence: PresenceStore,
+        channels: ChannelResolver,
+        clock: Clock,
+        options: GatewayOptions | None = None,
+    ) -> None:
+        self.broker = broker
+        self.presence_store = presence
+        self.channels = channels
+        self.clock = clock
+        self.options = options or GatewayOptions()
+        self._subs: dict[str, dict[str, ClientConnection]] = {}
+        self._clients: dict[str, ClientConnection] = {}
+        self._users: dict[str, set[str]] = {}
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._draining = False
+
+    # --- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start(self.on_publication, self.on_join_leave)
+        self._ticker = asyncio.create_task(self._tick_loop(), name="gateway-ticker")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self.broker.close()
+
+    async def drain(self) -> None:
+        """Disconnect every client with a reconnect code; clients recover elsewhere."""
+        self._draining = True
+        clients = list(self._clients.values())
+        random.shuffle(clients)
+        for client in clients:
+            client.disconnect(Disconnect.of(DisconnectCode.SHUTDOWN))
+        await asyncio.sleep(0)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # --- membership ------------------------------------------------------------------------
+
+    def register(self, client: ClientConnection) -> None:
+        self._clients[client.id] = client
+
+    def connected(self, client: ClientConnection) -> None:
+        self._users.setdefault(client.user, set()).add(client.id)
+
+    def unregister(self, client: ClientConnection) -> None:
+        self._clients.pop(client.id, None)
+        ids = self._users.get(client.user)
+        if ids is not None:
+            ids.discard(client.id)
+            if not ids:
+                del self._users[client.user]
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        lock = self._channel_locks.get(channel)
+        if lock is None:
+            lock = self._channel_locks[channel] = asyncio.Lock()
+        return lock
+
+    async def join(self, channel: str, client: ClientConnection) -> None:
+        """Add a local subscriber; the first one subscribes this node to the broker."""
+        async with self._lock(channel):
+            subs = self._subs.get(channel)
+            if subs is None:
+                await self.broker.subscribe(channel)
+                subs = self._subs[channel] = {}
+            subs[client.id] = client
+
+    async def leave(self, channel: str, client: ClientConnection) -> None:
+        async with self._lock(channel):
+            subs = self._subs.get(channel)
+            if subs is None or subs.pop(client.id, None) is None:
+                return
+            if not subs:
+                del self._subs[channel]
+                await self.broker.unsubscribe(channel)
+                self._channel_locks.pop(channel, None)
+
+    def local_subscribers(self, channel: str) -> int:
+        return len(self._subs.get(channel, ()))
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def channel_names(self) -> list[str]:
+        return sorted(self._subs)
+
+    # --- fanout ----------------------------------------------------------------------------
+
+    def on_publication(self, pub: Publication) -> None:
+        subs = self._subs.get(pub.channel)
+        if not subs:
+            return
+        push = EncodedPush(pub)
+        for client in list(subs.values()):
+            client.deliver(pub, push)
+
+    def on_join_leave(self, channel: str, info: ClientInfo, joined: bool) -> None:
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        data = f.encode_push_join(channel, info) if joined else f.encode_push_leave(channel, info)
+        push = EncodedPush(None, data)
+        for client in list(subs.values()):
+            if client.wants_join_leave(channel):
+                client.deliver_control(push)
+
+    # --- server API ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        idempotency_key: str | None = None,
+        key: str | None = None,
+    ) -> Publication:
+        opts = self.channels.options(channel)
+        durable = opts.delivery is not DeliveryClass.EPHEMERAL and opts.history_enabled
+        return await self.broker.publish(
+            channel,
+            data,
+            history_size=opts.history_size if durable else 0,
+            history_ttl=opts.history_ttl if durable else 0.0,
+            info=info,
+            key=key,
+            idempotency_key=idempotency_key,
+        )
+
+    async def broadcast(self, channels: Iterable[str], data: bytes) -> list[Publication]:
+        return [await self.publish(ch, data) for ch in channels]
+
+    async def history(
+        self, channel: str, *, since: StreamPosition | None = None, limit: int = 0
+    ) -> HistoryResult:
+        self.channels.options(channel)  # validates the name
+        return await self.broker.history(channel, since=since, limit=limit)
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        self.channels.options(channel)
+        return await self.presence_store.get(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        self.channels.options(channel)
+        return await self.presence_store.stats(channel)
+
+    def disconnect_user(self, user: str, disconnect: Disconnect) -> int:
+        """Disconnect every local connection of `user`; returns how many."""
+        ids = list(self._users.get(user, ()))
+        for cid in ids:
+            client = self._clients.get(cid)
+            if client is not None:
+                client.disconnect(disconnect)
+        return len(ids)
+
+    # --- time ------------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        presence_every = max(1.0, self.options.presence_ttl / 3)
+        next_presence = self.clock.monotonic() + presence_every
+        while True:
+            await asyncio.sleep(self.options.tick)
+            now = self.clock.monotonic()
+            for client in list(self._clients.values()):
+                client.tick(now)
+            if now >= next_presence:
+                next_presence = now + presence_every
+                for client in list(self._clients.values()):
+                    try:
+                        await client.refresh_presence()
+                    except Exception:
+                        log.exception("presence refresh failed")
