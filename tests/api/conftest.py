@@ -8,6 +8,8 @@ import httpx
 import pytest
 
 from tidings.config import GatewaySettings, Settings, WorkerSettings
+from tidings.types import Scope
+from tidings.wiring import Runtime, build_runtime, create_app, migrate
 
 CHANNELS = {
     "default": {"history_size": 100, "history_ttl": "5m", "presence": True},
@@ -27,8 +29,6 @@ CHANNELS = {
         "secret": {"private": True, "history_size": 10, "history_ttl": "1m"},
     },
 }
-from tidings.types import Scope
-from tidings.wiring import Runtime, build_runtime, create_app, migrate
 
 
 @dataclass
