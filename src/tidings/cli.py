@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from tidings import __version__, logs
 from tidings.config import Settings, load_settings
+from tidings.core.tokens import connection_claims, encode_token, subscription_claims
 from tidings.errors import TidingsError
 from tidings.types import Scope
 from tidings.wiring import (
@@ -21,6 +23,7 @@ from tidings.wiring import (
     build_runtime,
     create_app,
     migration_state,
+    token_secret,
     uvicorn_config,
 )
 from tidings.wiring import migrate as run_migrations
@@ -136,6 +139,39 @@ def serve(
     out.print(f"  store     {settings.database_url}   broker {settings.broker}")
     out.print(f"  realtime  {base.replace('http', 'ws', 1)}{settings.gateway.path}")
     uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+
+
+token_app = typer.Typer(help="Create JWTs for the real-time gateway.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", "-u", help="The user id (the `sub` claim).")],
+    channel: Annotated[
+        str | None,
+        typer.Option(help="Make a subscription token for this channel instead."),
+    ] = None,
+    ttl: Annotated[
+        int | None, typer.Option(min=1, help="Seconds until it expires (default: never).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a connection JWT (or, with --channel, a subscription JWT), alone on the last
+    line, signed HS256 with the configured token secret."""
+    settings = _settings(config)
+    now = int(time.time())
+    exp = now + ttl if ttl else None
+    if channel is None:
+        claims = connection_claims(user, now=now, ttl=ttl)
+        kind = "connection"
+    else:
+        claims = subscription_claims(user, channel, now=now, ttl=ttl)
+        kind = f"subscription ({channel})"
+    token = encode_token(claims, token_secret(settings))
+    until = _when(exp) if exp else "never"
+    out.print(f"{kind} token for user {user!r}; expires {until}:")
+    sys.stdout.write(token + "\n")
 
 
 @apikey_app.command("create")

@@ -43,3 +43,5 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # one line per WebSocket open/close is noise at gateway scale
+    logging.getLogger("websockets.server").setLevel(logging.WARNING)
