@@ -205,9 +205,10 @@ class ClientConnection:
             req, now, client=self.id, user=user, conn_info=info, ttl=ttl, subs=subs
         )
         hub.connected(self)
+        self._act(outputs)
         for channel in subs:
             await self._joined(channel, hub.channels.options(channel))
-        return outputs
+        return []
 
     async def _position(
         self, channel: str, opts: NamespaceOptions, since: StreamPosition | None
@@ -239,12 +240,11 @@ class ClientConnection:
         if not outputs:  # unsubscribed or closed meanwhile
             await hub.leave(req.channel, self)
             return outputs
-        await self._joined(req.channel, req.options, join_leave=req.join_leave)
-        return outputs
+        self._act(outputs)  # the reply goes out before this client's own join push
+        await self._joined(req.channel, req.options)
+        return []
 
-    async def _joined(
-        self, channel: str, opts: NamespaceOptions, *, join_leave: bool = False
-    ) -> None:
+    async def _joined(self, channel: str, opts: NamespaceOptions) -> None:
         info = self.session.info
         if opts.presence:
             await self._hub.presence_store.add(channel, info, self._hub.options.presence_ttl)
