@@ -59,6 +59,8 @@ async def one_connection(
             latencies.append(time.perf_counter() - start)
             if b" 202 " not in status_line:
                 errors += 1
+                if errors == 1:
+                    print("unexpected answer:", status_line.decode().strip(), file=sys.stderr)
     finally:
         writer.close()
     return errors
@@ -67,7 +69,7 @@ async def one_connection(
 async def load(port: int, key: str, connections: int, seconds: float) -> dict[str, float]:
     body = (
         b'{"type":"order.shipped","actor":"shop","recipients":["u1"],'
-        b'"channels":["orders:u1"],"payload":{"order":42,"items":["a","b"]}}'
+        b'"channels":["orders.u1"],"payload":{"order":42,"items":["a","b"]}}'
     )
     # warm-up
     await one_connection(port, key, body, time.perf_counter() + 1.0, [], -1)

@@ -6,7 +6,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.adapters.sql.engine import reader
+from tidings.adapters.sql.engine import reader, writer
 from tidings.adapters.sql.tables import api_keys
 from tidings.errors import Conflict, NotFound
 from tidings.ports.clock import Clock
@@ -26,7 +26,7 @@ class SqlApiKeyStore:
             id=key_id, name=name, prefix=prefix, scopes=scopes, created_at=self._clock.now()
         )
         try:
-            async with self._engine.begin() as conn:
+            async with writer(self._engine) as conn:
                 await conn.execute(
                     insert(api_keys).values(
                         id=key_id,
@@ -56,7 +56,7 @@ class SqlApiKeyStore:
             return [_key(r._mapping) for r in rows]
 
     async def revoke(self, key_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with writer(self._engine) as conn:
             result = await conn.execute(
                 update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=self._clock.now())
             )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 BUSY_TIMEOUT_MS = 5000
 _READ_ONLY = "tidings_read_only"
@@ -28,7 +32,9 @@ def create_engine(url: str) -> AsyncEngine:
         path = sqlite_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(
+            url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, pool_size=2, max_overflow=0
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -60,6 +66,25 @@ def create_engine(url: str) -> AsyncEngine:
     raise ValueError(
         f"unsupported database URL {url!r}: use sqlite+aiosqlite or postgresql+asyncpg"
     )
+
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def writer(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A writing transaction. SQLite has one writer at a time: within a process writers queue
+    on an asyncio lock instead of polling SQLite's busy handler, whose sleeps (up to 100 ms)
+    would dominate latency under concurrency. Other processes still wait via busy_timeout."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            yield conn
+        return
+    lock = _WRITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITE_LOCKS[engine.sync_engine] = asyncio.Lock()
+    async with lock, engine.begin() as conn:
+        yield conn
 
 
 def reader(engine: AsyncEngine) -> AsyncEngine:

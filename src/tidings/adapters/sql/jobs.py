@@ -8,13 +8,16 @@ from sqlalchemy import String, and_, case, cast, delete, func, insert, literal, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, reader
+from tidings.adapters.sql.engine import is_postgres, reader, writer
 from tidings.adapters.sql.tables import jobs
 from tidings.errors import LeaseLost, NotFound
 from tidings.ports.clock import Clock
 from tidings.types import Job, JobState, NewJob, Priority, QueueDepth
 
 _RUNNING = JobState.RUNNING.value
+
+
+_INSERT_JOB = insert(jobs)  # built once, see events.py
 
 
 class SqlJobQueue:
@@ -31,9 +34,10 @@ class SqlJobQueue:
         now = self._clock.now()
         job_id = str(uuid.uuid4())
         try:
-            async with self._engine.begin() as conn:
+            async with writer(self._engine) as conn:
                 await conn.execute(
-                    insert(jobs).values(
+                    _INSERT_JOB,
+                    dict(
                         id=job_id,
                         kind=job.kind,
                         payload=job.payload,
@@ -44,7 +48,7 @@ class SqlJobQueue:
                         max_attempts=job.max_attempts,
                         dedupe_key=job.dedupe_key,
                         created_at=now,
-                    )
+                    ),
                 )
             return job_id
         except IntegrityError:
@@ -83,7 +87,7 @@ class SqlJobQueue:
             lease_token=token,
             locked_until=now + lease_seconds,
         )
-        async with self._engine.begin() as conn:
+        async with writer(self._engine) as conn:
             if is_postgres(self._engine):
                 # Lock the candidates, passing over rows another claimer holds, then take them.
                 seqs = list(
@@ -100,7 +104,7 @@ class SqlJobQueue:
         return [_job(m) for m in rows]
 
     async def _settle(self, job_id: str, token: str, **values: Any) -> None:
-        async with self._engine.begin() as conn:
+        async with writer(self._engine) as conn:
             result = await conn.execute(
                 update(jobs)
                 .where(
@@ -156,7 +160,7 @@ class SqlJobQueue:
             return [_job(r._mapping) for r in rows]
 
     async def replay(self, job_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with writer(self._engine) as conn:
             result = await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state == JobState.DEAD.value)
@@ -166,7 +170,7 @@ class SqlJobQueue:
             raise NotFound(f"dead job {job_id} not found")
 
     async def discard(self, job_id: str) -> None:
-        async with self._engine.begin() as conn:
+        async with writer(self._engine) as conn:
             result = await conn.execute(
                 delete(jobs).where(jobs.c.id == job_id, jobs.c.state == JobState.DEAD.value)
             )
