@@ -114,6 +114,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         ingest=ingest,
         apikeys=ApiKeyService(apikeys, clock),
         jobs=jobs,
+        hub=hub,
         ready_checks={"store": store_ready},
     )
     w = settings.worker

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.apikeys import ApiKeyService
+from tidings.services.gateway.hub import Hub
 from tidings.services.ingest import IngestService
 
 
@@ -17,4 +18,5 @@ class Services:
     ingest: IngestService
     apikeys: ApiKeyService
     jobs: JobQueue
+    hub: Hub
     ready_checks: dict[str, Callable[[], Awaitable[None]]]
