@@ -11,6 +11,7 @@ from centrifuge import (
     Client,
     ClientEventHandler,
     ConnectedContext,
+    ConnectingContext,
     DisconnectedContext,
     JoinContext,
     LeaveContext,
@@ -61,6 +62,10 @@ class ConnEvents(ClientEventHandler):
     def __init__(self) -> None:
         self.connected = 0
         self.disconnects: list[int] = []
+        self.connecting: list[int] = []
+
+    async def on_connecting(self, ctx: ConnectingContext) -> None:
+        self.connecting.append(ctx.code)
 
     async def on_connected(self, ctx: ConnectedContext) -> None:
         self.connected += 1
@@ -181,4 +186,16 @@ async def test_private_channel_needs_a_subscription_token(live: Live) -> None:
     await rec.until(lambda: rec.subscribed)
     await live.runtime.hub.publish("secret:vault", b'{"k":1}')
     await rec.until(lambda: rec.pubs)
+    await client.disconnect()
+
+
+async def test_drain_disconnects_with_shutdown_and_refuses_new_connections(live: Live) -> None:
+    conn = ConnEvents()
+    client = Client(live.ws_url, token=live.token("gus"), events=conn, min_reconnect_delay=0.5)
+    await client.connect()
+    await live.runtime.hub.drain(spread=0)
+    await asyncio.sleep(0.3)
+    assert DisconnectCode.SHUTDOWN in conn.connecting  # told to reconnect, not terminal
+    assert conn.disconnects == []
+    assert live.runtime.hub.client_count == 0
     await client.disconnect()

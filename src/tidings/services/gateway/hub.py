@@ -103,13 +103,21 @@ class Hub:
             self._ticker = None
         await self.broker.close()
 
-    async def drain(self) -> None:
-        """Disconnect every client with a reconnect code; clients recover elsewhere."""
+    async def drain(self, spread: float | None = None) -> None:
+        """Refuse new connections and disconnect every client with 3001 (shutdown,
+        reconnect), in random order spread over `spread` seconds, so clients do not all come
+        back to the other nodes at the same instant. They recover from history there."""
         self._draining = True
         clients = list(self._clients.values())
         random.shuffle(clients)
-        for client in clients:
-            client.disconnect(Disconnect.of(DisconnectCode.SHUTDOWN))
+        spread = self.options.drain_spread if spread is None else spread
+        batches = max(1, min(len(clients) // 100, 50)) if spread > 0 else 1
+        size = -(-len(clients) // batches) if clients else 0
+        for i in range(batches):
+            for client in clients[i * size : (i + 1) * size]:
+                client.disconnect(Disconnect.of(DisconnectCode.SHUTDOWN))
+            if i + 1 < batches:
+                await asyncio.sleep(spread / batches)
         await asyncio.sleep(0)
 
     @property
