@@ -169,3 +169,25 @@ async def test_server_keeps_serving_after_abrupt_disconnects(live: Live) -> None
     await asyncio.sleep(0.2)
     await healthy(live)
     assert live.runtime.hub.client_count == 0
+
+
+async def test_server_pings_and_closes_a_client_that_never_pongs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.api.conftest import CHANNELS, make_settings
+    from tests.e2e.conftest import free_port, serve
+    from tidings.config import GatewaySettings
+
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/ping.db",
+        port=free_port(),
+    ).model_copy(
+        update={"gateway": GatewaySettings(channels=CHANNELS, ping_interval=1, pong_timeout=1)}
+    )
+    async for live in serve(settings):
+        ws = await connected(live, "quiet")
+        reply_ping = await connected(live, "chatty")
+        assert await asyncio.wait_for(ws.recv(), 3) == "{}"  # the server's ping
+        assert await asyncio.wait_for(reply_ping.recv(), 3) == "{}"
+        await reply_ping.send("{}")  # pong
+        assert await closed_with(ws) == 3012  # no pong
+        assert await asyncio.wait_for(reply_ping.recv(), 3) == "{}"  # still alive, pinged again
+        await reply_ping.close()
