@@ -264,14 +264,23 @@ class ClientConnection:
             await hub.broker.publish_join_leave(channel, info, False)
 
     async def _history(self, req: r.HistoryRequest) -> list[Output]:
-        result = await self._hub.history(
-            req.channel, since=req.since, limit=req.limit if req.limit else 0
-        )
-        pubs = result.publications
+        """Forward: publications after `since` (or the oldest kept), oldest first. Reverse:
+        publications before `since` (or the newest kept), newest first. At most `limit`;
+        `limit` 0 gives the position only, -1 everything kept."""
+        if not req.reverse:
+            result = await self._hub.history(req.channel, since=req.since, limit=req.limit)
+            pubs = result.publications
+        else:
+            result = await self._hub.history(req.channel, limit=-1 if req.limit else 0)
+            older = [
+                p
+                for p in result.publications
+                if req.since is None or p.offset < req.since.offset
+            ]
+            older.reverse()
+            pubs = tuple(older if req.limit < 0 else older[: req.limit])
         if req.since is not None and req.since.epoch != result.position.epoch:
             return self.session.fail(req, ErrorCode.UNRECOVERABLE_POSITION)
-        if req.reverse:
-            pubs = tuple(reversed(pubs))
         return self.session.reply(
             req, f.HistoryResult(pubs, result.position.epoch, result.position.offset)
         )
