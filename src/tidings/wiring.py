@@ -21,6 +21,7 @@ from tidings import __version__
 from tidings.adapters import sql
 from tidings.adapters.clock import SystemClock
 from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
+from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.api import create_api
 from tidings.config import Settings
 from tidings.core.channels import ChannelResolver
@@ -35,6 +36,7 @@ from tidings.services.dispatch import Dispatcher
 from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.ingest import DISPATCH_JOB, IngestService
 from tidings.services.worker import WorkerPool
+from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
 from tidings.types import Priority
 
@@ -157,12 +159,14 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
 
 
 def build_broker(settings: Settings, clock: Clock) -> Broker:
-    if settings.broker == "memory":
-        return MemoryBroker(clock)
-    raise ValueError(f"unknown broker {settings.broker!r}")
+    if settings.broker == "redis":
+        return RedisBroker(settings.redis_url, clock, prefix=settings.redis_prefix)
+    return MemoryBroker(clock)
 
 
 def build_presence(settings: Settings, clock: Clock) -> PresenceStore:
+    if settings.broker == "redis":
+        return RedisPresenceStore(settings.redis_url, clock, prefix=settings.redis_prefix)
     return MemoryPresenceStore(clock)
 
 
@@ -229,6 +233,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             await rt.stop()
 
     app = create_api(rt.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
+    app.include_router(sse.router)
+    app.include_router(longpoll.router)
     app.state.runtime = rt
     return app
 
