@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.redis import RedisBroker
+from tidings.adapters.redis import broker as broker_module
 from tidings.types import ClientInfo, Publication, StreamPosition
 
 pytestmark = pytest.mark.redis
@@ -369,7 +371,7 @@ async def test_wire_format_is_json_with_data_as_text(
     pub = await a.broker.publish(
         "wire", b'{"a":1}', history_size=5, history_ttl=60, info=BOB, tags={"t": "1"}
     )
-    entries = await redis.xrange(f"{prefix}:hs:{{wire}}")
+    entries: list[Any] = list(await redis.xrange(f"{prefix}:hs:{{wire}}") or [])
     assert [entry_id for entry_id, _ in entries] == [b"1-0"]
     message = orjson.loads(entries[0][1][b"m"])
     assert message["o"] == 1 and message["e"] == pub.epoch
@@ -396,7 +398,8 @@ async def test_resubscribes_after_pubsub_connection_is_killed(
 
     old_id = await pubsub_client_id()
     assert old_id is not None
-    killed = await redis.execute_command("CLIENT", "KILL", "ID", old_id, "TYPE", "pubsub")
+    kill: Any = redis.execute_command
+    killed = await kill("CLIENT", "KILL", "ID", old_id, "TYPE", "pubsub")
     assert killed == 1
 
     # A subscribe issued while the connection is down completes once it is back.
@@ -427,3 +430,34 @@ async def test_close_is_clean_and_idempotent(redis_url: str, prefix: str) -> Non
         t for t in asyncio.all_tasks() if t.get_name() in {"redis-pubsub", "redis-dispatch"}
     ]
     assert leftovers == []
+
+
+async def test_non_utf8_data_round_trips(make_node: NodeFactory) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    await b.broker.subscribe("bin")
+    pub = await a.broker.publish("bin", b"\xff\xfe\x00{", history_size=5, history_ttl=60)
+    await eventually(lambda: len(b.pubs) == 1)
+    assert b.pubs[0].data == b"\xff\xfe\x00{" == pub.data
+    history = await b.broker.history("bin", limit=-1)
+    assert history.publications == (pub,)
+
+
+async def test_idle_connection_is_kept_alive_by_pings(
+    make_node: NodeFactory, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker_module, "PING_INTERVAL", 0.05)
+    a, b = await make_node("a"), await make_node("b")
+    await b.broker.subscribe("quiet")
+
+    async def pubsub_client_ids() -> set[str]:
+        return {
+            str(client["id"])
+            for client in await redis.client_list()
+            if client.get("name") == b.broker.pubsub_client_name
+        }
+
+    before = await pubsub_client_ids()
+    await asyncio.sleep(0.5)  # ten ping intervals without traffic
+    assert await pubsub_client_ids() == before and len(before) == 1
+    await a.broker.publish("quiet", b"1", history_size=5, history_ttl=60)
+    await eventually(lambda: b.offsets() == [1])

@@ -35,7 +35,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import RedisError
 
 from tidings.ports.broker import JoinLeaveHandler, PublicationHandler
 from tidings.ports.clock import Clock
@@ -55,6 +54,7 @@ PING_INTERVAL = 5.0
 the connection is dead and is replaced."""
 
 SUBSCRIBE_TIMEOUT = 10.0
+SEND_TIMEOUT = 10.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 DISPATCH_QUEUE_SIZE = 65536
@@ -270,8 +270,11 @@ class RedisBroker:
             redis_url,
             client_name=f"{name}:pubsub",
             protocol=2,
-            socket_timeout=SUBSCRIBE_TIMEOUT,
+            # No socket_timeout: redis-py would wrap every write in asyncio.wait_for, which on
+            # Python 3.11 can swallow a cancellation; writes are bounded by `_write` instead.
+            socket_timeout=None,
             socket_connect_timeout=SUBSCRIBE_TIMEOUT,
+            socket_keepalive=True,
         )
         self.pubsub_client_name = f"{name}:pubsub"
         self._publish_script = self._redis.register_script(_PUBLISH_LUA)
@@ -320,7 +323,8 @@ class RedisBroker:
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="redis-dispatch")
         self._reader = asyncio.create_task(self._read_forever(), name="redis-pubsub")
         try:
-            await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_TIMEOUT)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                await asyncio.shield(ready)
         except TimeoutError:
             log.warning("redis pub/sub not connected yet; retrying in the background")
 
@@ -328,10 +332,13 @@ class RedisBroker:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._reader, self._dispatcher) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = {t for t in (self._reader, self._dispatcher) if t is not None}
+        while pending:
+            # Cancel again if a library swallowed the first request; the loops also stop on
+            # their own once they see `_closed`.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.2)
         self._reader = self._dispatcher = None
         for expected in self._expected:
             _wake(expected.waiters)
@@ -341,7 +348,7 @@ class RedisBroker:
         self._orphans.clear()
         self._channels.clear()
         if self._conn is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(Exception):
                 await self._conn.disconnect(nowait=True)
             self._conn = None
         await self._redis.aclose()
@@ -359,7 +366,8 @@ class RedisBroker:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._send(_SUBSCRIBE, channel, done)
-        await asyncio.wait_for(asyncio.shield(done), SUBSCRIBE_TIMEOUT)
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+            await asyncio.shield(done)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering `channel` to the handler (effective immediately)."""
@@ -370,7 +378,7 @@ class RedisBroker:
     async def _send(self, kind: bytes, channel: str, done: asyncio.Future[None] | None) -> None:
         async with self._send_lock:
             conn = self._conn
-            if conn is None:
+            if conn is None or not conn.is_connected:
                 # The reader re-subscribes every registered channel when it reconnects.
                 if done is not None:
                     self._orphans.setdefault(channel, []).append(done)
@@ -381,25 +389,38 @@ class RedisBroker:
                 _Expected(kind, names[1], channel, [done] if done is not None else [])
             )
             try:
-                await conn.send_command(kind.decode().upper(), *names, check_health=False)
-            except (RedisError, OSError) as exc:
+                await self._write(conn, kind.decode().upper(), *names)
+            except ConnectionError as exc:
                 # The reader sees the broken connection too, and re-subscribes on reconnect.
                 log.warning("redis pub/sub send failed: %r", exc)
+
+    @staticmethod
+    async def _write(conn: AbstractConnection, *args: str | bytes) -> None:
+        """Send one command on the pub/sub connection (caller holds `_send_lock`). On any
+        failure the connection is closed, so the reader notices and reconnects."""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await conn.send_command(*args, check_health=False)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise ConnectionError(f"redis pub/sub write failed: {exc!r}") from exc
 
     # -- reader ---------------------------------------------------------------------------------
 
     async def _read_forever(self) -> None:
         delay = BACKOFF_MIN
-        while True:
-            conn: AbstractConnection | None = None
+        while not self._closed:
             try:
                 conn = await self._connect()
                 delay = BACKOFF_MIN
                 await self._read(conn)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
+                if self._closed:
+                    return
                 log.warning("redis pub/sub connection lost: %r", exc)
             finally:
-                await self._drop(conn)
+                await self._drop()
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, BACKOFF_MAX)
 
@@ -408,7 +429,7 @@ class RedisBroker:
         try:
             await conn.connect_check_health(check_health=False)
         except BaseException:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
             raise
         async with self._send_lock:
@@ -429,31 +450,32 @@ class RedisBroker:
             for start in range(0, len(batch), SUBSCRIBE_BATCH):
                 chunk = batch[start : start + SUBSCRIBE_BATCH]
                 self._expected.extend(chunk)
-                await conn.send_command("SUBSCRIBE", *(e.name for e in chunk), check_health=False)
+                await self._write(conn, "SUBSCRIBE", *(e.name for e in chunk))
         log.info("redis pub/sub connected", extra={"channels": len(self._channels)})
         return conn
 
-    async def _drop(self, conn: AbstractConnection | None) -> None:
+    async def _drop(self) -> None:
+        """Forget the current pub/sub connection; waiters of unconfirmed subscriptions move to
+        the orphans, which the next connection's subscriptions take over."""
         async with self._send_lock:
-            if conn is not None and self._conn is conn:
-                self._conn = None
+            conn, self._conn = self._conn, None
             for expected in self._expected:
                 if expected.waiters:
                     self._orphans.setdefault(expected.channel, []).extend(expected.waiters)
             self._expected.clear()
         if conn is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
 
     async def _read(self, conn: AbstractConnection) -> None:
         awaiting_pong = False
-        while True:
+        while not self._closed:
             reply = await conn.read_response(timeout=PING_INTERVAL)
             if reply is None:
                 if awaiting_pong:
                     raise ConnectionError("redis pub/sub connection is silent")
                 async with self._send_lock:
-                    await conn.send_command("PING", check_health=False)
+                    await self._write(conn, "PING")
                 awaiting_pong = True
                 continue
             awaiting_pong = False
@@ -482,7 +504,7 @@ class RedisBroker:
     # -- dispatcher -----------------------------------------------------------------------------
 
     async def _dispatch_forever(self) -> None:
-        while True:
+        while not self._closed:
             is_pub, channel, raw = await self._queue.get()
             if channel not in self._channels:
                 continue
