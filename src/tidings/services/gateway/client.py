@@ -273,9 +273,7 @@ class ClientConnection:
         else:
             result = await self._hub.history(req.channel, limit=-1 if req.limit else 0)
             older = [
-                p
-                for p in result.publications
-                if req.since is None or p.offset < req.since.offset
+                p for p in result.publications if req.since is None or p.offset < req.since.offset
             ]
             older.reverse()
             pubs = tuple(older if req.limit < 0 else older[: req.limit])
