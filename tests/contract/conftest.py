@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,12 @@ from tidings.adapters.memory import (
     MemoryJobQueue,
     MemoryPresenceStore,
 )
+from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.sql.tables import metadata
 
 STORE_BACKENDS = ["memory", "sqlite", "postgres"]
-BROKER_BACKENDS = ["memory"]
-PRESENCE_BACKENDS = ["memory"]
+BROKER_BACKENDS = ["memory", "redis"]
+PRESENCE_BACKENDS = ["memory", "redis"]
 
 
 @dataclass
@@ -150,16 +152,20 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 class BrokerKit:
     clock: ManualClock
     broker: Any
+    kind: str = "memory"
 
 
 @pytest.fixture(params=BROKER_BACKENDS)
 async def broker_kit(request: pytest.FixtureRequest) -> AsyncIterator[BrokerKit]:
     clock = ManualClock()
-    if request.param != "memory":
-        raise AssertionError(request.param)
-    broker = MemoryBroker(clock)
+    broker: Any
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        broker = RedisBroker(url, clock, prefix=f"contract-{uuid.uuid4().hex[:10]}")
+    else:
+        broker = MemoryBroker(clock)
     try:
-        yield BrokerKit(clock, broker)
+        yield BrokerKit(clock, broker, request.param)
     finally:
         await broker.close()
 
@@ -173,9 +179,12 @@ class PresenceKit:
 @pytest.fixture(params=PRESENCE_BACKENDS)
 async def presence(request: pytest.FixtureRequest) -> AsyncIterator[PresenceKit]:
     clock = ManualClock()
-    if request.param != "memory":
-        raise AssertionError(request.param)
-    store = MemoryPresenceStore(clock)
+    store: Any
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        store = RedisPresenceStore(url, clock, prefix=f"contract-{uuid.uuid4().hex[:10]}")
+    else:
+        store = MemoryPresenceStore(clock)
     try:
         yield PresenceKit(clock, store)
     finally:
