@@ -242,7 +242,31 @@ def run_gen(cmd: list[str], a: argparse.Namespace, spid: int, name: str, n: int,
         for line in g.stderr:
             err_lines.append(line)
             tag = line.strip()
-            if tag == start_at and not spy:
+            if tag == start_at and not spy and a.profile_tool == "perf":
+                # whole core 0 (server + the loopback softirq work it triggers), all code
+                spy.append(
+                    subprocess.Popen(
+                        [
+                            "taskset",
+                            "-c",
+                            "1",
+                            "perf",
+                            "record",
+                            "-C",
+                            "0",
+                            "-F",
+                            str(a.profile_rate),
+                            "-o",
+                            f"{a.profile_out}.perf.data",
+                        ]
+                        + (["-g"] if a.profile_native else []),
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
+                )
+                rec["profile_started"] = time.time()
+            elif tag == start_at and not spy:
                 for fmt, ext, extra in (("raw", "txt", []), ("flamegraph", "svg", [])):
                     if fmt == "flamegraph" and not a.profile_svg:
                         continue
@@ -333,6 +357,20 @@ def main() -> None:
         help="centrifuge generator: JSON.parse every push (default) or byte search",
     )
     ap.add_argument(
+        "--gc-log",
+        default=None,
+        help="Tidings: log its GC collections to GC_LOG-N.log (instrument/sitecustomize.py)",
+    )
+    ap.add_argument(
+        "--gc-sample", type=float, default=0, help="with --gc-log: log tracked objects every S s"
+    )
+    ap.add_argument(
+        "--gc-freeze",
+        type=float,
+        default=0,
+        help="with --gc-log: experiment, gc.freeze() every S s",
+    )
+    ap.add_argument(
         "--idle-only",
         type=int,
         default=0,
@@ -358,6 +396,7 @@ def main() -> None:
     ap.add_argument("--profile-rate", type=int, default=100)
     ap.add_argument("--profile-native", action="store_true")
     ap.add_argument("--profile-svg", action="store_true")
+    ap.add_argument("--profile-tool", choices=["py-spy", "perf"], default="py-spy")
     ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle (count epoll waits)")
     ap.add_argument("--profile-nonblocking", action="store_true")
     a = ap.parse_args()
@@ -387,6 +426,14 @@ def main() -> None:
             if name == "tidings":
                 tdir, env, token, toml = tidings_setup(a)
                 cwd = tdir
+                if a.gc_log:
+                    env["PYTHONPATH"] = os.path.join(HERE, "instrument")
+                    env["BENCH_GC_LOG"] = os.path.abspath(f"{a.gc_log}-{n}.log")
+                    if a.gc_sample:
+                        env["BENCH_GC_SAMPLE"] = str(a.gc_sample)
+                        env["BENCH_GC_TYPES"] = "1"
+                    if a.gc_freeze:
+                        env["BENCH_GC_FREEZE"] = str(a.gc_freeze)
             elif a.keepalive == "off":
                 env["BENCH_KEEPALIVE"] = "off"
                 if "uvicorn" in run_argv:
