@@ -53,7 +53,6 @@ class Runtime:
     broker: Broker
     hub: Hub
     services: Services
-    dispatcher: Dispatcher
     pools: list[WorkerPool] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -72,10 +71,6 @@ class Runtime:
         await self.hub.stop()
         await self.hub.presence_store.close()
         await self.engine.dispose()
-
-    def wake_workers(self) -> None:
-        for pool in self.pools:
-            pool.notify()
 
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
@@ -153,7 +148,6 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         broker=broker,
         hub=hub,
         services=services,
-        dispatcher=dispatcher,
         pools=pools,
     )
 

@@ -15,8 +15,3 @@ def fingerprint(body: Any) -> str:
     """
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-
-def effect_key(event_id: str, recipient: str, channel: str, template_version: str) -> str:
-    """The one-effect key: one user-visible effect per event, recipient, channel and version."""
-    raw = "\x1f".join((event_id, recipient, channel, template_version))
-    return hashlib.sha256(raw.encode()).hexdigest()
