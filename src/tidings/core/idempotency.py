@@ -14,4 +14,3 @@ def fingerprint(body: Any) -> str:
     Two bodies that differ only in key order or whitespace have one fingerprint.
     """
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
