@@ -107,6 +107,7 @@ enabled = true
 allow_anonymous = true
 ping_interval = {ping}
 commands_per_second = {cps}
+max_messages_in_frame = {frame}
 
 [gateway.channels.default]
 history_size = 100
@@ -141,7 +142,9 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 def tidings_setup(a: argparse.Namespace) -> tuple[str, dict[str, str], str, str]:
     """Fresh temp dir with config, migrated database and a connection token."""
     d = tempfile.mkdtemp(prefix="tidings-fanout-")
-    toml = TIDINGS_TOML.format(secret=secrets.token_hex(32), ping=a.tidings_ping, cps=a.tidings_cps)
+    toml = TIDINGS_TOML.format(
+        secret=secrets.token_hex(32), ping=a.tidings_ping, cps=a.tidings_cps, frame=a.tidings_frame
+    )
     cfg = os.path.join(d, "tidings.toml")
     with open(cfg, "w") as fh:
         fh.write(toml)
@@ -185,6 +188,7 @@ def wait_quiet(max_wait: float, threshold: float) -> dict:
     """The machine may be shared: wait until every core is below `threshold` busy."""
     t0 = time.time()
     calm = 0  # consecutive quiet 2-second windows; ask for 3 in a row
+    busy = core_busy()
     while time.time() - t0 < max_wait:
         busy = core_busy()
         calm = calm + 1 if max(busy) <= threshold else 0
@@ -349,6 +353,12 @@ def main() -> None:
         default=0.0,
         help="gateway.commands_per_second (default 50/s burst 100 would refuse "
         "a 200-message burst from one publisher; 0 = no limit)",
+    )
+    ap.add_argument(
+        "--tidings-frame",
+        type=int,
+        default=16,
+        help="gateway.max_messages_in_frame (1: every publication in its own frame)",
     )
     ap.add_argument(
         "--gen-parse",

@@ -138,7 +138,7 @@ def serve(
     out.print(f"  metrics   {base}/metrics")
     out.print(f"  store     {settings.database_url}   broker {settings.broker}")
     out.print(f"  realtime  {base.replace('http', 'ws', 1)}{settings.gateway.path}")
-    uvicorn.Server(uvicorn_config(settings, create_app(settings))).run()
+    uvicorn.Server(uvicorn_config(settings, create_app(settings, manage_gc=True))).run()
 
 
 token_app = typer.Typer(help="Create JWTs for the real-time gateway.", no_args_is_help=True)

@@ -53,6 +53,12 @@ class GatewaySettings(BaseModel):
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     max_subscriptions: int = Field(default=128, ge=1)
     commands_per_second: float = Field(default=50.0, ge=0)
+    max_messages_in_frame: int = Field(
+        default=16,
+        ge=1,
+        description="Publications of one channel that arrive in the same event-loop pass "
+        "go to each subscriber in one frame, newline-delimited, up to this many.",
+    )
     presence_ttl: float = Field(default=60.0, gt=0)
     channels: dict[str, Any] = Field(default_factory=_default_channels)
 
@@ -77,6 +83,12 @@ class Settings(BaseSettings):
         default=None,
         description="HMAC secret for connection and subscription JWTs (HS256). Unset: one "
         "is generated once into var/token_secret.",
+    )
+    gc_freeze_interval: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds between moves of surviving objects out of the garbage "
+        "collector's reach (gc.freeze); 0 leaves CPython's collector as it is.",
     )
     worker: WorkerSettings = WorkerSettings()
     gateway: GatewaySettings = GatewaySettings()

@@ -34,6 +34,7 @@ from tidings.services.apikeys import ApiKeyService
 from tidings.services.container import Services
 from tidings.services.dispatch import Dispatcher
 from tidings.services.gateway import GatewayOptions, Hub
+from tidings.services.gcpolicy import GcPolicy
 from tidings.services.ingest import DISPATCH_JOB, IngestService
 from tidings.services.worker import WorkerPool
 from tidings.transports import longpoll, sse
@@ -212,18 +213,28 @@ def gateway_options(settings: Settings) -> GatewayOptions:
         max_buffer_bytes=g.max_buffer_bytes,
         presence_ttl=g.presence_ttl,
         allow_anonymous=g.allow_anonymous,
+        max_messages_in_frame=g.max_messages_in_frame,
     )
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, *, manage_gc: bool = False
+) -> FastAPI:
+    """The ASGI app around a runtime. `manage_gc`: this process is the server, so apply the
+    garbage-collector policy (`settings.gc_freeze_interval`) to it."""
     rt = runtime or build_runtime(settings)
+    gc_policy = GcPolicy(settings.gc_freeze_interval) if manage_gc else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        if gc_policy is not None:
+            gc_policy.start()
         try:
             yield
         finally:
+            if gc_policy is not None:
+                await gc_policy.stop()
             await rt.stop()
 
     app = create_api(rt.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)

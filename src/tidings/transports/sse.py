@@ -33,7 +33,7 @@ from tidings.core.protocol.codes import Disconnect, DisconnectCode, ErrorCode
 from tidings.core.sse import KEEPALIVE, decode_cursor, encode_comment, encode_cursor, encode_event
 from tidings.core.tokens import InvalidToken, TokenExpired
 from tidings.errors import Forbidden, InvalidInput, TidingsError
-from tidings.services.gateway import ClientConnection, EncodedPush, Hub
+from tidings.services.gateway import ClientConnection, EncodedBatch, EncodedPush, Hub
 from tidings.types import StreamPosition
 
 RETRY_MS = 2000
@@ -83,7 +83,7 @@ def _refusal(code: int, message: str, channel: str) -> Exception:
 
 class Bridge:
     """A `ClientConnection` driven by synthetic commands, and its unidirectional `Transport`:
-    messages queue up for one reader as `Event`s. The connection checks `buffered()` before a
+    messages queue up for one reader as `Event`s. The connection checks `paused` before a
     publication; writes past twice the limit (replies, control pushes) disconnect it as slow."""
 
     def __init__(self, hub: Hub, name: str) -> None:
@@ -112,8 +112,18 @@ class Bridge:
     def write_push(self, push: EncodedPush) -> None:
         self.write(push.json)
 
-    def buffered(self) -> int:
-        return self._bytes
+    def write_batch(self, batch: EncodedBatch) -> None:
+        for pub, push in zip(batch.pubs, batch.pushes, strict=True):
+            if self.closed is not None:
+                return
+            if self.paused:
+                self.client.overflow(pub, push)
+            else:
+                self.write(push.json)
+
+    @property
+    def paused(self) -> bool:
+        return self._bytes > self._limit
 
     def close(self, close: r.Close) -> None:
         if self.closed is None:

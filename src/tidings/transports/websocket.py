@@ -5,9 +5,10 @@ uvicorn hands a connection to its WebSocket protocol class once it sees an Upgra
 here, on the `websockets` sans-I/O core, without the ASGI per-message send loop; any other
 WebSocket path goes on to uvicorn's own implementation and the ASGI app.
 
-Publications reach each subscriber as one pre-built frame (`EncodedPush.ws_frame`) written
-straight to the socket. Backpressure is the transport's write buffer: past
-`max_buffer_bytes` the client connection drops, coalesces or disconnects by delivery class.
+Publications reach each subscriber as one pre-built frame (`EncodedBatch.ws_frame`, the
+publications of one loop pass) written straight to the socket. Backpressure is the
+transport's write buffer: past `max_buffer_bytes` uvloop calls `pause_writing`, and the
+client connection drops, coalesces or disconnects by delivery class until it drains.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
 from tidings.core.protocol import requests as r
-from tidings.services.gateway import ClientConnection, EncodedPush, Hub
+from tidings.services.gateway import ClientConnection, EncodedBatch, EncodedPush, Hub
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class GatewayConnection(asyncio.Protocol):
         self.client: ClientConnection | None = None
         self.transport: asyncio.Transport | None = None
         self._fragments: list[bytes] | None = None
+        self.paused = False  # the write buffer is past max_buffer_bytes
+        self.open = False  # handshake done, no close frame sent or received
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -66,14 +69,16 @@ class GatewayConnection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.client is not None:
-            self.client.transport_lost()
-            self.client = None
+        self.open = False
+        client, self.client, self.transport = self.client, None, None
+        if client is not None:
+            client.transport_lost()
 
     def pause_writing(self) -> None:
-        pass  # the client connection reads `buffered()` before each push
+        self.paused = True
 
     def resume_writing(self) -> None:
+        self.paused = False
         if self.client is not None:
             self.client.writable()
 
@@ -85,6 +90,7 @@ class GatewayConnection(asyncio.Protocol):
             response = self.ws.reject(503, "shutting down\n")
         self.ws.send_response(response)
         if response.status_code == 101:
+            self.open = True
             self.client = ClientConnection(self.hub, self)
 
     def _frame(self, opcode: Opcode, data: bytes, fin: bool) -> None:
@@ -109,6 +115,8 @@ class GatewayConnection(asyncio.Protocol):
                 transport.write(chunk)
             elif transport.can_write_eof():
                 transport.write_eof()
+        if self.open and self.ws.state is not OPEN:
+            self.open = False
         if self.ws.state is CLOSED or self.ws.close_expected():
             if self.ws.state is CLOSED:
                 transport.close()
@@ -119,19 +127,21 @@ class GatewayConnection(asyncio.Protocol):
     # --- Transport (for ClientConnection) --------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.ws.state is OPEN:
+        if self.open:
             self.ws.send_text(data)
             self._flush()
 
     def write_push(self, push: EncodedPush) -> None:
-        if self.ws.state is OPEN and self.transport is not None:
+        if self.open and self.transport is not None:
             self.transport.write(push.ws_frame)
 
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+    def write_batch(self, batch: EncodedBatch) -> None:
+        if self.open and self.transport is not None:
+            self.transport.write(batch.ws_frame)
 
     def close(self, close: r.Close) -> None:
         self.client = None
+        self.open = False
         with contextlib.suppress(InvalidState):
             self.ws.send_close(close.code, close.reason)
         self._flush()
@@ -179,8 +189,9 @@ def websocket_protocol(
             return self._impl.eof_received() if self._impl is not None else None
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._impl is not None:
-                self._impl.connection_lost(exc)
+            impl, self._impl, self._transport = self._impl, None, None  # no cycles left
+            if impl is not None:
+                impl.connection_lost(exc)
 
         def pause_writing(self) -> None:
             if self._impl is not None:

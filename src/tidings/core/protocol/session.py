@@ -350,6 +350,22 @@ class Session:
             self._close(Disconnect.of(DisconnectCode.INSUFFICIENT_STATE))
         return verdict
 
+    def on_batch(self, channel: str, epoch: str, first: int, last: int) -> bool:
+        """The steady-state fast path for publications `first..last` of `channel`, gathered in
+        one pass and known to be contiguous in `epoch` (`first` 0: not known to be). True when
+        the client takes them all as they are: it is subscribed with nothing in flight, and
+        for a positioned subscription they follow on from its offset (which then moves to
+        `last`). False: nothing changed; ask `on_publication` for each one."""
+        sub = self._subs.get(channel)
+        if sub is None or sub.request is not None or self.state is not State.CONNECTED:
+            return False
+        if not sub.tracked:
+            return True
+        if first == 0 or first != sub.offset + 1 or epoch != sub.epoch:
+            return False
+        sub.offset = last
+        return True
+
     def _track(self, sub: _Sub, pub: Publication) -> Delivery:
         if not sub.tracked or pub.offset == 0:
             return Delivery.DELIVER

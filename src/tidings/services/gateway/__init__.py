@@ -2,6 +2,13 @@
 client connections driven by the pure Centrifuge protocol session."""
 
 from tidings.services.gateway.client import ClientConnection, Transport
-from tidings.services.gateway.hub import EncodedPush, GatewayOptions, Hub
+from tidings.services.gateway.hub import EncodedBatch, EncodedPush, GatewayOptions, Hub
 
-__all__ = ["ClientConnection", "EncodedPush", "GatewayOptions", "Hub", "Transport"]
+__all__ = [
+    "ClientConnection",
+    "EncodedBatch",
+    "EncodedPush",
+    "GatewayOptions",
+    "Hub",
+    "Transport",
+]

@@ -26,13 +26,20 @@ from tidings.types import ClientInfo, Publication, StreamPosition
 from tidings.types import HistoryResult as BrokerHistory
 
 if TYPE_CHECKING:
-    from tidings.services.gateway.hub import EncodedPush, Hub
+    from tidings.services.gateway.hub import EncodedBatch, EncodedPush, Hub
 
 log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    """What a client connection needs of its transport."""
+    """What a client connection needs of its transport.
+
+    `paused` is true while more than the hub's `max_buffer_bytes` wait to be sent to the peer;
+    the transport keeps it up to date (it is read for every publication)."""
+
+    @property
+    def paused(self) -> bool:
+        """More than `max_buffer_bytes` wait to be sent."""
 
     def write(self, data: bytes) -> None:
         """Send one protocol message (a reply, a ping or a push, JSON)."""
@@ -40,8 +47,8 @@ class Transport(Protocol):
     def write_push(self, push: EncodedPush) -> None:
         """Send a push encoded once for every subscriber."""
 
-    def buffered(self) -> int:
-        """Bytes accepted but not yet sent to the peer."""
+    def write_batch(self, batch: EncodedBatch) -> None:
+        """Send every push of a batch, in order, as the transport frames them best."""
 
     def close(self, close: r.Close) -> None:
         """End the connection with the session's close code."""
@@ -56,6 +63,7 @@ class ClientConnection:
         "_runner",
         "id",
         "session",
+        "slot",
         "transport",
         "user",
     )
@@ -70,7 +78,9 @@ class ClientConnection:
         self._runner: asyncio.Task[None] | None = None
         self._latest: dict[tuple[str, str], EncodedPush] | None = None
         self._closed = False
+        self.slot = -1  # heartbeat wheel slot (the hub's), -1: none
         hub.register(self)
+        hub.schedule(self)
 
     # --- input from the transport ----------------------------------------------------------
 
@@ -97,6 +107,9 @@ class ClientConnection:
             self._act([self.session.close(disconnect)])
 
     def tick(self, now: float) -> None:
+        """The hub's heartbeat wheel says a deadline of this session has come."""
+        if self._closed:
+            return
         deadline = self.session.next_deadline()
         if deadline is not None and deadline <= now:
             self._act(self.session.heartbeat(now))
@@ -113,8 +126,11 @@ class ClientConnection:
                 self._finish(out, write=True)
             else:
                 self._requests.append(out)
-        if self._requests and self._runner is None and not self._closed:
+        if self._closed:
+            return
+        if self._requests and self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run_requests())
+        self._hub.schedule(self)
 
     async def _run_requests(self) -> None:
         try:
@@ -296,6 +312,23 @@ class ClientConnection:
     def wants_join_leave(self, channel: str) -> bool:
         return self.session.is_subscribed(channel)
 
+    def deliver_batch(self, batch: EncodedBatch) -> None:
+        """Publications of one channel, in order. In the steady state they go out as the
+        batch's one frame; otherwise each takes the careful path (`deliver`)."""
+        if self.session.on_batch(batch.channel, batch.epoch, batch.first, batch.last):
+            if self._latest is None and not self.transport.paused:
+                self.transport.write_batch(batch)
+                return
+            for pub, push in zip(batch.pubs, batch.pushes, strict=True):
+                if self._closed:
+                    return
+                self._send_push(pub, push)
+            return
+        for pub, push in zip(batch.pubs, batch.pushes, strict=True):
+            if self._closed:
+                return
+            self.deliver(pub, push)
+
     def deliver(self, pub: Publication, push: EncodedPush) -> None:
         verdict = self.session.on_publication(pub)
         if verdict is Delivery.DELIVER:
@@ -308,9 +341,14 @@ class ClientConnection:
             self.transport.write_push(push)
 
     def _send_push(self, pub: Publication, push: EncodedPush) -> None:
-        if self._latest is None and self.transport.buffered() <= self._hub.options.max_buffer_bytes:
+        if self._latest is None and not self.transport.paused:
             self.transport.write_push(push)
             return
+        self.overflow(pub, push)
+
+    def overflow(self, pub: Publication, push: EncodedPush) -> None:
+        """`push` cannot be written now (the transport is paused): drop, coalesce or
+        disconnect by the channel's delivery class."""
         delivery = self._hub.channels.options(pub.channel).delivery
         if delivery is DeliveryClass.EPHEMERAL:
             return  # may be dropped by contract

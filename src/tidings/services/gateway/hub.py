@@ -2,7 +2,12 @@
 and the server API (publish, broadcast, history, presence, disconnect).
 
 A publication is encoded once per channel (`EncodedPush`), and each transport takes the
-same bytes: the WebSocket frame is built once and written to every subscriber as it is.
+same bytes. Publications are not written the moment the broker hands them over: those of one
+channel that arrive in the same pass of the event loop are gathered into an `EncodedBatch`
+(at most `max_messages_in_frame` of them, newline-delimited as the Centrifuge JSON protocol
+allows), and its WebSocket frame is built once and written to every subscriber as it is. Under
+a burst a subscriber gets one frame and one `write()` for many publications; a lone
+publication goes out alone, one loop pass later.
 """
 
 from __future__ import annotations
@@ -56,6 +61,28 @@ class EncodedPush:
         return self._frame
 
 
+class EncodedBatch:
+    """Publications of one channel gathered in one loop pass, in order, encoded once.
+
+    `first`/`last` are the offsets of the first and last publication when they are
+    contiguous in one epoch (the steady-state fast path); `first` is 0 otherwise."""
+
+    __slots__ = ("channel", "epoch", "first", "last", "pubs", "pushes", "ws_frame")
+
+    def __init__(self, channel: str, pubs: list[Publication]) -> None:
+        self.channel = channel
+        self.pubs = pubs
+        self.pushes = [EncodedPush(pub) for pub in pubs]
+        self.ws_frame = ws_frame(b"\n".join([push.json for push in self.pushes]))
+        head = pubs[0]
+        self.epoch = head.epoch
+        self.first = self.last = 0
+        if head.offset > 0 and all(
+            p.offset == head.offset + i and p.epoch == head.epoch for i, p in enumerate(pubs)
+        ):
+            self.first, self.last = head.offset, pubs[-1].offset
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayOptions:
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -65,6 +92,8 @@ class GatewayOptions:
     tick: float = 1.0  # heartbeat resolution, seconds
     drain_spread: float = 5.0  # reconnect advice spread on shutdown, seconds
     allow_anonymous: bool = False  # connect without a token as user ""
+    max_messages_in_frame: int = 16  # publications of one channel written in one frame
+    max_frame_bytes: int = 64 * 1024  # a gathered frame stops growing past this
     node: str = "node"
 
 
@@ -88,6 +117,11 @@ class Hub:
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._draining = False
+        self._gathered: dict[str, list[Publication]] = {}
+        self._flush_pending = False
+        # Heartbeat timer wheel: slot number (deadline / tick, rounded up) -> clients due then.
+        self._wheel: dict[int, list[ClientConnection]] = {}
+        self._slot_done = int(clock.monotonic() / self.options.tick)
 
     # --- life ------------------------------------------------------------------------------
 
@@ -140,6 +174,34 @@ class Hub:
             if not ids:
                 del self._users[client.user]
 
+    def schedule(self, client: ClientConnection) -> None:
+        """(Re)place `client` on the heartbeat wheel at its session's next deadline. Called
+        after the session acted; an entry for a later slot than the current one is left in
+        place and skipped when its slot comes (deadlines only move later between acts)."""
+        deadline = client.session.next_deadline()
+        if deadline is None:
+            return
+        slot = max(-int(-deadline // self.options.tick), self._slot_done + 1)
+        if 0 <= client.slot <= slot:
+            return
+        client.slot = slot
+        due = self._wheel.get(slot)
+        if due is None:
+            self._wheel[slot] = [client]
+        else:
+            due.append(client)
+
+    def _heartbeats(self, now: float) -> None:
+        """Run the heartbeats of the clients whose slots have come."""
+        current = int(now // self.options.tick)
+        for slot in range(self._slot_done + 1, current + 1):
+            self._slot_done = slot
+            for client in self._wheel.pop(slot, ()):
+                if client.slot == slot:
+                    client.slot = -1
+                    client.tick(now)
+                    self.schedule(client)
+
     def _lock(self, channel: str) -> asyncio.Lock:
         lock = self._channel_locks.get(channel)
         if lock is None:
@@ -178,12 +240,38 @@ class Hub:
     # --- fanout ----------------------------------------------------------------------------
 
     def on_publication(self, pub: Publication) -> None:
-        subs = self._subs.get(pub.channel)
-        if not subs:
+        """Gather `pub`; the channel's gathered publications go out at the end of this pass
+        of the event loop, in the order they came."""
+        if pub.channel not in self._subs:
             return
-        push = EncodedPush(pub)
-        for client in list(subs.values()):
-            client.deliver(pub, push)
+        gathered = self._gathered.get(pub.channel)
+        if gathered is None:
+            self._gathered[pub.channel] = [pub]
+            if not self._flush_pending:
+                self._flush_pending = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            gathered.append(pub)
+
+    def flush(self) -> None:
+        """Write every gathered publication to the channel's local subscribers now."""
+        self._flush_pending = False
+        gathered, self._gathered = self._gathered, {}
+        limit, size_limit = self.options.max_messages_in_frame, self.options.max_frame_bytes
+        for channel, pubs in gathered.items():
+            start = 0
+            while start < len(pubs):
+                end, size = start + 1, len(pubs[start].data)
+                while end < len(pubs) and end - start < limit and size < size_limit:
+                    size += len(pubs[end].data)
+                    end += 1
+                subs = self._subs.get(channel)
+                if not subs:
+                    break
+                batch = EncodedBatch(channel, pubs[start:end])
+                for client in list(subs.values()):
+                    client.deliver_batch(batch)
+                start = end
 
     def on_join_leave(self, channel: str, info: ClientInfo, joined: bool) -> None:
         subs = self._subs.get(channel)
@@ -252,8 +340,7 @@ class Hub:
         while True:
             await asyncio.sleep(self.options.tick)
             now = self.clock.monotonic()
-            for client in list(self._clients.values()):
-                client.tick(now)
+            self._heartbeats(now)
             if now >= next_presence:
                 next_presence = now + presence_every
                 for client in list(self._clients.values()):

@@ -387,6 +387,40 @@ def test_publications_are_delivered_in_order_and_deduplicated() -> None:
     assert s.positions() == {"chat:1": StreamPosition(6, "e1")}
 
 
+def test_a_batch_that_follows_on_is_taken_whole_and_moves_the_offset() -> None:
+    s = connected()
+    s.subscribed(subscribe(s, "chat:1"), T0, position=StreamPosition(5, "e1"))
+    assert s.on_batch("chat:1", "e1", 6, 9) is True
+    assert s.positions() == {"chat:1": StreamPosition(9, "e1")}
+    assert s.on_publication(pub(10)) is Delivery.DELIVER
+
+
+@pytest.mark.parametrize(
+    ("channel", "epoch", "first", "last"),
+    [
+        ("chat:1", "e1", 7, 9),  # a gap before it
+        ("chat:1", "e1", 5, 9),  # overlaps what the client has
+        ("chat:1", "e2", 6, 9),  # another epoch
+        ("chat:1", "e1", 0, 0),  # not known to be contiguous
+        ("other", "e1", 6, 9),  # not subscribed
+    ],
+)
+def test_a_batch_off_the_steady_state_changes_nothing(
+    channel: str, epoch: str, first: int, last: int
+) -> None:
+    s = connected()
+    s.subscribed(subscribe(s, "chat:1"), T0, position=StreamPosition(5, "e1"))
+    assert s.on_batch(channel, epoch, first, last) is False
+    assert s.positions() == {"chat:1": StreamPosition(5, "e1")}
+    assert s.closed_with is None
+
+
+def test_a_batch_waits_while_the_subscribe_is_in_flight() -> None:
+    s = connected()
+    subscribe(s, "chat:1")
+    assert s.on_batch("chat:1", "e1", 6, 9) is False
+
+
 @pytest.mark.parametrize("bad", [pub(8), pub(7, epoch="e2")])
 def test_a_gap_or_new_epoch_closes_with_insufficient_state(bad: Publication) -> None:
     s = connected()

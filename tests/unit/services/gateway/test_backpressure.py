@@ -10,8 +10,9 @@ import orjson
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
 from tidings.core.channels import ChannelResolver
-from tidings.core.protocol import requests as r
-from tidings.services.gateway import ClientConnection, EncodedPush, GatewayOptions, Hub
+from tidings.services.gateway import ClientConnection, EncodedBatch, GatewayOptions, Hub
+
+from .fakes import FakeTransport
 
 CHANNELS = {
     "namespaces": {
@@ -20,33 +21,6 @@ CHANNELS = {
         "cursor": {"delivery": "latest", "history_size": 1, "history_ttl": "1m"},
     }
 }
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.backlog = 0
-        self.closed: r.Close | None = None
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    def write_push(self, push: EncodedPush) -> None:
-        self.sent.append(push.json)
-
-    def buffered(self) -> int:
-        return self.backlog
-
-    def close(self, close: r.Close) -> None:
-        self.closed = close
-
-    def pushes(self) -> list[dict]:
-        out = []
-        for raw in self.sent:
-            msg = orjson.loads(raw)
-            if "push" in msg and "pub" in msg["push"]:
-                out.append(msg["push"])
-        return out
 
 
 async def setup(channel: str) -> tuple[Hub, ClientConnection, FakeTransport]:
@@ -72,13 +46,31 @@ async def setup(channel: str) -> tuple[Hub, ClientConnection, FakeTransport]:
     return hub, client, transport
 
 
+def text_of(frame: bytes) -> bytes:
+    """The payload of one unmasked WebSocket text frame."""
+    assert frame[0] == 0x81
+    size, start = frame[1], 2
+    if size == 126:
+        size, start = int.from_bytes(frame[2:4], "big"), 4
+    elif size == 127:
+        size, start = int.from_bytes(frame[2:10], "big"), 10
+    assert len(frame) == start + size
+    return frame[start:]
+
+
+async def publish(hub: Hub, channel: str, data: bytes) -> None:
+    """Publish and write out at once (the hub gathers a loop pass's publications)."""
+    await hub.publish(channel, data)
+    hub.flush()
+
+
 async def test_ephemeral_publications_are_dropped_when_the_buffer_is_full() -> None:
     hub, _client, t = await setup("typing:room")
-    await hub.publish("typing:room", b'{"n":1}')
+    await publish(hub, "typing:room", b'{"n":1}')
     t.backlog = 5000
-    await hub.publish("typing:room", b'{"n":2}')
+    await publish(hub, "typing:room", b'{"n":2}')
     t.backlog = 0
-    await hub.publish("typing:room", b'{"n":3}')
+    await publish(hub, "typing:room", b'{"n":3}')
     assert [p["pub"]["data"]["n"] for p in t.pushes()] == [1, 3]
     assert t.closed is None
     await hub.stop()
@@ -95,6 +87,7 @@ async def test_latest_publications_are_coalesced_by_key_and_flushed_when_writabl
             history_ttl=60,
             key="alice" if n % 2 else "bob",
         )
+    hub.flush()
     assert t.pushes() == []
     t.backlog = 0
     client.writable()
@@ -106,12 +99,43 @@ async def test_latest_publications_are_coalesced_by_key_and_flushed_when_writabl
 
 async def test_durable_publication_over_the_limit_disconnects_slow_3008() -> None:
     hub, _client, t = await setup("durable:feed")
-    await hub.publish("durable:feed", b'{"n":1}')
+    await publish(hub, "durable:feed", b'{"n":1}')
     t.backlog = 5000
-    await hub.publish("durable:feed", b'{"n":2}')
+    await publish(hub, "durable:feed", b'{"n":2}')
     assert t.closed is not None and t.closed.code == 3008 and t.closed.reconnect
     assert [p["pub"]["data"]["n"] for p in t.pushes()] == [1]
     await asyncio.sleep(0.01)
     assert hub.local_subscribers("durable:feed") == 0
     assert hub.client_count == 0
+    await hub.stop()
+
+
+async def test_publications_of_one_loop_pass_go_out_as_batches_in_order() -> None:
+    hub, _client, t = await setup("durable:feed")
+    batches: list[EncodedBatch] = []
+    t.write_batch = batches.append  # type: ignore[method-assign]
+    for n in range(20):  # the memory broker does not yield: all in one pass
+        await hub.publish("durable:feed", orjson.dumps({"n": n}))
+    assert batches == []  # nothing written before the pass ends
+    await asyncio.sleep(0)
+    assert [len(b.pubs) for b in batches] == [16, 4]  # max_messages_in_frame
+    assert [(b.first, b.last) for b in batches] == [(1, 16), (17, 20)]
+    lines = [orjson.loads(line) for b in batches for line in text_of(b.ws_frame).split(b"\n")]
+    assert [m["push"]["pub"]["data"]["n"] for m in lines] == list(range(20))
+    await hub.stop()
+
+
+async def test_a_batch_that_does_not_follow_on_takes_the_careful_path() -> None:
+    hub, _client, t = await setup("durable:feed")
+    await publish(hub, "durable:feed", b'{"n":1}')
+    pubs = [
+        await hub.broker.publish("durable:feed", b'{"n":2}', history_size=10, history_ttl=60),
+        await hub.broker.publish("durable:feed", b'{"n":3}', history_size=10, history_ttl=60),
+    ]
+    hub.flush()  # both went to the hub already: the client is now at offset 3
+    assert [p["pub"]["data"]["n"] for p in t.pushes()] == [1, 2, 3]
+    hub._gathered["durable:feed"] = list(pubs)  # the same two again: duplicates
+    hub.flush()
+    assert [p["pub"]["data"]["n"] for p in t.pushes()] == [1, 2, 3]  # dropped one by one
+    assert t.closed is None
     await hub.stop()
