@@ -44,6 +44,11 @@ class GatewaySettings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list)  # empty: any origin
     token_rsa_public_key_file: str | None = None
     token_ecdsa_public_key_file: str | None = None
+    token_jwks_file: str | None = Field(
+        default=None,
+        description="A JSON Web Key Set (RFC 7517) of RS*/ES* public keys, picked by the "
+        "token's kid; re-read when the file changes.",
+    )
     token_audience: str | None = None
     token_issuer: str | None = None
     allow_anonymous: bool = False

@@ -4,7 +4,9 @@ The only module that chooses adapters."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -55,9 +57,13 @@ class Runtime:
     hub: Hub
     services: Services
     pools: list[WorkerPool] = field(default_factory=list)
+    key_watcher: KeySetWatcher | None = None
 
     async def start(self) -> None:
         await self.hub.start()
+        if self.settings.gateway.token_jwks_file:
+            self.key_watcher = KeySetWatcher(self.settings, self.hub)
+            self.key_watcher.start()
         if self.settings.worker.enabled:
             for pool in self.pools:
                 await pool.start()
@@ -66,6 +72,8 @@ class Runtime:
                 log.info("re-dispatching events accepted before a stop", extra={"count": pending})
 
     async def stop(self) -> None:
+        if self.key_watcher is not None:
+            await self.key_watcher.stop()
         await self.hub.drain()
         for pool in self.pools:
             await pool.stop()
@@ -188,6 +196,7 @@ def token_keys(settings: Settings) -> TokenKeys:
         hmac_secret=token_secret(settings),
         rsa_public_key=_read(g.token_rsa_public_key_file),
         ecdsa_public_key=_read(g.token_ecdsa_public_key_file),
+        jwks=_read(g.token_jwks_file),
         audience=g.token_audience,
         issuer=g.token_issuer,
     )
@@ -195,6 +204,53 @@ def token_keys(settings: Settings) -> TokenKeys:
 
 def _read(path: str | None) -> str | None:
     return Path(path).read_text() if path else None
+
+
+class KeySetWatcher:
+    """Re-reads the gateway's JWKS file when it changes, so keys rotate without a restart.
+    A file that cannot be used is logged and the keys in force stay."""
+
+    def __init__(self, settings: Settings, hub: Hub, every: float = 5.0) -> None:
+        self.settings, self.hub, self.every = settings, hub, every
+        self.path = Path(settings.gateway.token_jwks_file or "")
+        self._seen = self._stamp()
+        self._task: asyncio.Task[None] | None = None
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def check(self) -> bool:
+        """Reload if the file changed; True when new keys are in force."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            keys = token_keys(self.settings)
+        except (OSError, ValueError) as exc:
+            log.error("key set not reloaded", extra={"path": str(self.path), "error": str(exc)})
+            return False
+        self.hub.options = dataclasses.replace(self.hub.options, keys=keys)
+        log.info("key set reloaded", extra={"path": str(self.path), "keys": len(keys.jwks or {})})
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="jwks-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            self.check()
 
 
 def gateway_options(settings: Settings) -> GatewayOptions:

@@ -78,7 +78,7 @@ async def test_connect_subscribe_publish_presence_history(live: Live) -> None:
     alice_events, bob_events = Recorder(), Recorder()
     alice = Client(live.ws_url, token=live.token("alice"))
     bob = Client(live.ws_url, token=live.token("bob"))
-    a_sub = alice.new_subscription("chat:room", events=alice_events)
+    a_sub = alice.new_subscription("chat:room", events=alice_events, join_leave=True)
     b_sub = bob.new_subscription("chat:room", events=bob_events)
     await alice.connect()
     await a_sub.subscribe()

@@ -62,7 +62,8 @@ class NamespaceOptions:
     history_size: int = 0
     history_ttl: float = 0.0  # seconds
     presence: bool = False
-    join_leave: bool = False
+    join_leave: bool = False  # publish join/leave to subscribers that ask for them
+    force_push_join_leave: bool = False  # ... and to every subscriber, asked or not
     allow_publish_for_client: bool = False
     allow_history_for_client: bool = False
     allow_presence_for_client: bool = False

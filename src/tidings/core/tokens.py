@@ -7,8 +7,10 @@ subscriptions), `meta` (server-only JSON), `expire_at` (connection expiry apart 
 (must be the channel subscribed to), `exp`, `info`/`b64info`, `expire_at`.
 
 Signatures: HS256/384/512 with a shared secret, RS256/384/512 with an RSA public key,
-ES256/384/512 with an ECDSA public key. Time is passed in (`now`, Unix seconds): PyJWT's
-own clock checks are switched off and done here, so decoding is pure.
+ES256/384/512 with an ECDSA public key, or RS*/ES* with the key a JSON Web Key Set (RFC 7517)
+names by the token's `kid` header, so signing keys can be rotated: publish the new key in the
+set, sign with it, drop the old one once its tokens have expired. Time is passed in (`now`,
+Unix seconds): PyJWT's own clock checks are switched off and done here, so decoding is pure.
 
 Failures map to the protocol: an expired token is error 109 (the SDK fetches a new token and
 retries); any other bad token closes the connection with 3500 invalid token.
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import (
 )
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.types import Options
 
 from tidings.core.protocol.codes import Disconnect, DisconnectCode, ErrorCode
@@ -76,6 +79,7 @@ class TokenKeys:
     audience: str | None = None  # checked when set
     issuer: str | None = None  # checked when set
     leeway: float = 0.0  # seconds of clock skew tolerated on exp/nbf
+    jwks: Mapping[str, JsonWebKey] | None = None  # by key id
 
     @classmethod
     def from_config(
@@ -87,13 +91,27 @@ class TokenKeys:
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 0.0,
+        jwks: str | bytes | None = None,
     ) -> TokenKeys:
-        """Load PEM public keys once (raises `ValueError` for a key of the wrong kind)."""
+        """Load PEM public keys and a JWKS document once (raises `ValueError` for a key of
+        the wrong kind or a set that cannot be used)."""
         rsa = _load_public(rsa_public_key, RSAPublicKey, "rsa_public_key")
         ec = _load_public(ecdsa_public_key, EllipticCurvePublicKey, "ecdsa_public_key")
-        return cls(hmac_secret or None, rsa, ec, audience, issuer, leeway)
+        keyset = parse_jwks(jwks) if jwks is not None else None
+        return cls(hmac_secret or None, rsa, ec, audience, issuer, leeway, keyset)
 
-    def key_for(self, algorithm: str) -> str | bytes | RSAPublicKey | EllipticCurvePublicKey:
+    def key_for(
+        self, algorithm: str, kid: str | None = None
+    ) -> str | bytes | RSAPublicKey | EllipticCurvePublicKey:
+        """The key to verify a token signed with `algorithm`; with a `kid` header, the key of
+        that id in the key set."""
+        if kid is not None and self.jwks is not None:
+            jwk = self.jwks.get(kid)
+            if jwk is None:
+                raise InvalidToken(f"unknown key id {kid!r}")
+            if algorithm not in jwk.algorithms:
+                raise InvalidToken(f"key {kid!r} is not for algorithm {algorithm!r}")
+            return jwk.key
         key: str | bytes | RSAPublicKey | EllipticCurvePublicKey | None = None
         if algorithm in HMAC_ALGORITHMS:
             key = self.hmac_secret
@@ -104,6 +122,66 @@ class TokenKeys:
         if key is None:
             raise InvalidToken(f"no key configured for algorithm {algorithm!r}")
         return key
+
+
+@dataclass(frozen=True, slots=True)
+class JsonWebKey:
+    """A verification key of a JWKS and the algorithms it may verify."""
+
+    key: RSAPublicKey | EllipticCurvePublicKey
+    algorithms: frozenset[str]
+
+
+_EC_ALGORITHM = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+
+
+def parse_jwks(document: str | bytes) -> dict[str, JsonWebKey]:
+    """The signature-verification keys of a JWKS document, by `kid`. RSA keys verify
+    RS256/384/512 (or only their `alg`); EC keys the ES algorithm of their curve. Keys for
+    encryption (`use: enc`) are left out. Raises `ValueError` naming what is wrong."""
+    try:
+        doc = orjson.loads(document)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"JWKS is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError("JWKS must be an object with a 'keys' list")
+    keys: dict[str, JsonWebKey] = {}
+    for i, entry in enumerate(doc["keys"]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"keys[{i}] is not an object")
+        if entry.get("use", "sig") != "sig":
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise ValueError(f"keys[{i}] has no 'kid'")
+        if kid in keys:
+            raise ValueError(f"keys[{i}]: key id {kid!r} appears twice")
+        if any(k in entry for k in ("d", "p", "q")):
+            raise ValueError(f"keys[{i}] ({kid}) holds a private key; publish public keys only")
+        kty, alg = entry.get("kty"), entry.get("alg")
+        if kty not in ("RSA", "EC"):
+            raise ValueError(f"keys[{i}] ({kid}): key type {kty!r} is not RSA or EC")
+        loaded: object
+        try:
+            if kty == "RSA":
+                loaded = RSAAlgorithm.from_jwk(entry)
+                allowed = RSA_ALGORITHMS
+            else:
+                loaded = ECAlgorithm.from_jwk(entry)
+                allowed = frozenset({_EC_ALGORITHM.get(str(entry.get("crv")), "")}) - {""}
+        except (jwt.InvalidKeyError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"keys[{i}] ({kid}): {exc}") from None
+        if not isinstance(loaded, RSAPublicKey | EllipticCurvePublicKey):
+            raise ValueError(f"keys[{i}] ({kid}) is not a public key")
+        key = loaded
+        if alg is not None:
+            if alg not in allowed:
+                raise ValueError(f"keys[{i}] ({kid}): alg {alg!r} does not fit a {kty} key")
+            allowed = frozenset({alg})
+        keys[kid] = JsonWebKey(key, allowed)
+    if not keys:
+        raise ValueError("JWKS has no signature keys")
+    return keys
 
 
 def _load_public(pem: str | bytes | None, kind: type[Any], name: str) -> Any:
@@ -190,12 +268,15 @@ def _verify(token: str, keys: TokenKeys, now: float) -> dict[str, Any]:
     if not token:
         raise InvalidToken("token required")
     try:
-        algorithm = jwt.get_unverified_header(token).get("alg")
+        header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError as exc:
         raise InvalidToken(f"malformed token: {exc}") from None
+    algorithm, kid = header.get("alg"), header.get("kid")
     if not isinstance(algorithm, str):
         raise InvalidToken("token header has no algorithm")
-    key = keys.key_for(algorithm)
+    if kid is not None and not isinstance(kid, str):
+        raise InvalidToken("token header kid must be a string")
+    key = keys.key_for(algorithm, kid)
     options: Options = {
         "verify_exp": False,
         "verify_nbf": False,
@@ -250,9 +331,13 @@ def _info(claims: Mapping[str, Any]) -> bytes | None:
     return None
 
 
-def encode_token(claims: Mapping[str, Any], key: SigningKey, algorithm: str = "HS256") -> str:
-    """Sign `claims` (for the CLI and tests): a secret for HS*, a private key for RS*/ES*."""
-    return jwt.encode(dict(claims), key, algorithm=algorithm)
+def encode_token(
+    claims: Mapping[str, Any], key: SigningKey, algorithm: str = "HS256", kid: str | None = None
+) -> str:
+    """Sign `claims` (for the CLI and tests): a secret for HS*, a private key for RS*/ES*;
+    `kid` names the key of a JWKS that verifies it."""
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(dict(claims), key, algorithm=algorithm, headers=headers)
 
 
 def connection_claims(

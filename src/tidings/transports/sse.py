@@ -165,7 +165,8 @@ class Bridge:
                 opts = self.hub.channels.options(channel)
             except ChannelError as exc:
                 raise type(exc)(f"channel {channel!r}: {exc.message}", field="channel") from None
-            body: dict[str, Any] = {"channel": channel}
+            # No SDK to ask: join/leave come wherever the namespace publishes them.
+            body: dict[str, Any] = {"channel": channel, "join_leave": True}
             back = since.get(channel)
             if back is not None and opts.positioned:
                 self._since[channel] = back

@@ -166,3 +166,89 @@ def test_subscription_token() -> None:
         decode_subscription_token(token, KEYS, NOW, channel="$gossips", user="43")
     with pytest.raises(TokenExpired):
         decode_subscription_token(token, KEYS, NOW + 61, channel="$gossips", user="42")
+
+
+# --- JSON Web Key Sets --------------------------------------------------------------------
+
+
+def _jwk(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str, **extra: Any) -> dict:
+    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(private, rsa.RSAPrivateKey) else None
+    if algorithm is not None:
+        jwk = algorithm.to_jwk(private.public_key(), as_dict=True)
+    else:
+        jwk = jwt.algorithms.ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    return {**jwk, "kid": kid, **extra}
+
+
+def _jwks(*keys: dict) -> str:
+    import json
+
+    return json.dumps({"keys": list(keys)})
+
+
+def test_a_key_set_verifies_by_key_id_and_rotates(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    new_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys = TokenKeys.from_config(
+        jwks=_jwks(_jwk(rsa_key, "old", alg="RS256"), _jwk(new_rsa, "new"), _jwk(ec_key, "ec"))
+    )
+    claims = connection_claims("9", now=NOW, ttl=60)
+    for key, alg, kid in (
+        (rsa_key, "RS256", "old"),
+        (new_rsa, "RS512", "new"),
+        (ec_key, "ES256", "ec"),
+    ):
+        assert (
+            decode_connection_token(encode_token(claims, key, alg, kid=kid), keys, NOW).user == "9"
+        )
+    # Signed by one key but naming another: the signature does not verify.
+    with pytest.raises(InvalidToken, match="invalid token"):
+        decode_connection_token(encode_token(claims, new_rsa, "RS256", kid="old"), keys, NOW)
+    # The old key leaves the set: its tokens are refused.
+    rotated = TokenKeys.from_config(jwks=_jwks(_jwk(new_rsa, "new")))
+    with pytest.raises(InvalidToken, match="unknown key id 'old'"):
+        decode_connection_token(encode_token(claims, rsa_key, "RS256", kid="old"), rotated, NOW)
+
+
+def test_a_key_is_only_good_for_its_algorithms(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    keys = TokenKeys.from_config(jwks=_jwks(_jwk(rsa_key, "r", alg="RS256"), _jwk(ec_key, "e")))
+    claims = connection_claims("9", now=NOW, ttl=60)
+    with pytest.raises(InvalidToken, match="not for algorithm 'RS384'"):
+        decode_connection_token(encode_token(claims, rsa_key, "RS384", kid="r"), keys, NOW)
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(InvalidToken, match="not for algorithm 'ES384'"):
+        decode_connection_token(encode_token(claims, p384, "ES384", kid="e"), keys, NOW)
+    # An HS256 token naming a key of the set cannot turn the public key into an HMAC secret.
+    forged = jwt.encode(claims, "s" * 32, algorithm="HS256", headers={"kid": "r"})
+    with pytest.raises(InvalidToken, match="not for algorithm 'HS256'"):
+        decode_connection_token(forged, keys, NOW)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("not json", "not JSON"),
+        ('{"keys": {}}', "'keys' list"),
+        ('{"keys": []}', "no signature keys"),
+        ('{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}', "has no 'kid'"),
+        ('{"keys": [{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}]}', "not RSA or EC"),
+        ('{"keys": [{"kty": "RSA", "kid": "x", "n": "!!", "e": "AQAB"}]}', "keys\\[0\\] \\(x\\)"),
+    ],
+)
+def test_unusable_key_sets_are_refused(document: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TokenKeys.from_config(jwks=document)
+
+
+def test_private_and_duplicate_keys_are_refused(rsa_key: rsa.RSAPrivateKey) -> None:
+    private = jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key, as_dict=True)
+    with pytest.raises(ValueError, match="private key"):
+        TokenKeys.from_config(jwks=_jwks({**private, "kid": "p"}))
+    with pytest.raises(ValueError, match="appears twice"):
+        TokenKeys.from_config(jwks=_jwks(_jwk(rsa_key, "a"), _jwk(rsa_key, "a")))
+    encryption = _jwk(rsa_key, "enc", use="enc")
+    keys = TokenKeys.from_config(jwks=_jwks(encryption, _jwk(rsa_key, "sig")))
+    assert set(keys.jwks or {}) == {"sig"}

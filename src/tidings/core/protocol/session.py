@@ -67,6 +67,7 @@ class _Sub:
     tracked: bool = False  # positioned: offsets are checked for gaps
     expires_at: float | None = None
     buffer: list[Publication] = field(default_factory=list)
+    join_leave: bool = False  # wants join/leave pushes
 
 
 class Session:
@@ -191,7 +192,8 @@ class Session:
         req = r.SubscribeRequest(
             cmd.id, cmd.channel, opts, cmd.token, since, cmd.data, cmd.join_leave
         )
-        self._subs[cmd.channel] = _Sub(options=opts, request=req)
+        wants = opts.join_leave and (cmd.join_leave or opts.force_push_join_leave)
+        self._subs[cmd.channel] = _Sub(options=opts, request=req, join_leave=wants)
         return [req]
 
     # --- answers from the I/O layer --------------------------------------------------------
@@ -222,7 +224,8 @@ class Session:
         for channel, ss in (subs or {}).items():
             back = request.subs.get(channel)
             since = StreamPosition(back.offset, back.epoch) if back and back.recover else None
-            sub = _Sub(options=ss.options, request=None)
+            wants = ss.options.join_leave and ss.options.force_push_join_leave
+            sub = _Sub(options=ss.options, request=None, join_leave=wants)
             results[channel] = self._establish(sub, since, ss.position, ss.history, ss.data, None)
             self._subs[channel] = sub
         result = f.ConnectResult(
@@ -452,6 +455,12 @@ class Session:
     def is_subscribed(self, channel: str) -> bool:
         sub = self._subs.get(channel)
         return sub is not None and sub.request is None
+
+    def wants_join_leave(self, channel: str) -> bool:
+        """Subscribed to `channel` and asked for its join/leave pushes (or the namespace
+        pushes them to everyone)."""
+        sub = self._subs.get(channel)
+        return sub is not None and sub.request is None and sub.join_leave
 
     @property
     def channels(self) -> frozenset[str]:

@@ -310,7 +310,7 @@ class ClientConnection:
     # --- fanout ----------------------------------------------------------------------------
 
     def wants_join_leave(self, channel: str) -> bool:
-        return self.session.is_subscribed(channel)
+        return self.session.wants_join_leave(channel)
 
     def deliver_batch(self, batch: EncodedBatch) -> None:
         """Publications of one channel, in order. In the steady state they go out as the

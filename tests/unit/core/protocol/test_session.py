@@ -55,6 +55,7 @@ RESOLVER = ChannelResolver(
         "dm": NamespaceOptions(allow_user_limited=True),
         "last": NamespaceOptions(history_size=1, history_ttl=60, delivery=DeliveryClass.LATEST),
         "feed": NamespaceOptions(history_size=5, history_ttl=60, delivery=DeliveryClass.DURABLE),
+        "lobby": NamespaceOptions(join_leave=True, force_push_join_leave=True),
     },
 )
 CONNECT = b'{"id":1,"connect":{"token":"tok","name":"js"}}'
@@ -565,3 +566,20 @@ def test_close_is_idempotent_and_lists_channels() -> None:
     assert s.close(Disconnect.of(DisconnectCode.CONNECTION_CLOSED)) is first
     assert s.receive(b'{"id":9,"ping":{}}', T0) == []
     assert s.heartbeat(T0 + 100) == [] and s.next_deadline() is None
+
+
+@pytest.mark.parametrize(
+    ("channel", "extra", "wants"),
+    [
+        ("chat:1", "", False),  # the namespace publishes join/leave, the client did not ask
+        ("chat:1", ',"join_leave":true', True),
+        ("lobby:1", "", True),  # pushed to every subscriber
+        ("feed:1", ',"join_leave":true', False),  # the namespace has none to give
+    ],
+)
+def test_join_leave_pushes_go_to_those_who_ask(channel: str, extra: str, wants: bool) -> None:
+    s = connected()
+    req = subscribe(s, channel, extra=extra)
+    assert s.wants_join_leave(channel) is False  # not before the reply
+    s.subscribed(req, T0)
+    assert s.wants_join_leave(channel) is wants
