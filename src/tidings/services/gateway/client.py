@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _offset(push: EncodedPush) -> int:
+    return push.pub.offset if push.pub is not None else 0
+
+
 class Transport(Protocol):
     """What a client connection needs of its transport.
 
@@ -96,7 +100,7 @@ class ClientConnection:
     def writable(self) -> None:
         """The transport drained below its limit: send coalesced latest-state pushes."""
         pending, self._latest = self._latest, None
-        for push in (pending or {}).values():
+        for push in sorted((pending or {}).values(), key=_offset):
             if self._closed:
                 return
             self.transport.write_push(push)

@@ -139,3 +139,33 @@ async def test_a_batch_that_does_not_follow_on_takes_the_careful_path() -> None:
     assert [p["pub"]["data"]["n"] for p in t.pushes()] == [1, 2, 3]  # dropped one by one
     assert t.closed is None
     await hub.stop()
+
+
+async def test_latest_coalescing_over_the_sse_and_long_poll_bridge() -> None:
+    from tidings.transports.sse import Bridge
+
+    clock = ManualClock()
+    hub = Hub(
+        MemoryBroker(clock),
+        MemoryPresenceStore(clock),
+        ChannelResolver.from_config(CHANNELS),
+        clock,
+        GatewayOptions(max_buffer_bytes=1024, allow_anonymous=True),
+    )
+    await hub.start()
+    bridge = Bridge(hub, "test")
+    await bridge.open("", ["cursor:doc"], {})
+    pad = "x" * 100
+    for n in range(30):  # nobody reads meanwhile: ~4 KB for a 1 KB buffer
+        key = f"k{n % 3}"
+        data = orjson.dumps({"n": n, "pad": pad})
+        await hub.broker.publish("cursor:doc", data, history_size=1, history_ttl=60, key=key)
+    hub.flush()
+    got = [e for e in await bridge.next() if e.kind == "publication"]
+    got += [e for e in await bridge.next() if e.kind == "publication"]  # the coalesced rest
+    ns = [e.data["data"]["n"] for e in got]
+    assert len(ns) < 30  # some were coalesced
+    assert ns[-3:] == [27, 28, 29]  # the newest of each key comes last, in offset order
+    assert ns == sorted(ns)
+    assert bridge.closed is None  # a latest channel never disconnects a slow reader
+    await hub.stop()
