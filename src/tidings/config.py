@@ -68,6 +68,20 @@ class GatewaySettings(BaseModel):
     channels: dict[str, Any] = Field(default_factory=_default_channels)
 
 
+class PresenceSettings(BaseModel):
+    """User presence across devices and typing (see docs/operations.md)."""
+
+    idle_after: float = Field(default=120.0, gt=0)
+    probably_offline_after: float = Field(default=45.0, gt=0)
+    offline_after: float = Field(default=90.0, gt=0)
+    last_seen_interval: float = Field(default=60.0, gt=0)
+    update_interval: float = Field(default=5.0, ge=0)
+    typing_ttl: float = Field(default=6.0, gt=0)
+    typing_throttle: float = Field(default=3.0, ge=0)
+    typing_max_members: int = Field(default=200, ge=0)
+    sweep_interval: float = Field(default=2.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDINGS_", env_nested_delimiter="__", extra="forbid"
@@ -97,6 +111,7 @@ class Settings(BaseSettings):
     )
     worker: WorkerSettings = WorkerSettings()
     gateway: GatewaySettings = GatewaySettings()
+    presence: PresenceSettings = PresenceSettings()
 
     def secret_file(self) -> Path:
         """Where the generated token secret lives when `token_secret` is not set."""

@@ -23,21 +23,27 @@ from tidings import __version__
 from tidings.adapters import sql
 from tidings.adapters.clock import SystemClock
 from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
+from tidings.adapters.memory.online import MemoryDeviceStore
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
+from tidings.adapters.redis.online import RedisDeviceStore
+from tidings.adapters.sql.online import SqlPresenceRecords
 from tidings.api import create_api
 from tidings.config import Settings
 from tidings.core.channels import ChannelResolver
+from tidings.core.online import PresenceConfig
 from tidings.core.protocol.limits import SessionConfig
 from tidings.core.tokens import TokenKeys
 from tidings.ports.broker import Broker
 from tidings.ports.clock import Clock
+from tidings.ports.online import DeviceStore
 from tidings.ports.presence import PresenceStore
 from tidings.services.apikeys import ApiKeyService
 from tidings.services.container import Services
 from tidings.services.dispatch import Dispatcher
 from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
-from tidings.services.ingest import DISPATCH_JOB, IngestService
+from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
+from tidings.services.online import GatewayPresence, OnlineService
 from tidings.services.worker import WorkerPool
 from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
@@ -61,6 +67,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.hub.start()
+        self.services.online.start(self.settings.presence.sweep_interval)
         if self.settings.gateway.token_jwks_file:
             self.key_watcher = KeySetWatcher(self.settings, self.hub)
             self.key_watcher.start()
@@ -75,10 +82,12 @@ class Runtime:
         if self.key_watcher is not None:
             await self.key_watcher.stop()
         await self.hub.drain()
+        await self.services.online.stop()
         for pool in self.pools:
             await pool.stop()
         await self.hub.stop()
         await self.hub.presence_store.close()
+        await self.services.online.devices.close()
         await self.engine.dispose()
 
 
@@ -112,6 +121,25 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         check_channel=hub.channels.options,
     )
 
+    async def emit(kind: str, key: str, payload: dict[str, object]) -> None:
+        user = payload.get("user")
+        actor = user if isinstance(user, str) else None
+        await ingest.ingest(EventInput(type=kind, payload=payload, actor=actor), key)
+
+    async def members(channel: str) -> int:
+        return (await hub.presence_stats(channel)).num_users
+
+    online = OnlineService(
+        build_device_store(settings, clock),
+        SqlPresenceRecords(engine),
+        clock,
+        presence_config(settings),
+        emit=emit,
+        publish=hub.signal,
+        members=members,
+    )
+    hub.observer = GatewayPresence(online, hub)
+
     async def store_ready() -> None:
         await sql.check(engine)
 
@@ -121,6 +149,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         apikeys=ApiKeyService(apikeys, clock),
         jobs=jobs,
         hub=hub,
+        online=online,
         ready_checks={"store": store_ready},
     )
     w = settings.worker
@@ -165,6 +194,26 @@ def build_broker(settings: Settings, clock: Clock) -> Broker:
     if settings.broker == "redis":
         return RedisBroker(settings.redis_url, clock, prefix=settings.redis_prefix)
     return MemoryBroker(clock)
+
+
+def build_device_store(settings: Settings, clock: Clock) -> DeviceStore:
+    if settings.broker == "redis":
+        return RedisDeviceStore(settings.redis_url, clock, prefix=settings.redis_prefix)
+    return MemoryDeviceStore(clock)
+
+
+def presence_config(settings: Settings) -> PresenceConfig:
+    p = settings.presence
+    return PresenceConfig(
+        idle_after=p.idle_after,
+        probably_offline_after=p.probably_offline_after,
+        offline_after=p.offline_after,
+        last_seen_interval=p.last_seen_interval,
+        update_interval=p.update_interval,
+        typing_ttl=p.typing_ttl,
+        typing_throttle=p.typing_throttle,
+        typing_max_members=p.typing_max_members,
+    )
 
 
 def build_presence(settings: Settings, clock: Clock) -> PresenceStore:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from tidings import __version__
-from tidings.api import admin, events, ops, problems, realtime
+from tidings.api import admin, events, ops, presence, problems, realtime
 from tidings.api.middleware import BodyLimit, Metrics
 from tidings.services.container import Services
 
@@ -40,6 +40,7 @@ def create_api(
     problems.install(app)
     app.include_router(events.router)
     app.include_router(realtime.router)
+    app.include_router(presence.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=max_body_bytes)

@@ -10,6 +10,7 @@ from tidings.ports.jobs import JobQueue
 from tidings.services.apikeys import ApiKeyService
 from tidings.services.gateway.hub import Hub
 from tidings.services.ingest import IngestService
+from tidings.services.online import OnlineService
 
 
 @dataclass(slots=True)
@@ -19,4 +20,5 @@ class Services:
     apikeys: ApiKeyService
     jobs: JobQueue
     hub: Hub
+    online: OnlineService
     ready_checks: dict[str, Callable[[], Awaitable[None]]]

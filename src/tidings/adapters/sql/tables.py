@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Double,
     ForeignKey,
@@ -100,4 +101,13 @@ api_keys = Table(
     Column("scopes", JSON, nullable=False),
     Column("created_at", Epoch, nullable=False),
     Column("revoked_at", Epoch),
+)
+
+user_presence = Table(
+    "user_presence",
+    metadata,
+    Column("user_id", String(200), primary_key=True),
+    Column("last_seen", Epoch),
+    Column("hide_online", Boolean, nullable=False, default=False),
+    Column("hide_last_seen", Boolean, nullable=False, default=False),
 )

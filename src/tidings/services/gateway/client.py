@@ -21,7 +21,7 @@ from tidings.core.tokens import (
     decode_connection_token,
     decode_subscription_token,
 )
-from tidings.errors import TidingsError
+from tidings.errors import Forbidden, NotFound, TidingsError
 from tidings.types import ClientInfo, Publication, StreamPosition
 from tidings.types import HistoryResult as BrokerHistory
 
@@ -66,6 +66,7 @@ class ClientConnection:
         "_requests",
         "_runner",
         "id",
+        "name",
         "session",
         "slot",
         "transport",
@@ -77,6 +78,7 @@ class ClientConnection:
         self.transport = transport
         self.id = str(uuid.uuid4())
         self.user = ""
+        self.name = ""  # the client's name from connect (js, python, ...)
         self.session = Session(hub.options.session, hub.channels, hub.clock.monotonic())
         self._requests: deque[r.Request] = deque()
         self._runner: asyncio.Task[None] | None = None
@@ -117,6 +119,8 @@ class ClientConnection:
         deadline = self.session.next_deadline()
         if deadline is not None and deadline <= now:
             self._act(self.session.heartbeat(now))
+            if self._hub.observer is not None and not self._closed and self.session.client:
+                self._hub.observer.alive(self)
 
     # --- outputs of the session ------------------------------------------------------------
 
@@ -193,7 +197,15 @@ class ClientConnection:
                 )
                 return s.sub_refreshed(req, now, ttl=sub.ttl(hub.clock.now()))
             case r.RpcRequest():
-                return s.fail(req, ErrorCode.METHOD_NOT_FOUND)
+                if hub.observer is None:
+                    return s.fail(req, ErrorCode.METHOD_NOT_FOUND)
+                try:
+                    data = await hub.observer.rpc(self, req.method, req.data)
+                except NotFound:
+                    return s.fail(req, ErrorCode.METHOD_NOT_FOUND)
+                except Forbidden:
+                    return s.fail(req, ErrorCode.PERMISSION_DENIED)
+                return s.reply(req, f.RpcResult(data))
             case r.SendRequest():
                 return []
         return []  # pragma: no cover
@@ -212,7 +224,7 @@ class ClientConnection:
                 token.ttl(hub.clock.now()),
                 token.channels,
             )
-        self.user = user
+        self.user, self.name = user, req.name
         subs: dict[str, r.ServerSubscription] = {}
         for channel in claimed:
             opts = hub.channels.options(channel)
@@ -226,6 +238,8 @@ class ClientConnection:
         )
         hub.connected(self)
         self._act(outputs)
+        if hub.observer is not None and not self._closed:
+            hub.observer.connected(self)
         for channel in subs:
             await self._joined(channel, hub.channels.options(channel))
         return []
@@ -371,6 +385,8 @@ class ClientConnection:
         self._closed = True
         self._requests.clear()
         self._hub.unregister(self)
+        if self._hub.observer is not None and self.session.client:
+            self._hub.observer.gone(self)
         if write:
             self.transport.close(close)
         if close.channels:

@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.core.channels import ChannelResolver, DeliveryClass
 from tidings.core.protocol import frames as f
@@ -83,6 +83,23 @@ class EncodedBatch:
             self.first, self.last = head.offset, pubs[-1].offset
 
 
+class ConnectionObserver(Protocol):
+    """Told about each connection's life (user presence builds on it) and asked for the
+    client's `rpc` commands. The three notifications must not block: schedule work."""
+
+    def connected(self, client: ClientConnection) -> None: ...
+
+    def alive(self, client: ClientConnection) -> None:
+        """A heartbeat came round and the connection is still there."""
+
+    def gone(self, client: ClientConnection) -> None: ...
+
+    async def rpc(self, client: ClientConnection, method: str, data: bytes | None) -> bytes:
+        """The result data (JSON) of an rpc; raises `NotFound` for an unknown method,
+        `Forbidden` or `InvalidInput` to refuse it."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayOptions:
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -115,6 +132,7 @@ class Hub:
         self._clients: dict[str, ClientConnection] = {}
         self._users: dict[str, set[str]] = {}
         self._channel_locks: dict[str, asyncio.Lock] = {}
+        self.observer: ConnectionObserver | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._draining = False
         self._gathered: dict[str, list[Publication]] = {}
@@ -305,6 +323,12 @@ class Hub:
             key=key,
             idempotency_key=idempotency_key,
         )
+
+    async def signal(self, channel: str, data: bytes, tags: dict[str, str]) -> Publication:
+        """An ephemeral publication (never in history, no offset) marked by `tags`, such as
+        presence changes and typing: live subscribers get it, recovery never replays it."""
+        self.channels.options(channel)  # validates the name
+        return await self.broker.publish(channel, data, history_size=0, tags=tags)
 
     async def broadcast(self, channels: Iterable[str], data: bytes) -> list[Publication]:
         return [await self.publish(ch, data) for ch in channels]

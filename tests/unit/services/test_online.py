@@ -1,0 +1,184 @@
+"""The presence service with a controllable clock: transitions after the grace period and
+only once, last-seen writes bounded, typing throttled and expired, privacy honoured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tidings.adapters.clock import ManualClock
+from tidings.adapters.memory.online import MemoryDeviceStore, MemoryPresenceRecords
+from tidings.core.online import Device, PresenceConfig, Privacy, Status
+from tidings.errors import Forbidden
+from tidings.services.online import OnlineService
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.published: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        self.keys: set[str] = set()
+
+    async def emit(self, kind: str, key: str, payload: dict[str, Any]) -> None:
+        if key in self.keys:  # the event store's idempotency
+            return
+        self.keys.add(key)
+        self.events.append((kind, key, payload))
+
+    async def publish(self, channel: str, data: bytes, tags: dict[str, str]) -> None:
+        self.published.append((channel, orjson.loads(data), tags))
+
+
+def service(
+    clock: ManualClock,
+    sink: Sink,
+    devices: MemoryDeviceStore | None = None,
+    records: MemoryPresenceRecords | None = None,
+    members: int = 2,
+    **cfg: Any,
+) -> OnlineService:
+    async def count(_channel: str) -> int:
+        return members
+
+    return OnlineService(
+        devices or MemoryDeviceStore(clock),
+        records or MemoryPresenceRecords(),
+        clock,
+        PresenceConfig(update_interval=0, **cfg),
+        emit=sink.emit,
+        publish=sink.publish,
+        members=count,
+    )
+
+
+def dev(clock: ManualClock, id: str = "d1", **kw: Any) -> Device:
+    now = clock.now()
+    return Device(id=id, heartbeat_at=now, active_at=now, **kw)
+
+
+async def test_online_then_offline_only_after_the_grace_period() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    assert [e[0] for e in sink.events] == ["user.online"]
+    assert sink.events[0][1] == "presence:alice:1"
+    assert sink.published[-1] == (
+        "chat:1",
+        {"type": "presence", "user": "alice", "status": "active"},
+        {"tidings": "presence"},
+    )
+    clock.advance(60)  # silent 60 s: probably offline, not offline
+    assert await svc.sweep() == 0
+    assert (await svc.get("alice")).status is Status.PROBABLY_OFFLINE
+    clock.advance(30)  # 90 s: offline
+    assert await svc.sweep() == 1
+    assert [e[0] for e in sink.events] == ["user.online", "user.offline"]
+    assert sink.published[-1][1]["status"] == "offline"
+    assert (await svc.get("alice")).status is Status.OFFLINE
+    assert await svc.sweep() == 0  # once
+
+
+async def test_a_reload_within_the_grace_period_is_no_offline() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+    await svc.report("alice", dev(clock))
+    await svc.report("alice", Device("d1", clock.now(), clock.now(), connected=False))
+    clock.advance(3)
+    await svc.report("alice", dev(clock, "d2"))  # the new connection after the reload
+    for _ in range(10):
+        clock.advance(20)
+        await svc.report("alice", dev(clock, "d2"))
+        await svc.sweep()
+    assert [e[0] for e in sink.events] == ["user.online"]
+
+
+async def test_a_gateway_killed_without_cleanup_leaves_no_ghost() -> None:
+    clock = ManualClock()
+    store, records = MemoryDeviceStore(clock), MemoryPresenceRecords()
+    dead_sink, live_sink = Sink(), Sink()
+    dead = service(clock, dead_sink, store, records)
+    live = service(clock, live_sink, store, records)
+    await dead.report("alice", dev(clock))  # then the gateway dies: no gone(), no sweep
+    clock.advance(89)
+    assert await live.sweep() == 0
+    clock.advance(1)
+    assert await live.sweep() == 1
+    assert (await live.get("alice")).status is Status.OFFLINE
+    assert [e[0] for e in live_sink.events] == ["user.offline"]
+    assert await dead.sweep() == 0  # had it come back, it would find nothing to do
+
+
+async def test_multi_device_desktop_active_and_phone_background_is_active() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+    await svc.report("alice", dev(clock, "phone", foreground=False, kind="ios"))
+    assert (await svc.get("alice")).status is Status.IDLE
+    await svc.report("alice", dev(clock, "desk", kind="desktop"))
+    p = await svc.get("alice")
+    assert p.status is Status.ACTIVE
+    assert {d.id for d in await svc.reachable("alice")} == {"phone", "desk"}
+
+
+async def test_last_seen_writes_are_bounded_by_the_interval() -> None:
+    clock, sink = ManualClock(), Sink()
+    records = MemoryPresenceRecords()
+    svc = service(clock, sink, records=records, last_seen_interval=60)
+    users = [f"u{i}" for i in range(50)]
+    for _ in range(30):  # 10 minutes of heartbeats every 20 s, a sweep after each round
+        for u in users:
+            await svc.report(u, dev(clock))
+        await svc.sweep()
+        clock.advance(20)
+    # 600 s / 60 s = 10 intervals (+1 for the first) per user, never once per heartbeat
+    assert records.writes <= len(users) * 11
+    assert svc.counters().reports == 1500
+    assert await records.last_seen("u0") == pytest.approx(clock.now() - 20, abs=60)
+
+
+async def test_status_updates_are_coalesced_per_user() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+    svc.config = PresenceConfig(update_interval=3600)  # one push per user per hour
+    svc._updates.interval = 3600
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    await svc.report("alice", dev(clock, foreground=False, channels=("chat:1",)))
+    statuses = [p[1]["status"] for p in sink.published]
+    assert statuses == ["active"]  # the idle change waits for the interval
+    await svc.stop()
+
+
+async def test_typing_start_stop_throttle_and_ttl() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink, typing_ttl=6, typing_throttle=3)
+    assert await svc.typing("alice", "chat:1", True) is True
+    assert await svc.typing("alice", "chat:1", True) is False  # throttled
+    assert svc.typing_now("chat:1") == ["alice"]
+    clock.advance(7)  # the client vanished: no stop came
+    await svc.sweep()
+    assert svc.typing_now("chat:1") == []
+    typing = [(p[1]["typing"], p[2]) for p in sink.published]
+    assert typing == [(True, {"tidings": "typing"}), (False, {"tidings": "typing"})]
+    assert await svc.typing("alice", "chat:1", False) is False  # nothing to stop
+
+
+async def test_typing_is_off_in_large_channels() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink, members=500, typing_max_members=200)
+    with pytest.raises(Forbidden, match="200"):
+        await svc.typing("alice", "big:1", True)
+    assert sink.published == []
+
+
+async def test_privacy_is_honoured_for_others_and_in_fanout() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+    await svc.set_privacy("alice", Privacy(hide_online=True, hide_last_seen=True))
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    assert sink.published == []  # no presence push for a hidden user
+    other = await svc.get("alice", viewer="bob")
+    assert other.status is Status.OFFLINE and other.last_seen is None and other.devices == ()
+    assert (await svc.get("alice", viewer="alice")).status is Status.ACTIVE
+    assert (await svc.get("alice")).status is Status.ACTIVE  # the server sees all
+    assert [e[0] for e in sink.events] == ["user.online"]  # the orchestrator still knows
