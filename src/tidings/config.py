@@ -79,6 +79,7 @@ class PresenceSettings(BaseModel):
     typing_ttl: float = Field(default=6.0, gt=0)
     typing_throttle: float = Field(default=3.0, ge=0)
     typing_max_members: int = Field(default=200, ge=0)
+    max_devices: int = Field(default=16, ge=1)
     sweep_interval: float = Field(default=2.0, gt=0)
 
 

@@ -213,6 +213,7 @@ def presence_config(settings: Settings) -> PresenceConfig:
         typing_ttl=p.typing_ttl,
         typing_throttle=p.typing_throttle,
         typing_max_members=p.typing_max_members,
+        max_devices=p.max_devices,
     )
 
 

@@ -87,3 +87,17 @@ async def test_typing_needs_a_presence_namespace(api: Api) -> None:
         "/v1/presence/users/alice/typing", json={"channel": "nope:x"}, headers=api.auth()
     )
     assert r.status_code == 422
+
+
+async def test_a_device_over_the_limit_is_refused_with_409(api: Api) -> None:
+    c = api.client
+    limit = api.runtime.services.online.config.max_devices
+    for i in range(limit):
+        r = await c.put(f"/v1/presence/users/many/devices/d{i}", json={}, headers=api.auth())
+        assert r.status_code == 200
+    r = await c.put("/v1/presence/users/many/devices/extra", json={}, headers=api.auth())
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "the limit is" in r.json()["detail"]
+    r = await c.put("/v1/presence/users/many/devices/d0", json={}, headers=api.auth())
+    assert r.status_code == 200  # a known device may report again

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.api.auth import require, services
 from tidings.api.schemas import ChannelName
 from tidings.core.online import Device, Privacy, UserPresence
-from tidings.errors import Forbidden
+from tidings.errors import Conflict, Forbidden
 from tidings.types import Scope
 
 router = APIRouter(
@@ -106,7 +106,13 @@ async def put_privacy(request: Request, user: str, body: PrivacyIn) -> PrivacyIn
 async def put_device(request: Request, user: str, device: str, body: DeviceIn) -> PresenceOut:
     online = services(request).online
     now = online.clock.now()
-    known = {d.id: d for d in await online.devices.get(user)}.get(device)
+    devices = {d.id: d for d in await online.devices.get(user)}
+    known = devices.get(device)
+    if known is None and len(devices) >= online.config.max_devices:
+        raise Conflict(
+            f"user {user} has {len(devices)} devices; the limit is {online.config.max_devices}",
+            field="device",
+        )
     active_at = now if body.active or known is None else known.active_at
     report = Device(
         id=device,

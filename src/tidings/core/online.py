@@ -50,12 +50,15 @@ class PresenceConfig:
     typing_ttl: float = 6.0  # a typing indicator dies this long after its last start
     typing_throttle: float = 3.0  # repeated starts within this are not sent again
     typing_max_members: int = 200  # no typing in channels with more users than this
+    max_devices: int = 16  # connections of one user that count as devices, per gateway
 
     def __post_init__(self) -> None:
         if not 0 < self.probably_offline_after < self.offline_after:
             raise InvalidInput(
                 "need 0 < probably_offline_after < offline_after", field="probably_offline_after"
             )
+        if self.max_devices < 1:
+            raise InvalidInput("max_devices must be >= 1", field="max_devices")
         for name in ("idle_after", "last_seen_interval", "typing_ttl"):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be > 0", field=name)

@@ -366,6 +366,7 @@ class GatewayPresence:
         self.service = service
         self.hub = hub
         self._devices: dict[str, Device] = {}  # by client id
+        self._per_user: dict[str, set[str]] = {}  # user -> client ids reported as devices
         self._tasks: set[asyncio.Task[object]] = set()
 
     def _channels(self, client: ClientConnection) -> tuple[str, ...]:
@@ -388,8 +389,20 @@ class GatewayPresence:
         if not task.cancelled() and task.exception() is not None:
             log.error("presence report failed", exc_info=task.exception())
 
+    def _track(self, client: ClientConnection) -> bool:
+        """Whether this connection counts as one of its user's devices: at most
+        `max_devices` connections of one user per gateway do (a service account with
+        thousands of connections would otherwise make every report walk all of them)."""
+        ids = self._per_user.setdefault(client.user, set())
+        if client.id in ids:
+            return True
+        if len(ids) >= self.service.config.max_devices:
+            return False
+        ids.add(client.id)
+        return True
+
     def connected(self, client: ClientConnection) -> None:
-        if not client.user:
+        if not client.user or not self._track(client):
             return  # anonymous connections have no user presence
         now = self.service.clock.now()
         device = Device(
@@ -405,6 +418,8 @@ class GatewayPresence:
     def alive(self, client: ClientConnection) -> None:
         device = self._devices.get(client.id)
         if device is None:
+            if client.user and self._track(client):  # a device slot came free
+                self.connected(client)
             return
         device = dataclasses.replace(
             device, heartbeat_at=self.service.clock.now(), channels=self._channels(client)
@@ -413,6 +428,11 @@ class GatewayPresence:
         self._spawn(client.user, device)
 
     def gone(self, client: ClientConnection) -> None:
+        ids = self._per_user.get(client.user)
+        if ids is not None:
+            ids.discard(client.id)
+            if not ids:
+                del self._per_user[client.user]
         device = self._devices.pop(client.id, None)
         if device is not None:
             self._spawn(client.user, dataclasses.replace(device, connected=False))
@@ -421,7 +441,7 @@ class GatewayPresence:
         device = self._devices.get(client.id)
         if method == "presence.state":
             if device is None:
-                raise Forbidden("anonymous connections have no presence")
+                raise Forbidden("this connection is not one of the user's tracked devices")
             foreground, active = parse_state(data)
             now = self.service.clock.now()
             device = dataclasses.replace(
@@ -435,7 +455,7 @@ class GatewayPresence:
             presence = await self.service.report(client.user, device)
             return orjson.dumps({"status": presence.status.label})
         if method == "typing":
-            if device is None:
+            if not client.user:
                 raise Forbidden("anonymous connections cannot type")
             channel, active = parse_typing(data)
             if not client.session.is_subscribed(channel):

@@ -9,10 +9,17 @@ import orjson
 import pytest
 
 from tidings.adapters.clock import ManualClock
+from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
 from tidings.adapters.memory.online import MemoryDeviceStore, MemoryPresenceRecords
+from tidings.core.channels import ChannelResolver
 from tidings.core.online import Device, PresenceConfig, Privacy, Status
+from tidings.core.protocol.codes import Disconnect, DisconnectCode
+from tidings.core.tokens import TokenKeys, connection_claims, encode_token
 from tidings.errors import Forbidden
-from tidings.services.online import OnlineService
+from tidings.services.gateway import ClientConnection, GatewayOptions, Hub
+from tidings.services.online import GatewayPresence, OnlineService
+
+from .gateway.fakes import FakeTransport
 
 
 class Sink:
@@ -182,3 +189,38 @@ async def test_privacy_is_honoured_for_others_and_in_fanout() -> None:
     assert (await svc.get("alice", viewer="alice")).status is Status.ACTIVE
     assert (await svc.get("alice")).status is Status.ACTIVE  # the server sees all
     assert [e[0] for e in sink.events] == ["user.online"]  # the orchestrator still knows
+
+
+async def test_a_user_with_many_connections_counts_at_most_max_devices() -> None:
+    import asyncio
+
+    clock, sink = ManualClock(), Sink()
+    secret = "s" * 64
+    hub = Hub(
+        MemoryBroker(clock),
+        MemoryPresenceStore(clock),
+        ChannelResolver.from_config({}),
+        clock,
+        GatewayOptions(keys=TokenKeys(hmac_secret=secret)),
+    )
+    svc = service(clock, sink, max_devices=4)
+    hub.observer = GatewayPresence(svc, hub)
+    token = encode_token(connection_claims("svc", now=clock.now()), secret)
+    clients = []
+    for _ in range(10):
+        client = ClientConnection(hub, FakeTransport())
+        client.receive(f'{{"id":1,"connect":{{"token":"{token}"}}}}'.encode())
+        clients.append(client)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(await svc.devices.get("svc")) == 4  # the other six are served, not tracked
+    tracked = {d.id for d in await svc.devices.get("svc")}
+    first = next(c for c in clients if c.id in tracked)
+    first.disconnect(Disconnect.of(DisconnectCode.FORCE_RECONNECT))
+    spare = next(c for c in clients if c.id not in tracked)
+    assert hub.observer is not None
+    hub.observer.alive(spare)  # its heartbeat round: it takes the free slot
+    for _ in range(50):
+        await asyncio.sleep(0)
+    devices = {d.id: d for d in await svc.devices.get("svc")}
+    assert spare.id in devices and devices[first.id].connected is False
