@@ -1,0 +1,234 @@
+"""Workflow definitions from mappings (as loaded from YAML or JSON) and from YAML/JSON text.
+
+Every error is an :class:`~tidings.errors.InvalidInput` whose ``field`` is the exact path of
+the bad part (``steps[2].window``, ``steps[0].if.and[1].payload.x.gt``) and whose message
+starts with the source (a file name) when one is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import yaml
+
+from tidings.core.notify.conditions import TRUE, parse_condition, parse_path
+from tidings.core.notify.durations import parse_duration
+from tidings.core.notify.model import (
+    STEP_KINDS,
+    ChannelDefault,
+    ChannelStep,
+    DelayStep,
+    DigestStep,
+    Step,
+    ThrottleStep,
+    Workflow,
+    default_step_id,
+    parse_wait_for,
+)
+from tidings.core.notify.schedule import parse_send_window
+from tidings.core.notify.types import Channel
+from tidings.errors import InvalidInput
+
+_WORKFLOW_FIELDS: Final = frozenset(
+    {"key", "name", "description", "critical", "commercial", "steps", "defaults", "send_windows"}
+)
+_COMMON: Final = frozenset({"id", "type", "if"})
+_CHANNEL_FIELDS: Final = _COMMON | {
+    "template",
+    "content",
+    "wait_for",
+    "suppress_when_active",
+    "endpoint",
+}
+_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "delay": _COMMON | {"duration", "until"},
+    "digest": _COMMON | {"window", "key", "max_events"},
+    "throttle": _COMMON | {"limit", "window", "key"},
+}
+
+
+def parse_workflow(mapping: Any, *, source: str | None = None) -> Workflow:
+    """A validated :class:`Workflow` from its written form (see docs/workflows.md)."""
+    try:
+        return _workflow(mapping)
+    except InvalidInput as exc:
+        raise _located(exc, source) from None
+
+
+def parse_workflows_text(text: str, *, source: str | None = None) -> list[Workflow]:
+    """Workflows from YAML or JSON text: one workflow mapping, a list of them, or a mapping
+    with a ``workflows`` list. Keys must be unique across the document."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidInput(f"{source or 'document'}: not valid YAML/JSON{where}") from None
+    prefix = ""
+    if isinstance(document, Mapping) and "workflows" in document:
+        extra = [k for k in document if k != "workflows"]
+        if extra:
+            raise _located(InvalidInput(f"unknown field {extra[0]!r}", field=str(extra[0])), source)
+        document, prefix = document["workflows"], "workflows"
+    items = document if isinstance(document, list) else [document]
+    if not items:
+        raise _located(InvalidInput("holds no workflow", field=prefix or None), source)
+    out: list[Workflow] = []
+    keys: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"{prefix}[{index}]" if isinstance(document, list) else prefix
+        try:
+            wf = _workflow(item)
+        except InvalidInput as exc:
+            field = f"{where}.{exc.field}" if where and exc.field else (where or exc.field)
+            raise _located(InvalidInput(exc.message, field=field), source) from None
+        if wf.key in keys:
+            raise _located(
+                InvalidInput(f"duplicate workflow key {wf.key!r}", field=f"{where}.key"), source
+            )
+        keys.add(wf.key)
+        out.append(wf)
+    return out
+
+
+def _located(exc: InvalidInput, source: str | None) -> InvalidInput:
+    prefix = f"{source}: " if source else ""
+    where = f"{exc.field}: " if exc.field else ""
+    return InvalidInput(f"{prefix}{where}{exc.message}", field=exc.field)
+
+
+def _workflow(m: Any) -> Workflow:
+    if not isinstance(m, Mapping):
+        raise InvalidInput("a workflow must be a mapping")
+    _known(m, _WORKFLOW_FIELDS, "")
+    if "key" not in m:
+        raise InvalidInput("is required", field="key")
+    steps_spec = m.get("steps")
+    if not isinstance(steps_spec, list) or not steps_spec:
+        raise InvalidInput("must be a non-empty list of steps", field="steps")
+    steps: list[Step] = []
+    for index, spec in enumerate(steps_spec):
+        steps.append(_step(spec, f"steps[{index}]", {s.id for s in steps}))
+    windows = m.get("send_windows", [])
+    if not isinstance(windows, list):
+        raise InvalidInput("must be a list", field="send_windows")
+    return Workflow(
+        key=m["key"],
+        name=_text(m.get("name", ""), "name"),
+        description=_text(m.get("description", ""), "description"),
+        critical=_bool(m.get("critical", False), "critical"),
+        commercial=_bool(m.get("commercial", False), "commercial"),
+        steps=tuple(steps),
+        defaults=_defaults(m.get("defaults", {})),
+        send_windows=tuple(
+            parse_send_window(w, f"send_windows[{i}]") for i, w in enumerate(windows)
+        ),
+    )
+
+
+def _step(spec: Any, where: str, taken: set[str]) -> Step:
+    if not isinstance(spec, Mapping):
+        raise InvalidInput("a step must be a mapping", field=where)
+    kind = spec.get("type")
+    if kind not in STEP_KINDS:
+        raise InvalidInput(f"must be one of {', '.join(STEP_KINDS)}", field=f"{where}.type")
+    _known(spec, _FIELDS.get(kind, _CHANNEL_FIELDS), where)
+    step_id = spec.get("id", default_step_id(kind, taken))
+    if not isinstance(step_id, str):
+        raise InvalidInput("must be text", field=f"{where}.id")
+    condition = parse_condition(spec["if"], f"{where}.if") if "if" in spec else TRUE
+    if kind == "delay":
+        return DelayStep(
+            step_id,
+            duration=(
+                parse_duration(spec["duration"], f"{where}.duration")
+                if "duration" in spec
+                else None
+            ),
+            until=_path(spec["until"], f"{where}.until") if "until" in spec else None,
+            condition=condition,
+        )
+    if kind == "digest":
+        return DigestStep(
+            step_id,
+            window=parse_duration(_required(spec, "window", where), f"{where}.window"),
+            key=_path(spec["key"], f"{where}.key") if "key" in spec else None,
+            max_events=spec.get("max_events", 50),
+            condition=condition,
+        )
+    if kind == "throttle":
+        return ThrottleStep(
+            step_id,
+            limit=_required(spec, "limit", where),
+            window=parse_duration(_required(spec, "window", where), f"{where}.window"),
+            key=_path(spec["key"], f"{where}.key") if "key" in spec else None,
+            condition=condition,
+        )
+    content = spec.get("content")
+    if content is not None and not isinstance(content, Mapping):
+        raise InvalidInput("must be a mapping of text fields", field=f"{where}.content")
+    active = spec.get("suppress_when_active")
+    return ChannelStep(
+        step_id,
+        Channel(kind),
+        template=spec.get("template"),
+        content=dict(content) if content is not None else None,
+        condition=condition,
+        wait_for=(
+            parse_wait_for(spec["wait_for"], f"{where}.wait_for") if "wait_for" in spec else None
+        ),
+        suppress_when_active=None
+        if active is None
+        else _bool(active, f"{where}.suppress_when_active"),
+        endpoint=spec.get("endpoint"),
+    )
+
+
+def _defaults(value: Any) -> dict[Channel, ChannelDefault]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput("must map channels to defaults", field="defaults")
+    out: dict[Channel, ChannelDefault] = {}
+    for name, spec in value.items():
+        where = f"defaults.{name}"
+        try:
+            channel = Channel(name)
+        except ValueError:
+            known = ", ".join(c.value for c in Channel)
+            raise InvalidInput(f"unknown channel (known: {known})", field=where) from None
+        if not isinstance(spec, Mapping):
+            raise InvalidInput("must be a mapping such as {enabled: false}", field=where)
+        _known(spec, frozenset({"enabled"}), where)
+        out[channel] = ChannelDefault(enabled=_bool(spec.get("enabled", True), f"{where}.enabled"))
+    return out
+
+
+def _known(m: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    for key in m:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else str(key)
+            raise InvalidInput(f"unknown field {key!r}", field=path)
+
+
+def _required(m: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in m:
+        raise InvalidInput("is required", field=f"{where}.{key}")
+    return m[key]
+
+
+def _path(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, str):
+        raise InvalidInput("must be a field path such as payload.post_id", field=where)
+    return parse_path(value, where)
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("must be text", field=where)
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput("must be true or false", field=where)
+    return value
