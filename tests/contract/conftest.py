@@ -131,9 +131,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     clock = ManualClock()
     backend: str = request.param
     if backend == "memory":
-        yield Stores(
-            backend, clock, MemoryEventStore(clock), MemoryJobQueue(clock), MemoryApiKeyStore(clock)
-        )
+        jobs = MemoryJobQueue(clock)
+        yield Stores(backend, clock, MemoryEventStore(clock, jobs), jobs, MemoryApiKeyStore(clock))
         return
     url = await sql_url(request, backend, tmp_path)
     found = Stores(backend, clock, None, None, None, url=url)

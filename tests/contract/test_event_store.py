@@ -7,7 +7,7 @@ import pytest
 
 from tests.contract.conftest import Stores
 from tidings.errors import Conflict, IdempotencyConflict, NotFound
-from tidings.types import EventState, NewEvent, Outcome, Priority
+from tidings.types import EventState, NewEvent, NewJob, Outcome, Priority
 
 
 def new_event(key: str = "k1", body_hash: str = "h1", **kw: object) -> NewEvent:
@@ -171,3 +171,37 @@ async def test_listed_events_carry_their_outcomes(stores: Stores) -> None:
     assert listed == [await stores.events.get(a.id), await stores.events.get(b.id)]
     assert [o.target for o in listed[1].outcomes] == ["x", "y"]
     assert await stores.events.list_in_state(EventState.FAILED, 10) == []
+
+
+async def test_the_outbox_job_is_written_with_a_new_event_only(stores: Stores) -> None:
+    def job(event_id: str) -> NewJob:
+        return NewJob(kind="event.dispatch", payload={"event_id": event_id}, dedupe_key=event_id)
+
+    e = new_event("outbox")
+    record, created = await stores.events.append(e, then=job(e.id))
+    assert created
+    replay = new_event("outbox")
+    _, created = await stores.events.append(replay, then=job(replay.id))
+    assert not created
+    with pytest.raises(IdempotencyConflict):
+        other = new_event("outbox", body_hash="h2")
+        await stores.events.append(other, then=job(other.id))
+    claimed = await stores.jobs.claim("w", [Priority.TRANSACTIONAL, Priority.BULK], 10, 30.0)
+    assert [j.payload for j in claimed] == [{"event_id": record.id}]  # one job, the original's
+
+
+async def test_concurrent_appends_with_the_outbox_store_one_event_and_one_job(
+    stores: Stores,
+) -> None:
+    events = [new_event("race") for _ in range(30)]
+    results = await asyncio.gather(
+        *(
+            stores.events.append(
+                e, then=NewJob(kind="event.dispatch", payload={"event_id": e.id}, dedupe_key=e.id)
+            )
+            for e in events
+        )
+    )
+    assert sum(created for _, created in results) == 1
+    claimed = await stores.jobs.claim("w", [Priority.TRANSACTIONAL], 100, 30.0)
+    assert len(claimed) == 1 and claimed[0].payload == {"event_id": results[0][0].id}

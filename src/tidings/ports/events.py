@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from tidings.types import EventRecord, EventState, NewEvent, Outcome
+from tidings.types import EventRecord, EventState, NewEvent, NewJob, Outcome
 
 
 class EventStore(Protocol):
@@ -13,10 +13,14 @@ class EventStore(Protocol):
       `(record, True)`. For a key already stored with the same `body_hash` it stores nothing and
       returns `(original, False)`. For a key stored with a different `body_hash` it raises
       `IdempotencyConflict`. Concurrent appends with one key store exactly one event.
+    - `then`: a job enqueued in the same transaction as a new event (an outbox), so an event
+      is never stored without its dispatch job; nothing is enqueued for a replay or conflict.
     - Outcomes are appended in order and returned in that order with the event.
     """
 
-    async def append(self, event: NewEvent) -> tuple[EventRecord, bool]: ...
+    async def append(
+        self, event: NewEvent, *, then: NewJob | None = None
+    ) -> tuple[EventRecord, bool]: ...
 
     async def get(self, event_id: str) -> EventRecord | None:
         """The event with its outcomes, or None."""

@@ -59,8 +59,9 @@ class IngestService:
     The idempotency key is the `Idempotency-Key` given by the caller, else the event's own `id`;
     without either, every request is a new event. The body fingerprint decides between a replay
     (same body: the original event) and a conflict (different body: `IdempotencyConflict`).
-    The dispatch job is enqueued with a dedupe key after the event is stored, so a crash in
-    between is repaired by the next replay of the request or by `redispatch_pending` at start.
+    The dispatch job is written in the same transaction as the event (the event store's
+    outbox), so an event is never stored without it; replays re-enqueue it with its dedupe key
+    (a no-op), and `redispatch_pending` at start covers events stored by older versions.
     """
 
     def __init__(
@@ -107,20 +108,16 @@ class IngestService:
             priority=data.priority,
             send_at=data.send_at,
         )
-        record, created = await self._events.append(new)
-        await self._enqueue_dispatch(record)
+        record, created = await self._events.append(new, then=_dispatch_job(new))
+        if created:
+            if self._on_enqueue is not None:
+                self._on_enqueue()
+        else:
+            await self._enqueue_dispatch(record)  # a replay: repair, if it ever went missing
         return IngestResult(event=record, created=created)
 
     async def _enqueue_dispatch(self, record: EventRecord) -> None:
-        await self._jobs.enqueue(
-            NewJob(
-                kind=DISPATCH_JOB,
-                payload={"event_id": record.id},
-                lane=record.priority,
-                run_at=record.send_at,
-                dedupe_key=f"dispatch:{record.id}",
-            )
-        )
+        await self._jobs.enqueue(_dispatch_job(record))
         if self._on_enqueue is not None:
             self._on_enqueue()
 
@@ -134,3 +131,13 @@ class IngestService:
 
     async def get(self, event_id: str) -> EventRecord | None:
         return await self._events.get(event_id)
+
+
+def _dispatch_job(event: NewEvent | EventRecord) -> NewJob:
+    return NewJob(
+        kind=DISPATCH_JOB,
+        payload={"event_id": event.id},
+        lane=event.priority,
+        run_at=event.send_at,
+        dedupe_key=f"dispatch:{event.id}",
+    )

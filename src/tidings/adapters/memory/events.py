@@ -4,16 +4,20 @@ import dataclasses
 
 from tidings.errors import Conflict, IdempotencyConflict, NotFound
 from tidings.ports.clock import Clock
-from tidings.types import EventRecord, EventState, NewEvent, Outcome
+from tidings.ports.jobs import JobQueue
+from tidings.types import EventRecord, EventState, NewEvent, NewJob, Outcome
 
 
 class MemoryEventStore:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, jobs: JobQueue | None = None) -> None:
         self._clock = clock
+        self._jobs = jobs  # where `append(..., then=job)` enqueues
         self._by_id: dict[str, EventRecord] = {}
         self._by_key: dict[str, str] = {}
 
-    async def append(self, event: NewEvent) -> tuple[EventRecord, bool]:
+    async def append(
+        self, event: NewEvent, *, then: NewJob | None = None
+    ) -> tuple[EventRecord, bool]:
         existing_id = self._by_key.get(event.idempotency_key)
         if existing_id is not None:
             existing = self._by_id[existing_id]
@@ -24,9 +28,13 @@ class MemoryEventStore:
             return existing, False
         if event.id in self._by_id:
             raise Conflict(f"event {event.id} exists", field="id")
+        if then is not None and self._jobs is None:
+            raise ValueError("this event store has no job queue for `then`")
         record = EventRecord.from_new(event, created_at=self._clock.now())
         self._by_id[event.id] = record
         self._by_key[event.idempotency_key] = event.id
+        if then is not None and self._jobs is not None:
+            await self._jobs.enqueue(then)  # nothing in between can fail: one step in memory
         return record, True
 
     async def get(self, event_id: str) -> EventRecord | None:

@@ -8,15 +8,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import reader, writer
-from tidings.adapters.sql.tables import event_outcomes, events
+from tidings.adapters.sql.jobs import job_row
+from tidings.adapters.sql.tables import event_outcomes, events, jobs
 from tidings.errors import Conflict, IdempotencyConflict, NotFound
 from tidings.ports.clock import Clock
-from tidings.types import EventRecord, EventState, NewEvent, Outcome, Priority
+from tidings.types import EventRecord, EventState, NewEvent, NewJob, Outcome, Priority
 
 # Statements built once: building `insert(...).values(...)` per call costs more than the
 # INSERT itself on SQLite.
 _INSERT_EVENT = insert(events)
 _INSERT_OUTCOME = insert(event_outcomes)
+_INSERT_JOB = insert(jobs)
 
 
 class SqlEventStore:
@@ -25,11 +27,16 @@ class SqlEventStore:
         self._read = reader(engine)
         self._clock = clock
 
-    async def append(self, event: NewEvent) -> tuple[EventRecord, bool]:
-        record = EventRecord.from_new(event, created_at=self._clock.now())
+    async def append(
+        self, event: NewEvent, *, then: NewJob | None = None
+    ) -> tuple[EventRecord, bool]:
+        now = self._clock.now()
+        record = EventRecord.from_new(event, created_at=now)
         try:
             async with writer(self._engine) as conn:
                 await conn.execute(_INSERT_EVENT, _row(record))
+                if then is not None:
+                    await conn.execute(_INSERT_JOB, job_row(then, now))
             return record, True
         except IntegrityError:
             pass  # the key is taken: by the same request (replay) or another body (conflict)

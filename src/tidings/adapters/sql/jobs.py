@@ -31,26 +31,11 @@ class SqlJobQueue:
         self._clock = clock
 
     async def enqueue(self, job: NewJob) -> str:
-        now = self._clock.now()
-        job_id = str(uuid.uuid4())
+        row = job_row(job, self._clock.now())
         try:
             async with writer(self._engine) as conn:
-                await conn.execute(
-                    _INSERT_JOB,
-                    dict(
-                        id=job_id,
-                        kind=job.kind,
-                        payload=job.payload,
-                        lane=job.lane.value,
-                        state=JobState.QUEUED.value,
-                        run_at=now if job.run_at is None else job.run_at,
-                        attempts=0,
-                        max_attempts=job.max_attempts,
-                        dedupe_key=job.dedupe_key,
-                        created_at=now,
-                    ),
-                )
-            return job_id
+                await conn.execute(_INSERT_JOB, row)
+            return str(row["id"])
         except IntegrityError:
             if job.dedupe_key is None:
                 raise
@@ -195,6 +180,22 @@ class SqlJobQueue:
                 else:
                     dead += int(count)
         return QueueDepth(queued=queued, running=running, dead=dead)
+
+
+def job_row(job: NewJob, now: float) -> dict[str, Any]:
+    """The row of a new queued job (also written by the event store's outbox)."""
+    return dict(
+        id=str(uuid.uuid4()),
+        kind=job.kind,
+        payload=job.payload,
+        lane=job.lane.value,
+        state=JobState.QUEUED.value,
+        run_at=now if job.run_at is None else job.run_at,
+        attempts=0,
+        max_attempts=job.max_attempts,
+        dedupe_key=job.dedupe_key,
+        created_at=now,
+    )
 
 
 def _job(m: Any) -> Job:
