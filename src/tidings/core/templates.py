@@ -1,0 +1,384 @@
+"""Message templates: sandboxed rendering, localization, variable contracts and per-channel
+validation (pure: no I/O; the template store and the delivery steps call in).
+
+- Rendering is Jinja2's `SandboxedEnvironment` with `StrictUndefined`: a template cannot
+  reach Python internals, and a missing variable is an error, not an empty string. HTML
+  fields (email `html`) are autoescaped; plain-text fields are not. An email without a text
+  part gets one derived from the HTML.
+- Layouts (shared header and footer) wrap a channel's body: the layout is a template that
+  places `{{ content }}` (already rendered, marked safe).
+- Localization: translations per locale with the fallback chain ``pt-BR -> pt -> default``;
+  Babel filters format dates, numbers and currency in the recipient's locale and time zone
+  (`format_datetime`, `format_date`, `format_number`, `format_currency`), and `rtl` tells
+  whether the locale writes right to left.
+- A version declares its variables as a JSON Schema: a payload that breaks it is refused
+  before any rendering or fanout (`check_variables`).
+- Per-channel validation of the rendered message: email subject and size, SMS encoding and
+  segments, the 4 KB push payload limit of APNs and FCM, in-app title, body and action URL.
+- Rendering and validation failures are `RenderError`: permanent, never retried.
+- A/B variants: `assign_variant` is a stable hash of template and recipient.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import html as html_lib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import jsonschema
+import orjson
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
+
+from tidings.core import sms
+from tidings.errors import InvalidInput
+
+PUSH_PAYLOAD_LIMIT = 4096  # bytes: APNs and FCM both refuse more
+EMAIL_SIZE_LIMIT = 100 * 1024  # bytes of HTML; larger mails are clipped by common clients
+SUBJECT_LIMIT = 255
+
+
+class Channel(enum.StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    IN_APP = "in_app"
+
+
+# The fields each channel's content has; `html` is the only autoescaped one.
+FIELDS: dict[Channel, tuple[str, ...]] = {
+    Channel.EMAIL: ("subject", "html", "text"),
+    Channel.SMS: ("text",),
+    Channel.PUSH: ("title", "body"),
+    Channel.IN_APP: ("title", "body", "action_url"),
+}
+HTML_FIELDS = frozenset({"html"})
+
+
+class RenderError(InvalidInput):
+    """A template that cannot be rendered or whose result breaks the channel's rules.
+    Permanent: retrying renders the same thing."""
+
+    code = "render_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A channel message's templates in one locale: field name -> template source."""
+
+    fields: Mapping[str, str]
+    layout: str | None = None  # name of a layout wrapping the body field
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateVersion:
+    template: str  # the template's id
+    version: int
+    channel: Channel
+    locales: Mapping[str, Content]  # by BCP 47 tag; `default_locale` must be there
+    default_locale: str = "en"
+    variables: Mapping[str, Any] | None = None  # JSON Schema of the payload
+    sms_max_segments: int = 3
+    variants: Mapping[str, Mapping[str, Content]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.default_locale not in self.locales:
+            raise InvalidInput(
+                f"no content for the default locale {self.default_locale!r}", field="locales"
+            )
+        for tag, content in self.locales.items():
+            unknown = set(content.fields) - set(FIELDS[self.channel])
+            if unknown:
+                raise InvalidInput(
+                    f"{self.channel.value} has no field {sorted(unknown)[0]!r}",
+                    field=f"locales.{tag}",
+                )
+        if self.variables is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(dict(self.variables))
+            except jsonschema.SchemaError as exc:
+                raise InvalidInput(f"variables: {exc.message}", field="variables") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    channel: Channel
+    template: str
+    version: int
+    locale: str  # the locale actually used (after fallback)
+    variant: str | None
+    fields: Mapping[str, str]
+    rtl: bool
+    sms: sms.SmsCount | None = None
+
+
+def locale_chain(requested: str | None, default: str) -> list[str]:
+    """``pt-BR`` -> ``["pt-BR", "pt", default]`` (duplicates dropped)."""
+    chain: list[str] = []
+    if requested:
+        parts = requested.replace("_", "-").split("-")
+        for n in range(len(parts), 0, -1):
+            chain.append("-".join(parts[:n]))
+    chain.append(default)
+    return list(dict.fromkeys(chain))
+
+
+def pick_locale(available: Mapping[str, Any], requested: str | None, default: str) -> str:
+    lowered = {k.lower(): k for k in available}
+    for tag in locale_chain(requested, default):
+        if tag.lower() in lowered:
+            return lowered[tag.lower()]
+    return default
+
+
+def _babel_locale(tag: str) -> Locale:
+    try:
+        return Locale.parse(tag.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse("en")
+
+
+def assign_variant(template: str, recipient: str, weights: Mapping[str, int]) -> str | None:
+    """A stable choice among variants by weight: the same recipient always gets the same
+    variant of a template; None when there are no variants."""
+    if not weights:
+        return None
+    total = sum(max(0, w) for w in weights.values())
+    if total <= 0:
+        return None
+    digest = hashlib.sha256(f"{template}\x00{recipient}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") % total
+    for name in sorted(weights):
+        point -= max(0, weights[name])
+        if point < 0:
+            return name
+    return None  # pragma: no cover
+
+
+def check_variables(version: TemplateVersion, payload: Mapping[str, Any]) -> None:
+    """Refuse a payload that breaks the version's variable contract, naming the path."""
+    if version.variables is None:
+        return
+    validator = jsonschema.Draft202012Validator(dict(version.variables))
+    errors = sorted(validator.iter_errors(dict(payload)), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        path = ".".join(str(p) for p in first.absolute_path)
+        where = f"payload.{path}" if path else "payload"
+        raise InvalidInput(f"{where}: {first.message}", field=where)
+
+
+_TAGS = re.compile(r"<[^>]+>")
+_BLOCK_END = re.compile(r"</(p|div|h[1-6]|li|tr|table)>|<br\s*/?>", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t]+")
+
+
+def html_to_text(html: str) -> str:
+    """A plain-text alternative: block ends become line breaks, tags go, entities decode,
+    links keep their address after the text."""
+    text = re.sub(
+        r'<a\s[^>]*href="([^"]+)"[^>]*>(.*?)</a>',
+        lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(1) != m.group(2) else m.group(1),
+        html,
+        flags=re.IGNORECASE | re.DOTALL,
+    )
+    text = _BLOCK_END.sub("\n", text)
+    text = html_lib.unescape(_TAGS.sub("", text))
+    lines = [_SPACES.sub(" ", line).strip() for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+class Renderer:
+    """Renders template versions. `layouts` are named templates that place `{{ content }}`."""
+
+    def __init__(self, layouts: Mapping[str, str] | None = None) -> None:
+        self.layouts = dict(layouts or {})
+        self._text = self._env(autoescape=False)
+        self._html = self._env(autoescape=True)
+
+    @staticmethod
+    def _env(*, autoescape: bool) -> SandboxedEnvironment:
+        return SandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
+
+    def _filters(self, env: SandboxedEnvironment, locale: Locale, tz: ZoneInfo) -> None:
+        def as_datetime(value: Any) -> datetime:
+            if isinstance(value, datetime):
+                return value if value.tzinfo else value.replace(tzinfo=UTC)
+            if isinstance(value, int | float):
+                return datetime.fromtimestamp(value, UTC)
+            if isinstance(value, str):
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            raise TypeError(f"not a date or time: {value!r}")
+
+        def f_datetime(value: Any, fmt: str = "medium") -> str:
+            return format_datetime(as_datetime(value), fmt, tzinfo=tz, locale=locale)
+
+        def f_date(value: Any, fmt: str = "medium") -> str:
+            if isinstance(value, date) and not isinstance(value, datetime):
+                return format_date(value, fmt, locale=locale)
+            return format_date(as_datetime(value).astimezone(tz).date(), fmt, locale=locale)
+
+        def f_number(value: Any) -> str:
+            return format_decimal(value, locale=locale)
+
+        def f_currency(value: Any, currency: str) -> str:
+            return format_currency(value, currency, locale=locale)
+
+        env.filters.update(
+            format_datetime=f_datetime,
+            format_date=f_date,
+            format_number=f_number,
+            format_currency=f_currency,
+        )
+
+    def render(
+        self,
+        version: TemplateVersion,
+        payload: Mapping[str, Any],
+        *,
+        locale: str | None = None,
+        timezone: str = "UTC",
+        recipient: Mapping[str, Any] | None = None,
+        variant: str | None = None,
+    ) -> Rendered:
+        """Render and validate `version` for one recipient; raises `RenderError`."""
+        check_variables(version, payload)
+        source = version.locales
+        if variant is not None and variant in version.variants:
+            source = version.variants[variant]
+        tag = pick_locale(source, locale, version.default_locale)
+        if tag not in source:  # a variant without the default locale: the base content
+            source = version.locales
+            tag = pick_locale(source, locale, version.default_locale)
+        content = source[tag]
+        babel_locale = _babel_locale(locale or tag)
+        try:
+            tz = ZoneInfo(timezone)
+        except (KeyError, ValueError):
+            tz = ZoneInfo("UTC")
+        context = {
+            "payload": dict(payload),
+            "subscriber": dict(recipient or {}),
+            "locale": str(babel_locale),
+            "rtl": babel_locale.text_direction == "rtl",
+        }
+        fields: dict[str, str] = {}
+        for name, text in content.fields.items():
+            env = self._html if name in HTML_FIELDS else self._text
+            self._filters(env, babel_locale, tz)
+            fields[name] = self._render_one(env, text, context, f"{name}")
+        body_field = {Channel.EMAIL: "html", Channel.IN_APP: "body", Channel.PUSH: "body"}.get(
+            version.channel, "text"
+        )
+        if content.layout is not None and body_field in fields:
+            layout = self.layouts.get(content.layout)
+            if layout is None:
+                raise RenderError(f"unknown layout {content.layout!r}", field="layout")
+            env = self._html if body_field in HTML_FIELDS else self._text
+            # The body was rendered (and, for HTML, escaped) just above: safe to place as is.
+            body = Markup(fields[body_field])  # noqa: S704
+            fields[body_field] = self._render_one(
+                env, layout, {**context, "content": body}, "layout"
+            )
+        if version.channel is Channel.EMAIL and "text" not in fields and "html" in fields:
+            fields["text"] = html_to_text(fields["html"])
+        counted = validate(version.channel, fields, sms_max_segments=version.sms_max_segments)
+        return Rendered(
+            channel=version.channel,
+            template=version.template,
+            version=version.version,
+            locale=tag,
+            variant=variant,
+            fields=fields,
+            rtl=bool(context["rtl"]),
+            sms=counted,
+        )
+
+    @staticmethod
+    def _render_one(
+        env: SandboxedEnvironment, source: str, context: Mapping[str, Any], name: str
+    ) -> str:
+        try:
+            return env.from_string(source).render(context)
+        except TemplateError as exc:
+            raise RenderError(f"{name}: {exc.message or exc}", field=name) from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise RenderError(f"{name}: {exc}", field=name) from None
+
+
+def validate(
+    channel: Channel, fields: Mapping[str, str], *, sms_max_segments: int = 3
+) -> sms.SmsCount | None:
+    """The channel's rules for a rendered message; raises `RenderError` naming the field."""
+    match channel:
+        case Channel.EMAIL:
+            subject = fields.get("subject", "")
+            if not subject.strip():
+                raise RenderError("the subject is empty", field="subject")
+            if "\n" in subject or "\r" in subject:
+                raise RenderError("the subject has a line break", field="subject")
+            if len(subject) > SUBJECT_LIMIT:
+                raise RenderError(
+                    f"the subject has {len(subject)} characters; the limit is {SUBJECT_LIMIT}",
+                    field="subject",
+                )
+            size = len(fields.get("html", "").encode())
+            if size > EMAIL_SIZE_LIMIT:
+                raise RenderError(
+                    f"the HTML is {size} bytes; the limit is {EMAIL_SIZE_LIMIT}", field="html"
+                )
+            if not fields.get("html") and not fields.get("text"):
+                raise RenderError("the email has no body", field="html")
+        case Channel.SMS:
+            try:
+                return sms.check(fields.get("text", ""), max_segments=sms_max_segments)
+            except InvalidInput as exc:
+                raise RenderError(exc.message, field="text") from None
+        case Channel.PUSH:
+            if not fields.get("title") and not fields.get("body"):
+                raise RenderError("a push needs a title or a body", field="body")
+            payload = orjson.dumps(
+                {
+                    "aps": {
+                        "alert": {"title": fields.get("title", ""), "body": fields.get("body", "")}
+                    }
+                }
+            )
+            if len(payload) > PUSH_PAYLOAD_LIMIT:
+                raise RenderError(
+                    f"the push payload is {len(payload)} bytes; the limit is {PUSH_PAYLOAD_LIMIT}",
+                    field="body",
+                )
+        case Channel.IN_APP:
+            if not fields.get("body", "").strip():
+                raise RenderError("the in-app message has no body", field="body")
+            if len(fields.get("title", "")) > 200:
+                raise RenderError("the title is over 200 characters", field="title")
+            if len(fields.get("body", "")) > 5000:
+                raise RenderError("the body is over 5000 characters", field="body")
+            url = fields.get("action_url", "")
+            if url:
+                parts = urlsplit(url)
+                relative = not parts.scheme and not parts.netloc and url.startswith("/")
+                if not relative and parts.scheme not in ("https", "http"):
+                    raise RenderError(
+                        "the action URL must be http(s) or a path starting with /",
+                        field="action_url",
+                    )
+    return None
