@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,8 @@ apikey_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_he
 dlq_app = typer.Typer(help="Inspect, replay and discard dead-lettered jobs.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
+template_app = typer.Typer(help="Preview message templates.", no_args_is_help=True)
+app.add_typer(template_app, name="template")
 
 out = Console()
 err = Console(stderr=True)
@@ -262,3 +265,41 @@ def _when(ts: float | None) -> str:
 
 def main() -> None:
     app()
+
+
+@template_app.command("preview")
+def template_preview(
+    template: Annotated[str, typer.Argument(help="The template id.")],
+    payload: Annotated[str, typer.Option(help="The event payload, JSON.")] = "{}",
+    version: Annotated[int | None, typer.Option(help="A version (default: published).")] = None,
+    locale: Annotated[str | None, typer.Option(help="BCP 47, e.g. pt-BR.")] = None,
+    timezone: Annotated[str, typer.Option(help="IANA zone for dates.")] = "UTC",
+    variant: Annotated[str | None, typer.Option(help="An A/B variant.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Render a template for a sample payload and show the result and its checks."""
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--payload is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _fail("--payload must be a JSON object")
+    rendered = _with_runtime(
+        _settings(config),
+        lambda rt: rt.services.templates.preview(
+            template, data, version=version, locale=locale, timezone=timezone, variant=variant
+        ),
+    )
+    out.print(
+        f"{rendered.template} v{rendered.version} ({rendered.channel.value}), locale "
+        f"{rendered.locale}{', variant ' + rendered.variant if rendered.variant else ''}"
+        f"{', right to left' if rendered.rtl else ''}: valid"
+    )
+    if rendered.sms is not None:
+        out.print(
+            f"sms: {rendered.sms.encoding.value}, {rendered.sms.units} units, "
+            f"{rendered.sms.segments} segment(s)"
+        )
+    for name, value in rendered.fields.items():
+        out.print(f"[bold]{name}[/bold]")
+        out.print(value, markup=False, highlight=False)

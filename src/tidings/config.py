@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     gateway: GatewaySettings = GatewaySettings()
     presence: PresenceSettings = PresenceSettings()
+    template_layouts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named layouts (Jinja2 placing {{ content }}) that template versions use.",
+    )
 
     def secret_file(self) -> Path:
         """Where the generated token secret lives when `token_secret` is not set."""

@@ -27,11 +27,13 @@ from tidings.adapters.memory.online import MemoryDeviceStore
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
 from tidings.adapters.sql.online import SqlPresenceRecords
+from tidings.adapters.sql.templates import SqlTemplateStore
 from tidings.api import create_api
 from tidings.config import Settings
 from tidings.core.channels import ChannelResolver
 from tidings.core.online import PresenceConfig
 from tidings.core.protocol.limits import SessionConfig
+from tidings.core.templates import Renderer
 from tidings.core.tokens import TokenKeys
 from tidings.ports.broker import Broker
 from tidings.ports.clock import Clock
@@ -44,6 +46,7 @@ from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
 from tidings.services.online import GatewayPresence, OnlineService
+from tidings.services.templates import TemplateService
 from tidings.services.worker import WorkerPool
 from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
@@ -150,6 +153,9 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         jobs=jobs,
         hub=hub,
         online=online,
+        templates=TemplateService(
+            SqlTemplateStore(engine, clock), Renderer(settings.template_layouts)
+        ),
         ready_checks={"store": store_ready},
     )
     w = settings.worker

@@ -11,6 +11,7 @@ from tidings.services.apikeys import ApiKeyService
 from tidings.services.gateway.hub import Hub
 from tidings.services.ingest import IngestService
 from tidings.services.online import OnlineService
+from tidings.services.templates import TemplateService
 
 
 @dataclass(slots=True)
@@ -21,4 +22,5 @@ class Services:
     jobs: JobQueue
     hub: Hub
     online: OnlineService
+    templates: TemplateService
     ready_checks: dict[str, Callable[[], Awaitable[None]]]

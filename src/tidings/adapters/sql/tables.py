@@ -111,3 +111,27 @@ user_presence = Table(
     Column("hide_online", Boolean, nullable=False, default=False),
     Column("hide_last_seen", Boolean, nullable=False, default=False),
 )
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("published_version", Integer),
+    Column("last_version", Integer, nullable=False, default=0),
+    Column("created_at", Epoch, nullable=False),
+)
+
+template_versions = Table(
+    "template_versions",
+    metadata,
+    Column(
+        "template_id", String(200), ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_at", Epoch, nullable=False),
+    Column("published_at", Epoch),
+)
