@@ -27,6 +27,7 @@ from tidings.adapters.memory.online import MemoryDeviceStore
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
 from tidings.adapters.sql.online import SqlPresenceRecords
+from tidings.adapters.sql.schedules import SqlScheduleStore
 from tidings.adapters.sql.templates import SqlTemplateStore
 from tidings.api import create_api
 from tidings.config import Settings
@@ -46,6 +47,7 @@ from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
 from tidings.services.online import GatewayPresence, OnlineService
+from tidings.services.schedules import FIRE_JOB, ScheduleService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import WorkerPool
 from tidings.transports import longpoll, sse
@@ -143,6 +145,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
     hub.observer = GatewayPresence(online, hub)
 
+    schedules = ScheduleService(SqlScheduleStore(engine), jobs, ingest, clock, on_enqueue=wake)
+
     async def store_ready() -> None:
         await sql.check(engine)
 
@@ -156,10 +160,11 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         templates=TemplateService(
             SqlTemplateStore(engine, clock), Renderer(settings.template_layouts)
         ),
+        schedules=schedules,
         ready_checks={"store": store_ready},
     )
     w = settings.worker
-    handlers = {DISPATCH_JOB: dispatcher.handle}
+    handlers = {DISPATCH_JOB: dispatcher.handle, FIRE_JOB: schedules.fire}
     on_dead = {DISPATCH_JOB: dispatcher.fail}
     # Two pools: one only for transactional work, one that takes transactional first and bulk
     # after, so a flood of bulk jobs can never occupy every slot.

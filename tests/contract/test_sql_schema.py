@@ -42,9 +42,9 @@ async def test_migrations_match_the_tables(migrated_url: str) -> None:
 
 
 async def test_current_is_head_and_upgrade_is_idempotent(migrated_url: str) -> None:
-    assert await asyncio.to_thread(sql.current, migrated_url) == sql.head() == "0003"
+    assert await asyncio.to_thread(sql.current, migrated_url) == sql.head() == "0004"
     await asyncio.to_thread(sql.upgrade, migrated_url)
-    assert await asyncio.to_thread(sql.current, migrated_url) == "0003"
+    assert await asyncio.to_thread(sql.current, migrated_url) == "0004"
 
 
 async def test_check_answers(migrated_url: str) -> None:
@@ -60,7 +60,7 @@ def test_upgrade_and_current_without_a_running_loop(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/plain.db"
     assert sql.current(url) is None
     sql.upgrade(url)
-    assert sql.current(url) == "0003"
+    assert sql.current(url) == "0004"
 
 
 async def test_sqlite_engine_creates_its_directory_and_sets_pragmas(tmp_path: Path) -> None:

@@ -9,7 +9,16 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from tidings import __version__
-from tidings.api import admin, events, ops, presence, problems, realtime, templates
+from tidings.api import (
+    admin,
+    events,
+    ops,
+    presence,
+    problems,
+    realtime,
+    schedules,
+    templates,
+)
 from tidings.api.middleware import BodyLimit, Metrics
 from tidings.services.container import Services
 
@@ -42,6 +51,7 @@ def create_api(
     app.include_router(realtime.router)
     app.include_router(presence.router)
     app.include_router(templates.router)
+    app.include_router(schedules.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=max_body_bytes)

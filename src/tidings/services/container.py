@@ -11,6 +11,7 @@ from tidings.services.apikeys import ApiKeyService
 from tidings.services.gateway.hub import Hub
 from tidings.services.ingest import IngestService
 from tidings.services.online import OnlineService
+from tidings.services.schedules import ScheduleService
 from tidings.services.templates import TemplateService
 
 
@@ -23,4 +24,5 @@ class Services:
     hub: Hub
     online: OnlineService
     templates: TemplateService
+    schedules: ScheduleService
     ready_checks: dict[str, Callable[[], Awaitable[None]]]

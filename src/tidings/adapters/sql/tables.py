@@ -135,3 +135,20 @@ template_versions = Table(
     Column("created_at", Epoch, nullable=False),
     Column("published_at", Epoch),
 )
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("subscriber", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("recurrence", JSON, nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("next_at", Epoch),
+    Column("last_fired_at", Epoch),
+    Column("fired", Integer, nullable=False, default=0),
+    Column("created_at", Epoch, nullable=False),
+    Index("ix_schedules_subscriber", "subscriber"),
+)
