@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from tests.api.conftest import Api
+from tidings.services.dispatch import Dispatcher
+from tidings.types import Job, JobState, Priority
 
 EVENT = {
     "type": "order.shipped",
@@ -116,3 +118,39 @@ async def test_unknown_event_is_404_problem(api: Api) -> None:
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["detail"] == "event nope not found"
+
+
+async def test_cancel_an_event_held_for_later(api: Api) -> None:
+    c, h = api.client, api.auth()
+    body = {
+        "type": "reminder",
+        "channels": ["orders:1"],
+        "payload": {},
+        "send_at": "2099-01-01T09:00:00Z",
+    }
+    r = await c.post("/v1/events", json=body, headers=h)
+    event_id = r.json()["id"]
+    r = await c.post(f"/v1/events/{event_id}/cancel", headers=h)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    r = await c.post(f"/v1/events/{event_id}/cancel", headers=h)
+    assert r.status_code == 409 and "is cancelled" in r.json()["detail"]
+    assert (await c.post("/v1/events/nope/cancel", headers=h)).status_code == 404
+    # the dispatch job, when it comes, finds the event cancelled and publishes nothing
+    dispatcher_job = Job(
+        id="j",
+        kind="event.dispatch",
+        payload={"event_id": event_id},
+        lane=Priority.TRANSACTIONAL,
+        state=JobState.RUNNING,
+        run_at=0.0,
+        attempts=1,
+        max_attempts=3,
+        dedupe_key=None,
+        lease_token="t",
+        locked_until=None,
+        last_error=None,
+        created_at=0.0,
+    )
+    await Dispatcher(api.runtime.services.ingest._events, api.runtime.hub).handle(dispatcher_job)
+    got = (await c.get(f"/v1/events/{event_id}", headers=h)).json()
+    assert got["state"] == "cancelled" and got["outcomes"] == []

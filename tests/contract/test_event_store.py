@@ -205,3 +205,19 @@ async def test_concurrent_appends_with_the_outbox_store_one_event_and_one_job(
     assert sum(created for _, created in results) == 1
     claimed = await stores.jobs.claim("w", [Priority.TRANSACTIONAL], 100, 30.0)
     assert len(claimed) == 1 and claimed[0].payload == {"event_id": results[0][0].id}
+
+
+async def test_transition_is_a_compare_and_set(stores: Stores) -> None:
+    record, _ = await stores.events.append(new_event("cas"))
+    assert await stores.events.transition(record.id, EventState.ACCEPTED, EventState.CANCELLED)
+    assert not await stores.events.transition(record.id, EventState.ACCEPTED, EventState.DISPATCHED)
+    got = await stores.events.get(record.id)
+    assert got is not None and got.state == EventState.CANCELLED
+    with pytest.raises(NotFound):
+        await stores.events.transition("missing", EventState.ACCEPTED, EventState.CANCELLED)
+    other, _ = await stores.events.append(new_event("cas-race"))
+    results = await asyncio.gather(
+        stores.events.transition(other.id, EventState.ACCEPTED, EventState.CANCELLED),
+        stores.events.transition(other.id, EventState.ACCEPTED, EventState.DISPATCHED),
+    )
+    assert sorted(results) == [False, True]  # exactly one wins

@@ -85,3 +85,18 @@ async def get_event(
     if event is None:
         raise NotFound(f"event {event_id} not found")
     return EventOut.of(event)
+
+
+@router.post(
+    "/{event_id}/cancel",
+    response_model=EventOut,
+    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM},
+    summary="Cancel an event that has not been dispatched yet",
+)
+async def cancel_event(
+    request: Request,
+    event_id: str,
+    _key: Annotated[ApiKey, Depends(require(Scope.PUBLISH))],
+) -> EventOut:
+    return EventOut.of(await services(request).ingest.cancel(event_id))
+

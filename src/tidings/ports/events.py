@@ -30,6 +30,11 @@ class EventStore(Protocol):
 
     async def set_state(self, event_id: str, state: EventState) -> None: ...
 
+    async def transition(self, event_id: str, from_: EventState, to: EventState) -> bool:
+        """Move the event from `from_` to `to` atomically; False (and no change) when it is in
+        another state. Raises `NotFound` for an unknown event."""
+        ...
+
     async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
         """Oldest first; used to re-dispatch events accepted before a crash."""
         ...

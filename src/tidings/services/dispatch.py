@@ -64,7 +64,9 @@ class Dispatcher:
                     detail=f"epoch={pub.epoch} offset={pub.offset}",
                 ),
             )
-        await self._events.set_state(event.id, EventState.DISPATCHED)
+        if not await self._events.transition(event.id, EventState.ACCEPTED, EventState.DISPATCHED):
+            log.info("event cancelled while dispatching", extra={"event_id": event.id})
+            return
         log.debug("event dispatched", extra={"event_id": event.id})
 
     async def fail(self, job: Job, reason: str) -> None:

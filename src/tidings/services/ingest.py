@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tidings.core.idempotency import fingerprint
-from tidings.errors import InvalidInput
+from tidings.errors import Conflict, InvalidInput
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
 from tidings.ports.jobs import JobQueue
@@ -128,6 +128,19 @@ class IngestService:
         for record in pending:
             await self._enqueue_dispatch(record)
         return len(pending)
+
+    async def cancel(self, event_id: str) -> EventRecord:
+        """Cancel an event whose dispatch has not begun (e.g. one held by `send_at`). Its
+        dispatch job then finds it cancelled and does nothing."""
+        if not await self._events.transition(
+            event_id, EventState.ACCEPTED, EventState.CANCELLED
+        ):
+            record = await self._events.get(event_id)
+            state = record.state.value if record is not None else "unknown"
+            raise Conflict(f"event {event_id} is {state}; only accepted events can be cancelled")
+        record = await self._events.get(event_id)
+        assert record is not None
+        return record
 
     async def get(self, event_id: str) -> EventRecord | None:
         return await self._events.get(event_id)

@@ -56,6 +56,13 @@ class MemoryEventStore:
         record = self._require(event_id)
         self._by_id[event_id] = dataclasses.replace(record, state=state)
 
+    async def transition(self, event_id: str, from_: EventState, to: EventState) -> bool:
+        record = self._require(event_id)
+        if record.state != from_:
+            return False
+        self._by_id[event_id] = dataclasses.replace(record, state=to)
+        return True
+
     async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
         found = [r for r in self._by_id.values() if r.state == state]
         found.sort(key=lambda r: r.created_at)

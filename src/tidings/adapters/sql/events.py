@@ -89,6 +89,22 @@ class SqlEventStore:
             if result.rowcount == 0:
                 raise NotFound(f"event {event_id} not found")
 
+    async def transition(self, event_id: str, from_: EventState, to: EventState) -> bool:
+        async with writer(self._engine) as conn:
+            result = await conn.execute(
+                update(events)
+                .where(events.c.id == event_id, events.c.state == from_.value)
+                .values(state=to.value)
+            )
+            if result.rowcount:
+                return True
+            found = (
+                await conn.execute(select(events.c.id).where(events.c.id == event_id))
+            ).one_or_none()
+        if found is None:
+            raise NotFound(f"event {event_id} not found")
+        return False
+
     async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
         async with self._read.connect() as conn:
             rows = await conn.execute(
