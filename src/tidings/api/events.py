@@ -99,4 +99,3 @@ async def cancel_event(
     _key: Annotated[ApiKey, Depends(require(Scope.PUBLISH))],
 ) -> EventOut:
     return EventOut.of(await services(request).ingest.cancel(event_id))
-

@@ -132,9 +132,7 @@ class IngestService:
     async def cancel(self, event_id: str) -> EventRecord:
         """Cancel an event whose dispatch has not begun (e.g. one held by `send_at`). Its
         dispatch job then finds it cancelled and does nothing."""
-        if not await self._events.transition(
-            event_id, EventState.ACCEPTED, EventState.CANCELLED
-        ):
+        if not await self._events.transition(event_id, EventState.ACCEPTED, EventState.CANCELLED):
             record = await self._events.get(event_id)
             state = record.state.value if record is not None else "unknown"
             raise Conflict(f"event {event_id} is {state}; only accepted events can be cancelled")
