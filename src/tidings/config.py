@@ -83,6 +83,84 @@ class PresenceSettings(BaseModel):
     sweep_interval: float = Field(default=2.0, gt=0)
 
 
+class SmtpSettings(BaseModel):
+    """Email over SMTP (see docs/operations.md). Unset `host`: no email provider."""
+
+    host: str | None = None
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = Field(
+        default="none",
+        description="none: plain (a local relay); starttls: upgrade after connecting "
+        "(port 587); tls: TLS from the first byte (port 465).",
+    )
+    username: str | None = None
+    password: str | None = None
+    validate_certs: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=4, ge=1, le=256)
+    max_messages_per_connection: int = Field(default=100, ge=1)
+    idle_timeout: float = Field(default=60.0, gt=0)
+    noop_after: float = Field(default=5.0, ge=0)
+    local_hostname: str | None = None
+    envelope_from: str | None = None
+    message_id_domain: str | None = None
+
+
+class WebhookSettings(BaseModel):
+    """Outgoing webhooks (see docs/operations.md)."""
+
+    timeout: float = Field(default=15.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=100, ge=1)
+    allow_private_addresses: bool = Field(
+        default=True,
+        description="Whether endpoints may be on loopback or private networks; turn off "
+        "when untrusted parties register endpoints.",
+    )
+    disable_after_failures: int = Field(default=50, ge=1)
+    disable_after_seconds: float = Field(default=5 * 24 * 3600.0, ge=0)
+    rotation_grace: float = Field(default=24 * 3600.0, ge=0)
+
+
+class RateLimitSettings(BaseModel):
+    rate: float = Field(gt=0, description="messages a second")
+    burst: float = Field(ge=1)
+
+
+class ProviderSettings(BaseModel):
+    """Circuit breaker and rate limit around every provider (per endpoint for webhooks)."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    window: float = Field(default=60.0, gt=0)
+    min_calls: int = Field(default=20, ge=1)
+    cooldown: float = Field(default=30.0, ge=0)
+    half_open_probes: int = Field(default=1, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+    rate_limits: dict[Literal["email", "webhook"], RateLimitSettings] = Field(
+        default_factory=dict,
+        description="Per channel: at most `rate` messages a second, `burst` at once.",
+    )
+
+
+class InboxSettings(BaseModel):
+    """The in-app inbox and how browsers authenticate to it (see docs/api.md)."""
+
+    hmac_secret: str | None = Field(
+        default=None,
+        description="Secret for subscriber hashes: hex(HMAC-SHA256(secret, subscriber id)). "
+        "Unset: browsers authenticate with subscriber tokens only.",
+    )
+    namespace: str = Field(
+        default="inbox",
+        pattern=r"^[A-Za-z0-9_\-]{2,}$",
+        description="Gateway namespace of the personal channels `<namespace>:#<subscriber>`; "
+        "added to gateway.channels (user-limited, short history) unless configured there.",
+    )
+    token_ttl: float = Field(default=3600.0, ge=1, le=86400)
+    max_data_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDINGS_", env_nested_delimiter="__", extra="forbid"
@@ -113,6 +191,10 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     gateway: GatewaySettings = GatewaySettings()
     presence: PresenceSettings = PresenceSettings()
+    inbox: InboxSettings = InboxSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    providers: ProviderSettings = ProviderSettings()
     template_layouts: dict[str, str] = Field(
         default_factory=dict,
         description="Named layouts (Jinja2 placing {{ content }}) that template versions use.",

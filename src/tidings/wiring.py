@@ -13,6 +13,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -24,14 +25,20 @@ from tidings.adapters import sql
 from tidings.adapters.clock import SystemClock
 from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
 from tidings.adapters.memory.online import MemoryDeviceStore
+from tidings.adapters.providers import HttpWebhookProvider, SmtpConfig, SmtpProvider
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
+from tidings.adapters.sql.inbox import SqlInboxStore
 from tidings.adapters.sql.online import SqlPresenceRecords
 from tidings.adapters.sql.schedules import SqlScheduleStore
+from tidings.adapters.sql.subscribers import SqlSubscriberStore, SqlTopicStore
 from tidings.adapters.sql.templates import SqlTemplateStore
+from tidings.adapters.sql.webhooks import SqlWebhookEndpointStore
 from tidings.api import create_api
 from tidings.config import Settings
 from tidings.core.channels import ChannelResolver
+from tidings.core.delivery.breaker import BreakerConfig
+from tidings.core.delivery.webhooks import DisablePolicy
 from tidings.core.online import PresenceConfig
 from tidings.core.protocol.limits import SessionConfig
 from tidings.core.templates import Renderer
@@ -45,9 +52,18 @@ from tidings.services.container import Services
 from tidings.services.dispatch import Dispatcher
 from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
+from tidings.services.inbox import InboxService
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
 from tidings.services.online import GatewayPresence, OnlineService
+from tidings.services.providers import (
+    GuardedProvider,
+    ProviderRegistry,
+    RateLimit,
+    WebhookService,
+)
 from tidings.services.schedules import FIRE_JOB, ScheduleService
+from tidings.services.subscriber_auth import SubscriberAuth
+from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import WorkerPool
 from tidings.transports import longpoll, sse
@@ -93,6 +109,7 @@ class Runtime:
         await self.hub.stop()
         await self.hub.presence_store.close()
         await self.services.online.devices.close()
+        await self.services.providers.aclose()
         await self.engine.dispose()
 
 
@@ -147,8 +164,35 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
 
     schedules = ScheduleService(SqlScheduleStore(engine), jobs, ingest, clock, on_enqueue=wake)
 
+    async def publish_inbox(channel: str, data: bytes, key: str | None) -> None:
+        await hub.publish(channel, data, idempotency_key=key)
+
+    inbox = InboxService(
+        SqlInboxStore(engine),
+        clock,
+        publish_inbox,
+        namespace=settings.inbox.namespace,
+        max_data_bytes=settings.inbox.max_data_bytes,
+    )
+    subscribers = SubscriberService(
+        SqlSubscriberStore(engine),
+        SqlTopicStore(engine),
+        inbox.store,
+        clock,
+        max_data_bytes=settings.inbox.max_data_bytes,
+    )
+    subscriber_auth = SubscriberAuth(
+        clock,
+        hmac_secret=settings.inbox.hmac_secret,
+        token_secret=token_secret(settings),
+        keys=lambda: hub.options.keys,
+        token_ttl=settings.inbox.token_ttl,
+    )
+
     async def store_ready() -> None:
         await sql.check(engine)
+
+    providers, webhooks = build_providers(settings, clock, engine)
 
     services = Services(
         clock=clock,
@@ -161,6 +205,11 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
             SqlTemplateStore(engine, clock), Renderer(settings.template_layouts)
         ),
         schedules=schedules,
+        webhooks=webhooks,
+        providers=providers,
+        subscribers=subscribers,
+        inbox=inbox,
+        subscriber_auth=subscriber_auth,
         ready_checks={"store": store_ready},
     )
     w = settings.worker
@@ -201,6 +250,74 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
 
 
+def build_providers(
+    settings: Settings, clock: Clock, engine: AsyncEngine
+) -> tuple[ProviderRegistry, WebhookService]:
+    """The channel providers, each behind its circuit breaker and rate limit: webhooks
+    always, email when `smtp.host` is set."""
+    p = settings.providers
+    breaker = BreakerConfig(
+        failure_threshold=p.failure_threshold,
+        failure_rate=p.failure_rate,
+        window=p.window,
+        min_calls=p.min_calls,
+        cooldown=p.cooldown,
+        half_open_probes=p.half_open_probes,
+        success_threshold=p.success_threshold,
+    )
+
+    def limit(channel: Literal["email", "webhook"]) -> RateLimit | None:
+        found = p.rate_limits.get(channel)
+        return None if found is None else RateLimit(found.rate, found.burst)
+
+    w = settings.webhooks
+    webhook = GuardedProvider(
+        HttpWebhookProvider(
+            clock,
+            timeout=w.timeout,
+            connect_timeout=w.connect_timeout,
+            max_connections=w.max_connections,
+            block_private=not w.allow_private_addresses,
+        ),
+        clock,
+        breaker=breaker,
+        rate_limit=limit("webhook"),
+        key=lambda m: m.endpoint_id,
+    )
+    registry = ProviderRegistry([webhook])
+    m = settings.smtp
+    if m.host:
+        smtp = SmtpProvider(
+            SmtpConfig(
+                host=m.host,
+                port=m.port,
+                security=m.security,
+                username=m.username,
+                password=m.password,
+                validate_certs=m.validate_certs,
+                timeout=m.timeout,
+                pool_size=m.pool_size,
+                max_messages_per_connection=m.max_messages_per_connection,
+                idle_timeout=m.idle_timeout,
+                noop_after=m.noop_after,
+                local_hostname=m.local_hostname,
+                envelope_from=m.envelope_from,
+                message_id_domain=m.message_id_domain,
+            ),
+            clock,
+        )
+        registry.register(GuardedProvider(smtp, clock, breaker=breaker, rate_limit=limit("email")))
+    webhooks = WebhookService(
+        SqlWebhookEndpointStore(engine),
+        webhook,
+        clock,
+        policy=DisablePolicy(w.disable_after_failures, w.disable_after_seconds),
+        allow_private=w.allow_private_addresses,
+        rotation_grace=w.rotation_grace,
+    )
+    return registry, webhooks
+
+
 def build_broker(settings: Settings, clock: Clock) -> Broker:
     if settings.broker == "redis":
         return RedisBroker(settings.redis_url, clock, prefix=settings.redis_prefix)
@@ -235,7 +352,32 @@ def build_presence(settings: Settings, clock: Clock) -> PresenceStore:
 
 
 def channel_resolver(settings: Settings) -> ChannelResolver:
-    return ChannelResolver.from_config(settings.gateway.channels)
+    return ChannelResolver.from_config(
+        with_inbox_namespace(settings.gateway.channels, settings.inbox.namespace)
+    )
+
+
+# The personal inbox channels `inbox:#<subscriber>`: only that subscriber's connections may
+# subscribe; a short history lets a reconnecting browser recover the live updates it missed.
+INBOX_NAMESPACE: dict[str, Any] = {
+    "allow_user_limited": True,
+    "history_size": 50,
+    "history_ttl": "10m",
+}
+
+
+def with_inbox_namespace(channels: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The channel configuration with the inbox namespace added, unless configured."""
+    raw = channels.get("namespaces") or {}
+    if isinstance(raw, dict):
+        if namespace in raw:
+            return channels
+        return {**channels, "namespaces": {**raw, namespace: INBOX_NAMESPACE}}
+    if isinstance(raw, list):
+        if any(isinstance(t, dict) and t.get("name") == namespace for t in raw):
+            return channels
+        return {**channels, "namespaces": [*raw, {"name": namespace, **INBOX_NAMESPACE}]}
+    return channels  # not a table or a list: ChannelResolver names the error
 
 
 def token_secret(settings: Settings) -> str:

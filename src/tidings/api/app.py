@@ -12,12 +12,15 @@ from tidings import __version__
 from tidings.api import (
     admin,
     events,
+    inbox,
     ops,
     presence,
     problems,
     realtime,
     schedules,
+    subscribers,
     templates,
+    webhooks,
 )
 from tidings.api.middleware import BodyLimit, Metrics
 from tidings.services.container import Services
@@ -52,6 +55,10 @@ def create_api(
     app.include_router(presence.router)
     app.include_router(templates.router)
     app.include_router(schedules.router)
+    app.include_router(subscribers.router)
+    app.include_router(inbox.server)
+    app.include_router(inbox.browser)
+    app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=max_body_bytes)

@@ -9,9 +9,13 @@ from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.apikeys import ApiKeyService
 from tidings.services.gateway.hub import Hub
+from tidings.services.inbox import InboxService
 from tidings.services.ingest import IngestService
 from tidings.services.online import OnlineService
+from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.schedules import ScheduleService
+from tidings.services.subscriber_auth import SubscriberAuth
+from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
 
 
@@ -25,4 +29,9 @@ class Services:
     online: OnlineService
     templates: TemplateService
     schedules: ScheduleService
+    webhooks: WebhookService
+    providers: ProviderRegistry
+    subscribers: SubscriberService
+    inbox: InboxService
+    subscriber_auth: SubscriberAuth
     ready_checks: dict[str, Callable[[], Awaitable[None]]]

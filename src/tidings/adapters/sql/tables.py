@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 
@@ -151,4 +152,114 @@ schedules = Table(
     Column("fired", Integer, nullable=False, default=0),
     Column("created_at", Epoch, nullable=False),
     Index("ix_schedules_subscriber", "subscriber"),
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("email", String(320)),
+    Column("phone", String(32)),
+    Column("locale", String(35)),
+    Column("timezone", String(64)),
+    Column("data", JSON, nullable=False),
+    Column("created_at", Epoch, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
+)
+
+subscriber_devices = Table(
+    "subscriber_devices",
+    metadata,
+    Column("token", String(512), primary_key=True),
+    Column("platform", String(8), nullable=False),
+    Column(
+        "subscriber_id",
+        String(200),
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("created_at", Epoch, nullable=False),
+    Index("ix_subscriber_devices_subscriber", "subscriber_id"),
+)
+
+subscriber_webpush = Table(
+    "subscriber_webpush",
+    metadata,
+    Column("endpoint", String(1024), primary_key=True),
+    Column("p256dh", String(256), nullable=False),
+    Column("auth", String(64), nullable=False),
+    Column(
+        "subscriber_id",
+        String(200),
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("created_at", Epoch, nullable=False),
+    Index("ix_subscriber_webpush_subscriber", "subscriber_id"),
+)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", Epoch, nullable=False),
+)
+
+topic_members = Table(
+    "topic_members",
+    metadata,
+    Column(
+        "topic_key", String(200), ForeignKey("topics.key", ondelete="CASCADE"), primary_key=True
+    ),
+    Column(
+        "subscriber_id",
+        String(200),
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("created_at", Epoch, nullable=False),
+    Index("ix_topic_members_subscriber", "subscriber_id"),
+)
+
+inbox_items = Table(
+    "inbox_items",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("subscriber_id", String(200), nullable=False),
+    Column("event_id", String(64)),
+    Column("workflow", String(200)),
+    Column("step", String(100)),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("action_url", Text),
+    Column("data", JSON, nullable=False),
+    Column("created_at", Epoch, nullable=False),
+    Column("seen_at", Epoch),
+    Column("read_at", Epoch),
+    Column("archived_at", Epoch),
+    UniqueConstraint("subscriber_id", "event_id", "step", name="uq_inbox_items_delivery"),
+    Index("ix_inbox_items_feed", "subscriber_id", "seq"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("event_types", JSON, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("previous_secret", String(128)),
+    Column("previous_secret_expires_at", Epoch),
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_reason", Text),
+    Column("disabled_at", Epoch),
+    Column("failures", Integer, nullable=False),
+    Column("failing_since", Epoch),
+    Column("created_at", Epoch, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
 )

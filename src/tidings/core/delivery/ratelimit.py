@@ -1,0 +1,35 @@
+"""A token bucket, pure: `rate` tokens a second up to `burst`; the caller passes the time."""
+
+from __future__ import annotations
+
+_EPSILON = 1e-9
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._at = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._at:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+
+    def tokens(self, now: float) -> float:
+        self._refill(now)
+        return self._tokens
+
+    def take(self, now: float, n: float = 1.0) -> float:
+        """Take `n` tokens if there are enough and return 0; otherwise take nothing and return
+        the seconds until there will be (infinite when `n` exceeds the burst)."""
+        self._refill(now)
+        if n > self.burst:
+            return float("inf")
+        if self._tokens >= n - _EPSILON:  # the wait this method names is always enough
+            self._tokens = max(0.0, self._tokens - n)
+            return 0.0
+        return (n - self._tokens) / self.rate
