@@ -9,6 +9,10 @@ and the sweep runs every 2 s, as in `tidings serve`. What is measured is real CP
 
     CPU share of one core = CPU seconds spent / simulated seconds.
 
+Churn: besides the heartbeats, `--churn` users a second (20 by default) each flip their tab to
+the background and back five times within that second (ten status changes each), so the
+coalescing of status pushes is measured too: the pushes sent against the changes reported.
+
 Store writes (device reports) and last-seen writes (database) are counted. Two setups: the
 embedded one (memory device store, SQLite records) and the scale-out one (Redis device store,
 PostgreSQL records; Redis and PostgreSQL on this machine).
@@ -84,6 +88,12 @@ class CountingRecords:
     async def set_privacy(self, user: str, privacy: Any) -> None:
         await self.inner.set_privacy(user, privacy)
 
+    async def contacts(self, user: str) -> list[str]:
+        return list(await self.inner.contacts(user))
+
+    async def set_contacts(self, user: str, contacts: list[str]) -> None:
+        await self.inner.set_contacts(user, contacts)
+
 
 @dataclass
 class Result:
@@ -97,13 +107,14 @@ class Result:
     last_seen_per_s: float
     last_seen_bound_per_s: float
     publications: int
+    changes: int
 
     @property
     def share(self) -> float:
         return self.steady_cpu_s / self.simulated_s
 
 
-async def run_presence(setup: str, seconds: int, redis_url: str, pg_url: str) -> Result:
+async def run_presence(setup: str, seconds: int, churn: int, redis_url: str, pg_url: str) -> Result:
     clock = ManualClock()
     published = 0
 
@@ -127,9 +138,11 @@ async def run_presence(setup: str, seconds: int, redis_url: str, pg_url: str) ->
     users = [f"user-{i}" for i in range(USERS)]
     channel_of = {u: (f"chat:{i % CHANNELS}",) for i, u in enumerate(users)}
 
-    def device(user: str) -> Device:
+    def device(user: str, foreground: bool = True) -> Device:
         now = clock.now()
-        return Device("d-" + user, now, now, kind="web", channels=channel_of[user])
+        return Device(
+            "d-" + user, now, now, foreground=foreground, kind="web", channels=channel_of[user]
+        )
 
     t0 = time.process_time()
     for user in users:  # everybody connects
@@ -142,11 +155,18 @@ async def run_presence(setup: str, seconds: int, redis_url: str, pg_url: str) ->
     before = svc.counters()
     writes_before = records.writes
     per_second = USERS / HEARTBEAT
+    changes = 0
     t0 = time.process_time()
     for second in range(seconds):
         start = int((second % HEARTBEAT) * per_second)
         for user in users[start : start + int(per_second)]:
             await svc.report(user, device(user))
+        for k in range(churn):
+            user = users[(second * churn + k * 97) % USERS]
+            for _ in range(5):  # background, foreground, ... within the second
+                await svc.report(user, device(user, foreground=False))
+                await svc.report(user, device(user))
+                changes += 2
         if second % SWEEP == 0:
             await svc.sweep()
         clock.advance(1)
@@ -181,6 +201,7 @@ async def run_presence(setup: str, seconds: int, redis_url: str, pg_url: str) ->
         last_seen_per_s=last_seen / seconds,
         last_seen_bound_per_s=USERS / cfg.last_seen_interval,
         publications=published - pushes_at_connect,
+        changes=changes,
     )
 
 
@@ -235,7 +256,7 @@ async def run_join_leave(members: int, rounds: int) -> tuple[float, float, int]:
     return statistics.median(timings) * 1e3, max(timings) * 1e3, members
 
 
-def render(results: list[Result], jl: tuple[float, float, int], seconds: int) -> str:
+def render(results: list[Result], jl: tuple[float, float, int], seconds: int, churn: int) -> str:
     lines = [
         "# Presence benchmark",
         "",
@@ -247,21 +268,27 @@ def render(results: list[Result], jl: tuple[float, float, int], seconds: int) ->
         "",
         f"Scenario: {USERS:,} users with one device each in {CHANNELS:,} channels, heartbeats "
         f"every {HEARTBEAT:.0f} s ({USERS / HEARTBEAT:.0f} reports/s), the sweep every "
-        f"{SWEEP:.0f} s, {seconds} simulated seconds of steady state after everyone connected. "
+        f"{SWEEP:.0f} s, {seconds} simulated seconds of steady state after everyone connected; "
+        f"meanwhile {churn} users a second each flip their tab to the background and back five "
+        "times within that second (status pushes are coalesced to one per user per "
+        f"{PresenceConfig().update_interval:.0f} s, the newest state winning). "
         "The real `OnlineService` runs on a simulated clock; the CPU time is real "
         "(`time.process_time`), so the CPU share is CPU seconds per simulated second. The "
-        "gateway's own ping/pong is not counted: it runs with or without user presence.",
+        "gateway's own ping/pong is not counted: it runs with or without user presence; nor is "
+        "the CPU of the Redis and PostgreSQL servers (other processes), only this process's "
+        "work including the Redis client.",
         "",
         "| setup | connect of 10k users, CPU s | steady CPU share of one core | device-store "
-        "writes/s | last-seen writes/s (bound: users / interval) | presence pushes in steady "
-        "state |",
-        "|---|---|---|---|---|---|",
+        "writes/s | last-seen writes/s (bound: users / interval) | status changes reported "
+        "| presence pushes sent |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.setup} | {r.connect_cpu_s:.2f} | **{r.share * 100:.1f} %** "
             f"({r.steady_cpu_s:.2f} s / {r.simulated_s:.0f} s) | {r.store_writes_per_s:.0f} | "
-            f"{r.last_seen_per_s:.1f} ({r.last_seen_bound_per_s:.1f}) | {r.publications} |"
+            f"{r.last_seen_per_s:.1f} ({r.last_seen_bound_per_s:.1f}) | {r.changes:,} | "
+            f"{r.publications:,} |"
         )
     median_ms, max_ms, members = jl
     lines += [
@@ -288,6 +315,7 @@ def render(results: list[Result], jl: tuple[float, float, int], seconds: int) ->
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--churn", type=int, default=20, help="users a second changing state")
     ap.add_argument("--out", default=None)
     ap.add_argument("--setups", default="embedded,scale-out")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -295,12 +323,12 @@ async def main() -> None:
     a = ap.parse_args()
     results = []
     for setup in a.setups.split(","):
-        r = await run_presence(setup, a.seconds, a.redis_url, a.pg_url)
+        r = await run_presence(setup, a.seconds, a.churn, a.redis_url, a.pg_url)
         print(r, f"share={r.share:.3%}", flush=True)
         results.append(r)
     jl = await run_join_leave(2000, 200)
     print("join/leave", jl, flush=True)
-    text = render(results, jl, a.seconds)
+    text = render(results, jl, a.seconds, a.churn)
     if a.out:
         Path(a.out).write_text(text)
     print(text)

@@ -81,6 +81,14 @@ class PresenceSettings(BaseModel):
     typing_max_members: int = Field(default=200, ge=0)
     max_devices: int = Field(default=16, ge=1)
     sweep_interval: float = Field(default=2.0, gt=0)
+    max_contacts: int = Field(default=1000, ge=1, le=100_000)
+    contacts_namespace: str = Field(
+        default="presence",
+        pattern=r"^[A-Za-z0-9_\-]{2,}$",
+        description="Gateway namespace of the personal channels `<namespace>:#<user>` that "
+        "carry the presence changes of the user's contacts; added to gateway.channels "
+        "(user-limited, no history) unless configured there.",
+    )
 
 
 class SmtpSettings(BaseModel):

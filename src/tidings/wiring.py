@@ -159,6 +159,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         emit=emit,
         publish=hub.signal,
         members=members,
+        contacts_namespace=settings.presence.contacts_namespace,
     )
     hub.observer = GatewayPresence(online, hub)
 
@@ -342,6 +343,7 @@ def presence_config(settings: Settings) -> PresenceConfig:
         typing_throttle=p.typing_throttle,
         typing_max_members=p.typing_max_members,
         max_devices=p.max_devices,
+        max_contacts=p.max_contacts,
     )
 
 
@@ -352,8 +354,9 @@ def build_presence(settings: Settings, clock: Clock) -> PresenceStore:
 
 
 def channel_resolver(settings: Settings) -> ChannelResolver:
+    channels = with_inbox_namespace(settings.gateway.channels, settings.inbox.namespace)
     return ChannelResolver.from_config(
-        with_inbox_namespace(settings.gateway.channels, settings.inbox.namespace)
+        with_namespace(channels, settings.presence.contacts_namespace, CONTACTS_NAMESPACE)
     )
 
 
@@ -366,17 +369,29 @@ INBOX_NAMESPACE: dict[str, Any] = {
 }
 
 
+# The personal channels `presence:#<user>` through which a user hears of their contacts'
+# presence changes: only that user may subscribe; nothing is kept.
+CONTACTS_NAMESPACE: dict[str, Any] = {"allow_user_limited": True, "history_size": 0}
+
+
 def with_inbox_namespace(channels: dict[str, Any], namespace: str) -> dict[str, Any]:
     """The channel configuration with the inbox namespace added, unless configured."""
+    return with_namespace(channels, namespace, INBOX_NAMESPACE)
+
+
+def with_namespace(
+    channels: dict[str, Any], namespace: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The channel configuration with `namespace` added with `options`, unless configured."""
     raw = channels.get("namespaces") or {}
     if isinstance(raw, dict):
         if namespace in raw:
             return channels
-        return {**channels, "namespaces": {**raw, namespace: INBOX_NAMESPACE}}
+        return {**channels, "namespaces": {**raw, namespace: options}}
     if isinstance(raw, list):
         if any(isinstance(t, dict) and t.get("name") == namespace for t in raw):
             return channels
-        return {**channels, "namespaces": [*raw, {"name": namespace, **INBOX_NAMESPACE}]}
+        return {**channels, "namespaces": [*raw, {"name": namespace, **options}]}
     return channels  # not a table or a list: ChannelResolver names the error
 
 

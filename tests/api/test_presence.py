@@ -1,5 +1,5 @@
 """The presence server API: device reports, a user's state with privacy for a viewer,
-typing, and the `user.online` event persisted once."""
+contact lists, typing, and the `user.online` event persisted once."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ async def test_unknown_users_are_offline(api: Api) -> None:
         "online": False,
         "last_seen": None,
         "devices": [],
+        "reachable": [],
     }
 
 
@@ -101,3 +102,37 @@ async def test_a_device_over_the_limit_is_refused_with_409(api: Api) -> None:
     assert "the limit is" in r.json()["detail"]
     r = await c.put("/v1/presence/users/many/devices/d0", json={}, headers=api.auth())
     assert r.status_code == 200  # a known device may report again
+
+
+async def test_reachable_lists_the_connected_devices(api: Api) -> None:
+    c = api.client
+    await c.put("/v1/presence/users/carol/devices/desk", json={}, headers=api.auth())
+    r = await c.put(
+        "/v1/presence/users/carol/devices/phone", json={"connected": False}, headers=api.auth()
+    )
+    body = r.json()
+    assert body["online"] is True and body["reachable"] == ["desk"]
+
+
+async def test_contact_lists_are_replaced_whole_and_checked(api: Api) -> None:
+    c = api.client
+    url = "/v1/presence/users/alice/contacts"
+    r = await c.get(url, headers=api.auth())
+    assert r.status_code == 200 and r.json() == {"user": "alice", "contacts": []}
+    r = await c.put(url, json={"contacts": ["carol", "bob", "bob", "alice"]}, headers=api.auth())
+    assert r.status_code == 200, r.text
+    assert r.json() == {"user": "alice", "contacts": ["bob", "carol"]}  # sorted, no self
+    r = await c.put(url, json={"contacts": ["dave"]}, headers=api.auth())
+    assert (await c.get(url, headers=api.auth())).json()["contacts"] == ["dave"]
+
+    r = await c.put(url, json={"contacts": ["ok", "bad,name"]}, headers=api.auth())
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert "bad,name" in r.json()["detail"]
+    limit = api.runtime.services.online.config.max_contacts
+    many = [f"u{i}" for i in range(limit + 1)]
+    r = await c.put(url, json={"contacts": many}, headers=api.auth())
+    assert r.status_code == 422 and "at most" in r.json()["detail"]
+    r = await c.put(url, json={"contacts": "bob"}, headers=api.auth())
+    assert r.status_code == 422
+    assert (await c.get(url, headers=api.auth())).json()["contacts"] == ["dave"]  # unchanged
+    assert (await c.get(url)).status_code == 401

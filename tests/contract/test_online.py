@@ -86,6 +86,20 @@ async def test_mark_flips_once_and_numbers_transitions(devices: DeviceKit) -> No
     assert await store.mark("alice", True) == 3
 
 
+async def test_going_offline_only_while_still_silent(devices: DeviceKit) -> None:
+    """A device that reported between a sweep's read and its flip keeps the user online."""
+    store, clock = devices.store, devices.clock
+    t0 = clock.now()
+    await store.put("alice", device("d1", t0), 300.0)
+    assert await store.mark("alice", True) == 1
+    await store.put("alice", device("d2", t0 + 50), 300.0)  # the late report
+    assert await store.mark("alice", False, silent_before=t0 + 10) is None
+    assert {d.id for d in await store.get("alice")} == {"d1", "d2"}  # nothing dropped
+    assert await store.silent_users(t0 + 100, 10) == ["alice"]
+    assert await store.mark("alice", False, silent_before=t0 + 50) == 2
+    assert await store.get("alice") == []
+
+
 async def test_going_offline_drops_devices_and_heartbeat(devices: DeviceKit) -> None:
     store, clock = devices.store, devices.clock
     await store.put("alice", device("d1", clock.now()), 300.0)
@@ -128,3 +142,25 @@ async def test_privacy_defaults_and_round_trips(records: Any) -> None:
     assert await records.last_seen("alice") == 5.0
     await records.set_privacy("bob", Privacy(hide_last_seen=True))
     assert await records.hidden_users() == {"alice"}
+
+
+async def test_contact_lists_are_replaced_whole(records: Any) -> None:
+    assert await records.contacts("alice") == []
+    await records.set_contacts("alice", ["carol", "bob"])
+    await records.set_contacts("dave", ["alice"])
+    assert await records.contacts("alice") == ["bob", "carol"]
+    await records.set_contacts("alice", ["erin", "bob"])
+    assert await records.contacts("alice") == ["bob", "erin"]
+    await records.set_privacy("alice", Privacy(hide_online=True))  # independent records
+    await records.save_last_seen("alice", 7.0)
+    assert await records.contacts("alice") == ["bob", "erin"]
+    await records.set_contacts("alice", [])
+    assert await records.contacts("alice") == []
+    assert await records.contacts("dave") == ["alice"]
+    assert await records.privacy("alice") == Privacy(hide_online=True)
+
+
+async def test_concurrent_replacements_leave_one_whole_list(records: Any) -> None:
+    lists = [[f"c{i}-{j}" for j in range(20)] for i in range(6)]
+    await asyncio.gather(*(records.set_contacts("alice", one) for one in lists))
+    assert await records.contacts("alice") in [sorted(one) for one in lists]

@@ -1,12 +1,12 @@
 """Server API of user presence: a user's state across devices (with privacy applied for a
-viewer), privacy settings, device reports from the application's backend, and typing. Scope
-`publish` (admin includes it)."""
+viewer), privacy settings, contact lists, device reports from the application's backend, and
+typing. Scope `publish` (admin includes it)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
@@ -22,6 +22,7 @@ PROBLEM: dict[int | str, dict[str, Any]] = {
     s: {"content": {"application/problem+json": {}}} for s in (401, 403, 422)
 }
 UserId = Annotated[str, Field(min_length=1, max_length=200)]
+UserPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 class DeviceOut(BaseModel):
@@ -40,6 +41,9 @@ class PresenceOut(BaseModel):
     online: bool
     last_seen: float | None = Field(description="Unix seconds; null if hidden or unknown")
     devices: list[DeviceOut]
+    reachable: list[str] = Field(
+        description="ids of the devices connected now: a live message would reach them"
+    )
 
     @classmethod
     def of(cls, p: UserPresence) -> PresenceOut:
@@ -60,6 +64,7 @@ class PresenceOut(BaseModel):
                 )
                 for d, s in p.devices
             ],
+            reachable=[d.id for d in p.reachable],
         )
 
 
@@ -67,6 +72,19 @@ class PrivacyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     hide_online: bool = False
     hide_last_seen: bool = False
+
+
+class ContactsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    contacts: list[str] = Field(
+        description="the users told of this user's presence changes, on their personal "
+        "channels `<contacts namespace>:#<contact>`; replaces the list"
+    )
+
+
+class ContactsOut(BaseModel):
+    user: str
+    contacts: list[str]
 
 
 class DeviceIn(BaseModel):
@@ -98,6 +116,19 @@ async def get_presence(
 async def put_privacy(request: Request, user: str, body: PrivacyIn) -> PrivacyIn:
     await services(request).online.set_privacy(user, Privacy(body.hide_online, body.hide_last_seen))
     return body
+
+
+@router.get("/users/{user}/contacts", responses=PROBLEM, summary="A user's contact list")
+async def get_contacts(request: Request, user: UserPath) -> ContactsOut:
+    return ContactsOut(user=user, contacts=await services(request).online.contacts(user))
+
+
+@router.put(
+    "/users/{user}/contacts", responses=PROBLEM, summary="Replace who hears of a user's presence"
+)
+async def put_contacts(request: Request, user: UserPath, body: ContactsIn) -> ContactsOut:
+    stored = await services(request).online.set_contacts(user, body.contacts)
+    return ContactsOut(user=user, contacts=list(stored))
 
 
 @router.put(

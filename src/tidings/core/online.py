@@ -21,6 +21,7 @@ and `user.offline` are the transitions between offline and anything else.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,14 +52,16 @@ class PresenceConfig:
     typing_throttle: float = 3.0  # repeated starts within this are not sent again
     typing_max_members: int = 200  # no typing in channels with more users than this
     max_devices: int = 16  # connections of one user that count as devices, per gateway
+    max_contacts: int = 1000  # users on one contact list
 
     def __post_init__(self) -> None:
         if not 0 < self.probably_offline_after < self.offline_after:
             raise InvalidInput(
                 "need 0 < probably_offline_after < offline_after", field="probably_offline_after"
             )
-        if self.max_devices < 1:
-            raise InvalidInput("max_devices must be >= 1", field="max_devices")
+        for name in ("max_devices", "max_contacts"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be >= 1", field=name)
         for name in ("idle_after", "last_seen_interval", "typing_ttl"):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be > 0", field=name)
@@ -141,6 +144,35 @@ def as_seen_by(presence: UserPresence, privacy: Privacy, *, self_view: bool) -> 
         status, devices = Status.OFFLINE, ()
     last_seen = None if privacy.hide_last_seen else presence.last_seen
     return UserPresence(presence.user, status, devices, last_seen)
+
+
+# A contact is told through its personal channel `<namespace>:#<contact>`, so its id must be
+# a valid channel user: channel characters without the separators `#` and `,`.
+_CONTACT_RE = re.compile(r"[A-Za-z0-9_\-.:@$=+!~;/|]{1,200}")
+
+
+def contact_list(contacts: Iterable[str], cfg: PresenceConfig, *, user: str) -> tuple[str, ...]:
+    """A user's contact list as given by the application, checked: sorted, without
+    duplicates and without the user themself, at most `max_contacts` entries."""
+    out = set()
+    for contact in contacts:
+        if not isinstance(contact, str) or not _CONTACT_RE.fullmatch(contact):
+            raise InvalidInput(
+                f"contact {contact!r} must be 1-200 characters of A-Z a-z 0-9 _-.:@$=+!~;/|",
+                field="contacts",
+            )
+        if contact != user:
+            out.add(contact)
+    if len(out) > cfg.max_contacts:
+        raise InvalidInput(
+            f"{len(out)} contacts; at most {cfg.max_contacts} are allowed", field="contacts"
+        )
+    return tuple(sorted(out))
+
+
+def contact_channel(namespace: str, contact: str) -> str:
+    """The personal channel through which `contact` hears of their contacts' presence."""
+    return f"{namespace}:#{contact}"
 
 
 class Throttle:

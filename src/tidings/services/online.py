@@ -9,8 +9,11 @@ them with the pure rules of `core.online`, and:
 - writes last seen to the database at most once per `last_seen_interval` per user, never on
   every heartbeat, gathered and written in one batch per sweep;
 - tells only those who care: a status change goes as an ephemeral publication (no history,
-  no offset; tag `tidings: presence`) to the user's presence-enabled channels, at most one per
-  `update_interval` per user, the newest state winning; nothing for users who hide their state;
+  no offset; tag `tidings: presence`) to the user's presence-enabled channels and to the
+  personal channel `<contacts namespace>:#<contact>` of each user on the contact list the
+  application gave, at most one per `update_interval` per user, the newest state winning (a
+  change inside the interval goes out with the first sweep after it); nothing for users who
+  hide their state;
 - runs typing indicators: start/stop as ephemeral publications (tag `tidings: typing`),
   repeated starts throttled, stopped by TTL when a client goes quiet, refused in channels
   with more than `typing_max_members` users;
@@ -42,6 +45,8 @@ from tidings.core.online import (
     UserPresence,
     aggregate,
     as_seen_by,
+    contact_channel,
+    contact_list,
 )
 from tidings.errors import Forbidden, InvalidInput, NotFound
 from tidings.ports.clock import Clock
@@ -59,6 +64,7 @@ Members = Callable[[str], Awaitable[int]]
 
 DEVICE_TTL_MARGIN = 30.0
 PRIVACY_REFRESH = 30.0
+CONTACTS_REFRESH = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,7 @@ class OnlineService:
         emit: Emit | None = None,
         publish: Publish | None = None,
         members: Members | None = None,
+        contacts_namespace: str | None = None,
     ) -> None:
         self.devices = devices
         self.records = records
@@ -89,6 +96,8 @@ class OnlineService:
         self._emit = emit
         self._publish = publish
         self._members = members
+        self.contacts_namespace = contacts_namespace
+        self._contacts: dict[str, tuple[tuple[str, ...], float]] = {}  # user -> (list, until)
         self._seen = Throttle(self.config.last_seen_interval)
         self._seen_pending: dict[str, float] = {}  # written in batches by the sweep
         self._online_until: dict[str, float] = {}
@@ -96,7 +105,7 @@ class OnlineService:
         self._hidden_until = 0.0
         self._updates = Throttle(self.config.update_interval)
         self._sent_status: dict[str, Status] = {}  # last status pushed per user
-        self._pending_update: dict[str, asyncio.TimerHandle] = {}
+        self._pending_update: dict[str, float] = {}  # user -> when the push may go
         self._typing = TypingBook(self.config)
         self._task: asyncio.Task[None] | None = None
         self._reports = self._store_writes = self._seen_writes = 0
@@ -113,8 +122,6 @@ class OnlineService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for handle in self._pending_update.values():
-            handle.cancel()
         self._pending_update.clear()
 
     def counters(self) -> Counters:
@@ -182,6 +189,29 @@ class OnlineService:
         await self.records.set_privacy(user, privacy)
         self._hidden_until = 0.0  # read again before the next push
 
+    async def set_contacts(self, user: str, contacts: list[str]) -> tuple[str, ...]:
+        """Replace `user`'s contact list: the users told of their presence changes (besides
+        the members of their presence-enabled channels). Returns the list as stored."""
+        checked = contact_list(contacts, self.config, user=user)
+        await self.records.set_contacts(user, checked)
+        self._contacts.pop(user, None)
+        return checked
+
+    async def contacts(self, user: str) -> list[str]:
+        return await self.records.contacts(user)
+
+    async def _audience(self, user: str) -> tuple[str, ...]:
+        """The personal channels of `user`'s contacts, read once per `CONTACTS_REFRESH` per
+        user (a change made through another gateway takes at most that long to apply)."""
+        if self.contacts_namespace is None:
+            return ()
+        now = self.clock.now()
+        cached = self._contacts.get(user)
+        if cached is None or now >= cached[1]:
+            listed = tuple(await self.records.contacts(user))
+            cached = self._contacts[user] = (listed, now + CONTACTS_REFRESH)
+        return tuple(contact_channel(self.contacts_namespace, c) for c in cached[0])
+
     async def _hidden(self, user: str) -> bool:
         """Whether `user` hides their online state, for fanout decisions. The set of users
         who hide it is read in one query and kept for `PRIVACY_REFRESH` seconds (a change
@@ -200,13 +230,14 @@ class OnlineService:
         await self.flush_last_seen()
         now = self.clock.now()
         gone = 0
-        silent = await self.devices.silent_users(now - self.config.offline_after, 1000)
+        before = now - self.config.offline_after
+        silent = await self.devices.silent_users(before, 1000)
         for user in silent:
             devices = await self.devices.get(user)
             presence = aggregate(user, devices, now, self.config)
             if presence.online:
                 continue
-            n = await self.devices.mark(user, False)
+            n = await self.devices.mark(user, False, silent_before=before)
             if n is None:
                 continue  # another gateway took it
             gone += 1
@@ -217,12 +248,15 @@ class OnlineService:
                 self._seen_writes += 1
             await self._transition(user, "user.offline", n, presence)
             channels = {c for d in devices for c in d.channels}
+            self._pending_update.pop(user, None)
             await self._push_status(user, presence, channels)
+        await self._send_due_updates(now)
         for channel, user in self._typing.expire(now):
             await self._send_typing(channel, user, False)
         self._seen.prune(now)
         self._updates.prune(now)
         self._online_until = {u: t for u, t in self._online_until.items() if t > now}
+        self._contacts = {u: c for u, c in self._contacts.items() if c[1] > now}
         return gone
 
     async def _sweep_loop(self, every: float) -> None:
@@ -253,34 +287,36 @@ class OnlineService:
         if self._updates.due(user, now):
             await self._push_status(user, presence, channels)
             return
-        if user not in self._pending_update:  # coalesce: send the newest state when due
-            delay = max(0.0, self._updates.next_at(user) - now)
-            loop = asyncio.get_running_loop()
-            self._pending_update[user] = loop.call_later(delay, self._deferred_update, user)
+        # Coalesce: the sweep sends the newest state once the interval has passed.
+        self._pending_update.setdefault(user, self._updates.next_at(user))
 
-    def _deferred_update(self, user: str) -> None:
-        self._pending_update.pop(user, None)
-
-        async def send() -> None:
-            presence = await self._presence(user, self.clock.now())
-            self._updates.due(user, self.clock.now())
+    async def _send_due_updates(self, now: float) -> None:
+        due = [u for u, at in self._pending_update.items() if at <= now]
+        for user in due:
+            del self._pending_update[user]
+            presence = await self._presence(user, now)
+            if self._sent_status.get(user) is presence.status or not presence.online:
+                continue  # back where it was, or the offline transition tells it
+            self._updates.due(user, now)
             channels = {c for d, _ in presence.devices for c in d.channels}
-            if self._sent_status.get(user) is not presence.status:
-                await self._push_status(user, presence, channels)
-
-        asyncio.get_running_loop().create_task(send())
+            await self._push_status(user, presence, channels)
 
     async def _push_status(self, user: str, presence: UserPresence, channels: set[str]) -> None:
         self._sent_status[user] = presence.status
         if presence.status is Status.OFFLINE:
             self._sent_status.pop(user, None)
-        if self._publish is None or not channels:
+        if self._publish is None:
             return
-        if await self._hidden(user):
+        audience = channels.union(await self._audience(user))
+        if not audience or await self._hidden(user):
             return
         data = orjson.dumps({"type": "presence", "user": user, "status": presence.status.label})
-        for channel in sorted(channels):
-            await self._publish(channel, data, {"tidings": "presence"})
+        for channel in sorted(audience):
+            try:
+                await self._publish(channel, data, {"tidings": "presence"})
+            except Exception:  # best effort: a failed push never fails the report
+                log.exception("presence push failed", extra={"channel": channel})
+                continue
             self._updates_sent += 1
 
     # --- typing ----------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from tidings.core.online import (
     TypingBook,
     aggregate,
     as_seen_by,
+    contact_channel,
+    contact_list,
 )
 from tidings.errors import InvalidInput
 
@@ -119,3 +121,18 @@ def test_typing_is_throttled_and_expires() -> None:
     assert book.stop("c", "u") is False
     book.start("c", "u", 20)
     assert book.stop("c", "u") is True and book.typing("c", 20) == []
+
+
+def test_contact_lists_are_checked_sorted_and_bounded() -> None:
+    cfg = PresenceConfig(max_contacts=3)
+    assert contact_list(["c", "b", "c", "me"], cfg, user="me") == ("b", "c")
+    assert contact_list(["a", "b", "c", "me"], cfg, user="me") == ("a", "b", "c")
+    with pytest.raises(InvalidInput, match="at most 3") as many:
+        contact_list(["a", "b", "c", "d"], cfg, user="me")
+    assert many.value.field == "contacts"
+    for bad in ["", "a,b", "a#b", "x" * 201, "tab\there"]:
+        with pytest.raises(InvalidInput, match="must be"):
+            contact_list([bad], cfg, user="me")
+    assert contact_channel("presence", "bob") == "presence:#bob"
+    with pytest.raises(InvalidInput, match="max_contacts"):
+        PresenceConfig(max_contacts=0)

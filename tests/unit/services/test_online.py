@@ -3,10 +3,14 @@ only once, last-seen writes bounded, typing throttled and expired, privacy honou
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryBroker, MemoryPresenceStore
@@ -15,7 +19,7 @@ from tidings.core.channels import ChannelResolver
 from tidings.core.online import Device, PresenceConfig, Privacy, Status
 from tidings.core.protocol.codes import Disconnect, DisconnectCode
 from tidings.core.tokens import TokenKeys, connection_claims, encode_token
-from tidings.errors import Forbidden
+from tidings.errors import Forbidden, InvalidInput
 from tidings.services.gateway import ClientConnection, GatewayOptions, Hub
 from tidings.services.online import GatewayPresence, OnlineService
 
@@ -53,7 +57,7 @@ def service(
         devices or MemoryDeviceStore(clock),
         records or MemoryPresenceRecords(),
         clock,
-        PresenceConfig(update_interval=0, **cfg),
+        PresenceConfig(**{"update_interval": 0, **cfg}),
         emit=sink.emit,
         publish=sink.publish,
         members=count,
@@ -146,14 +150,81 @@ async def test_last_seen_writes_are_bounded_by_the_interval() -> None:
 
 async def test_status_updates_are_coalesced_per_user() -> None:
     clock, sink = ManualClock(), Sink()
-    svc = service(clock, sink)
-    svc.config = PresenceConfig(update_interval=3600)  # one push per user per hour
-    svc._updates.interval = 3600
+    svc = service(clock, sink, update_interval=10)  # one push per user per 10 s
     await svc.report("alice", dev(clock, channels=("chat:1",)))
     await svc.report("alice", dev(clock, foreground=False, channels=("chat:1",)))
+    await svc.report("alice", dev(clock, channels=("chat:1",)))  # active again ...
+    clock.advance(4)
+    await svc.report("alice", dev(clock, foreground=False, channels=("chat:1",)))  # ... idle
+    await svc.sweep()
     statuses = [p[1]["status"] for p in sink.published]
-    assert statuses == ["active"]  # the idle change waits for the interval
-    await svc.stop()
+    assert statuses == ["active"]  # the changes wait for the interval
+    clock.advance(6)
+    await svc.sweep()  # no report came: the sweep sends the newest state, once
+    await svc.sweep()
+    assert [p[1]["status"] for p in sink.published] == ["active", "idle"]
+    clock.advance(2)
+    await svc.sweep()
+    assert len(sink.published) == 2
+
+
+async def test_a_change_undone_within_the_interval_is_not_pushed() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink, update_interval=10)
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    await svc.report("alice", dev(clock, foreground=False, channels=("chat:1",)))
+    await svc.report("alice", dev(clock, channels=("chat:1",)))  # back to active
+    clock.advance(10)
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    await svc.sweep()
+    assert [p[1]["status"] for p in sink.published] == ["active"]
+
+
+async def test_contacts_hear_of_changes_on_their_personal_channels() -> None:
+    clock, sink = ManualClock(), Sink()
+    records = MemoryPresenceRecords()
+    svc = service(clock, sink, records=records)
+    svc.contacts_namespace = "presence"
+    assert await svc.set_contacts("alice", ["bob", "carol", "alice"]) == ("bob", "carol")
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    assert [(c, d["status"]) for c, d, _ in sink.published] == [
+        ("chat:1", "active"),
+        ("presence:#bob", "active"),
+        ("presence:#carol", "active"),
+    ]
+    await svc.set_contacts("alice", ["dave"])  # applies at once on this gateway
+    clock.advance(90)
+    assert await svc.sweep() == 1
+    assert [(c, d["status"]) for c, d, _ in sink.published[3:]] == [
+        ("chat:1", "offline"),
+        ("presence:#dave", "offline"),
+    ]
+    await svc.set_privacy("alice", Privacy(hide_online=True))
+    await svc.report("alice", dev(clock, channels=("chat:1",)))
+    assert len(sink.published) == 5  # hidden: no contact hears anything
+    assert await svc.contacts("alice") == ["dave"]
+
+
+async def test_contact_lists_are_checked() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink, max_contacts=2)
+    with pytest.raises(InvalidInput, match="at most 2"):
+        await svc.set_contacts("alice", ["a", "b", "c"])
+    with pytest.raises(InvalidInput, match="must be"):
+        await svc.set_contacts("alice", ["a#b"])
+    assert await svc.set_contacts("alice", ["b", "a", "b"]) == ("a", "b")
+
+
+async def test_a_failed_push_never_fails_the_report() -> None:
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+
+    async def broken(channel: str, data: bytes, tags: dict[str, str]) -> None:
+        raise RuntimeError("broker down")
+
+    svc._publish = broken
+    p = await svc.report("alice", dev(clock, channels=("chat:1",)))
+    assert p.status is Status.ACTIVE and [e[0] for e in sink.events] == ["user.online"]
 
 
 async def test_typing_start_stop_throttle_and_ttl() -> None:
@@ -192,8 +263,6 @@ async def test_privacy_is_honoured_for_others_and_in_fanout() -> None:
 
 
 async def test_a_user_with_many_connections_counts_at_most_max_devices() -> None:
-    import asyncio
-
     clock, sink = ManualClock(), Sink()
     secret = "s" * 64
     hub = Hub(
@@ -224,3 +293,42 @@ async def test_a_user_with_many_connections_counts_at_most_max_devices() -> None
         await asyncio.sleep(0)
     devices = {d.id: d for d in await svc.devices.get("svc")}
     assert spare.id in devices and devices[first.id].connected is False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=8), st.booleans()), min_size=1, max_size=30
+    )
+)
+def test_pushes_are_spaced_by_the_interval_and_end_on_the_newest_state(
+    steps: list[tuple[float, bool]],
+) -> None:
+    """Whatever the user does: at most one push per `update_interval`, never the same status
+    twice in a row, and once things settle the last push is the user's current status."""
+
+    async def run() -> None:
+        clock, sink = ManualClock(), Sink()
+        svc = service(clock, sink, update_interval=5, idle_after=1000)
+        at: list[float] = []
+
+        async def publish(channel: str, data: bytes, tags: dict[str, str]) -> None:
+            at.append(clock.now())
+            await sink.publish(channel, data, tags)
+
+        svc._publish = publish
+        for dt, foreground in steps:
+            clock.advance(dt)
+            await svc.report("alice", dev(clock, foreground=foreground, channels=("chat:1",)))
+            await svc.sweep()
+        for _ in range(4):  # settle: heartbeats go on, the sweep runs
+            clock.advance(2)
+            last = steps[-1][1]
+            await svc.report("alice", dev(clock, foreground=last, channels=("chat:1",)))
+            await svc.sweep()
+        statuses = [p[1]["status"] for p in sink.published]
+        assert all(b - a >= 5 for a, b in itertools.pairwise(at)), at
+        assert all(a != b for a, b in itertools.pairwise(statuses)), statuses
+        assert statuses[-1] == (await svc.get("alice")).status.label
+
+    asyncio.run(run())

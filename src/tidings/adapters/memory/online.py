@@ -3,7 +3,7 @@ the contract suite)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from tidings.core.online import Device, Privacy
 from tidings.ports.clock import Clock
@@ -38,9 +38,12 @@ class MemoryDeviceStore:
         )
         return [u for _, u in silent[:limit]]
 
-    async def mark(self, user: str, online: bool) -> int | None:
+    async def mark(self, user: str, online: bool, silent_before: float | None = None) -> int | None:
         if online == (user in self._online):
             return None
+        newest = self._heartbeat.get(user, float("-inf"))
+        if not online and silent_before is not None and newest > silent_before:
+            return None  # a device reported since the caller saw the user silent
         if online:
             self._online.add(user)
         else:
@@ -59,6 +62,7 @@ class MemoryPresenceRecords:
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
         self._privacy: dict[str, Privacy] = {}
+        self._contacts: dict[str, tuple[str, ...]] = {}
         self.writes = 0  # last-seen writes, for tests and the benchmark
 
     async def save_last_seen(self, user: str, at: float) -> None:
@@ -81,3 +85,12 @@ class MemoryPresenceRecords:
 
     async def hidden_users(self) -> set[str]:
         return {u for u, p in self._privacy.items() if p.hide_online}
+
+    async def contacts(self, user: str) -> list[str]:
+        return list(self._contacts.get(user, ()))
+
+    async def set_contacts(self, user: str, contacts: Sequence[str]) -> None:
+        if contacts:
+            self._contacts[user] = tuple(sorted(set(contacts)))
+        else:
+            self._contacts.pop(user, None)

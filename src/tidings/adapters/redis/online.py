@@ -37,10 +37,14 @@ return redis.call('HGETALL', KEYS[1])
 
 _MARK_LUA = """
 -- KEYS[1] online set, KEYS[2] transitions hash, KEYS[3] devices hash, KEYS[4] heartbeat zset
--- ARGV[1] user, ARGV[2] '1' online / '0' offline
+-- ARGV[1] user, ARGV[2] '1' online / '0' offline, ARGV[3] silent_before or ''
 if ARGV[2] == '1' then
   if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return false end
 else
+  if ARGV[3] ~= '' then
+    local newest = redis.call('ZSCORE', KEYS[4], ARGV[1])
+    if newest and tonumber(newest) > tonumber(ARGV[3]) then return false end
+  end
   if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return false end
   redis.call('DEL', KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[1])
@@ -134,7 +138,7 @@ class RedisDeviceStore:
         )
         return [bytes(u).decode() for u in users]
 
-    async def mark(self, user: str, online: bool) -> int | None:
+    async def mark(self, user: str, online: bool, silent_before: float | None = None) -> int | None:
         result = await self._mark(
             keys=[
                 f"{self._p}:oon",
@@ -142,7 +146,11 @@ class RedisDeviceStore:
                 self._devices_key(user),
                 f"{self._p}:ohb",
             ],
-            args=[user, "1" if online else "0"],
+            args=[
+                user,
+                "1" if online else "0",
+                "" if silent_before is None else repr(silent_before),
+            ],
         )
         return None if result is None else int(result)
 

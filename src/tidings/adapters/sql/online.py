@@ -1,16 +1,17 @@
-"""Presence records in SQL: one row per user with last seen and privacy."""
+"""Presence records in SQL: one row per user with last seen and privacy, and the users'
+contact lists (one row per user and contact)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.tables import user_presence
+from tidings.adapters.sql.tables import presence_contacts, user_presence
 from tidings.core.online import Privacy
 
 
@@ -18,7 +19,7 @@ class SqlPresenceRecords:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._read = reader(engine)
-        pg = is_postgres(engine)
+        pg = self._pg = is_postgres(engine)
         self._insert = pg_insert if pg else sqlite_insert
         self._greatest = func.greatest if pg else func.max  # SQLite's two-argument max
 
@@ -78,3 +79,21 @@ class SqlPresenceRecords:
         stmt = stmt.on_conflict_do_update(index_elements=[t.c.user_id], set_=values)
         async with writer(self._engine) as conn:
             await conn.execute(stmt)
+
+    async def contacts(self, user: str) -> list[str]:
+        t = presence_contacts
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(t.c.contact_id).where(t.c.user_id == user).order_by(t.c.contact_id)
+            )
+            return [r.contact_id for r in rows]
+
+    async def set_contacts(self, user: str, contacts: Sequence[str]) -> None:
+        t = presence_contacts
+        rows = [{"user_id": user, "contact_id": c} for c in sorted(set(contacts))]
+        async with writer(self._engine) as conn:
+            if self._pg:  # concurrent replacements of one list take turns (SQLite: one writer)
+                await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(user))))
+            await conn.execute(delete(t).where(t.c.user_id == user))
+            for start in range(0, len(rows), 1000):
+                await conn.execute(insert(t), rows[start : start + 1000])

@@ -113,6 +113,15 @@ user_presence = Table(
     Column("hide_last_seen", Boolean, nullable=False, default=False),
 )
 
+# A user's contact list as the application gives it: `contact_id` is told of `user_id`'s
+# presence changes.
+presence_contacts = Table(
+    "presence_contacts",
+    metadata,
+    Column("user_id", String(200), primary_key=True),
+    Column("contact_id", String(200), primary_key=True),
+)
+
 templates = Table(
     "templates",
     metadata,
