@@ -8,7 +8,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,7 +18,9 @@ from rich.table import Table
 from tidings import __version__, logs
 from tidings.config import Settings, load_settings
 from tidings.core.tokens import connection_claims, encode_token, subscription_claims
-from tidings.errors import TidingsError
+from tidings.errors import InvalidInput, NotFound, TidingsError
+from tidings.services.deadletters import DeadFilter, DeadLetters
+from tidings.services.testsend import TemplateTestResult
 from tidings.types import Scope
 from tidings.wiring import (
     Runtime,
@@ -41,7 +44,7 @@ apikey_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_he
 dlq_app = typer.Typer(help="Inspect, replay and discard dead-lettered jobs.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(dlq_app, name="dlq")
-template_app = typer.Typer(help="Preview message templates.", no_args_is_help=True)
+template_app = typer.Typer(help="Preview and test-send message templates.", no_args_is_help=True)
 app.add_typer(template_app, name="template")
 
 out = Console()
@@ -233,28 +236,89 @@ def dlq_list(
     out.print(table)
 
 
+KindOpt = Annotated[str | None, typer.Option(help="Only dead jobs of this kind.")]
+ErrorOpt = Annotated[
+    str | None, typer.Option("--error", help="Only dead jobs whose last error contains this.")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead job (matching the filters).")]
+
+
+def _dead_filter(
+    job_ids: list[str] | None, kind: str | None, error: str | None, every: bool, limit: int
+) -> DeadFilter | None:
+    """None when ids are given; a filter when asked for; exit 2 when neither is."""
+    if job_ids:
+        if kind or error or every:
+            err.print("give job ids or filters (--kind, --error, --all), not both")
+            raise typer.Exit(2)
+        return None
+    if not (kind or error or every):
+        err.print("give job ids, or select with --kind/--error, or --all")
+        raise typer.Exit(2)
+    return DeadFilter(kind, error, limit)
+
+
+@dlq_app.command("show")
+def dlq_show(job_id: str, config: ConfigOpt = None) -> None:
+    """Show one dead-lettered job: kind, lane, attempts, last error and payload."""
+    job = _with_runtime(_settings(config), lambda rt: DeadLetters(rt.services.jobs).get(job_id))
+    out.print_json(
+        data={
+            "id": job.id,
+            "kind": job.kind,
+            "lane": job.lane.value,
+            "attempts": job.attempts,
+            "last_error": job.last_error,
+            "created_at": _when(job.created_at),
+            "payload": job.payload,
+        }
+    )
+
+
 @dlq_app.command("replay")
-def dlq_replay(job_ids: list[str], config: ConfigOpt = None) -> None:
-    """Put dead-lettered jobs back on the queue."""
+def dlq_replay(
+    job_ids: Annotated[list[str] | None, typer.Argument()] = None,
+    kind: KindOpt = None,
+    error: ErrorOpt = None,
+    every: AllOpt = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1000,
+    config: ConfigOpt = None,
+) -> None:
+    """Put dead-lettered jobs back on the queue: by id, or all that match the filters."""
+    where = _dead_filter(job_ids, kind, error, every, limit)
 
-    async def op(rt: Runtime) -> None:
-        for job_id in job_ids:
+    async def op(rt: Runtime) -> int:
+        if where is not None:
+            return len(await DeadLetters(rt.services.jobs).replay(where))
+        for job_id in job_ids or []:
             await rt.services.jobs.replay(job_id)
+        return len(job_ids or [])
 
-    _with_runtime(_settings(config), op)
-    out.print(f"replayed {len(job_ids)} job(s)")
+    count = _with_runtime(_settings(config), op)
+    out.print(f"replayed {count} job(s)")
 
 
 @dlq_app.command("discard")
-def dlq_discard(job_ids: list[str], config: ConfigOpt = None) -> None:
-    """Delete dead-lettered jobs for good."""
+def dlq_discard(
+    job_ids: Annotated[list[str] | None, typer.Argument()] = None,
+    kind: KindOpt = None,
+    error: ErrorOpt = None,
+    every: AllOpt = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 1000,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete dead-lettered jobs for good: by id, or all that match the filters."""
+    where = _dead_filter(job_ids, kind, error, every, limit)
 
-    async def op(rt: Runtime) -> None:
-        for job_id in job_ids:
+    async def op(rt: Runtime) -> int:
+        if where is not None:
+            return len(await DeadLetters(rt.services.jobs).discard(where))
+        for job_id in job_ids or []:
             await rt.services.jobs.discard(job_id)
+        return len(job_ids or [])
 
-    _with_runtime(_settings(config), op)
-    out.print(f"discarded {len(job_ids)} job(s)")
+    count = _with_runtime(_settings(config), op)
+    out.print(f"discarded {count} job(s)")
 
 
 def _when(ts: float | None) -> str:
@@ -303,3 +367,92 @@ def template_preview(
     for name, value in rendered.fields.items():
         out.print(f"[bold]{name}[/bold]")
         out.print(value, markup=False, highlight=False)
+
+
+def _json_object(value: str, option: str) -> dict[str, Any]:
+    """A JSON object given inline or as `@file`; exits 2 with the reason otherwise."""
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            raise _fail(f"{option}: cannot read {value[1:]}: {exc.strerror or exc}", 2) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{option} is not JSON: {exc}", 2) from exc
+    if not isinstance(data, dict):
+        raise _fail(f"{option} must be a JSON object", 2)
+    return data
+
+
+@template_app.command("test-send")
+def template_test_send(
+    template: Annotated[str, typer.Argument(help="The template id.")],
+    to: Annotated[
+        str,
+        typer.Option(help="email: an address; webhook: an endpoint id; in_app: a subscriber id."),
+    ],
+    payload: Annotated[str, typer.Option(help="The event payload: JSON, or @file.")] = "{}",
+    version: Annotated[
+        int | None, typer.Option(help="A version, a draft too (default: published).")
+    ] = None,
+    locale: Annotated[str | None, typer.Option(help="BCP 47, e.g. pt-BR.")] = None,
+    timezone: Annotated[str, typer.Option(help="IANA zone for dates.")] = "UTC",
+    variant: Annotated[str | None, typer.Option(help="An A/B variant.")] = None,
+    subscriber: Annotated[
+        str | None, typer.Option(help="Sample subscriber context: JSON, or @file.")
+    ] = None,
+    channel: Annotated[
+        str | None,
+        typer.Option(help="Default: the template's; webhook for any template."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Render a template for a sample payload and send it once, marked as a test.
+    Exit 0 when sent, 1 when the destination refused it, 2 when it cannot be sent."""
+    data = _json_object(payload, "--payload")
+    context = None if subscriber is None else _json_object(subscriber, "--subscriber")
+
+    async def op(rt: Runtime) -> TemplateTestResult | TidingsError:
+        try:
+            return await rt.services.template_tests.send(
+                template,
+                to=to,
+                payload=data,
+                version=version,
+                locale=locale,
+                timezone=timezone,
+                variant=variant,
+                subscriber=context,
+                channel=channel,
+            )
+        except (InvalidInput, NotFound) as exc:
+            return exc
+        finally:
+            await rt.services.providers.aclose()
+
+    outcome = _with_runtime(_settings(config), op)
+    if isinstance(outcome, TidingsError):
+        field = outcome.field
+        where = f" (field {field})" if field and field not in outcome.message else ""
+        raise _fail(f"cannot send: {outcome.message}{where}", 2)
+    r, result = outcome.rendered, outcome.result
+    head = (
+        f"{r.template} v{r.version} ({r.channel.value}), locale {r.locale}"
+        f"{', variant ' + r.variant if r.variant else ''}: to {outcome.to} on "
+        f"{outcome.channel} via {outcome.provider}"
+    )
+    if outcome.sent:
+        out.print(f"sent: {head}", markup=False, highlight=False)
+        if result.provider_message_id:
+            out.print(f"message id: {result.provider_message_id}", markup=False, highlight=False)
+        if result.status is not None:
+            out.print(f"answer: {result.status}", highlight=False)
+        return
+    failure = result.failure.value if result.failure else "failed"
+    err.print(f"refused: {head}", markup=False, highlight=False)
+    err.print(f"{failure}: {result.reason}", markup=False, highlight=False)
+    if result.retry_after is not None:
+        err.print(f"retry after {result.retry_after:.0f}s", highlight=False)
+    raise typer.Exit(1)

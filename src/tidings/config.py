@@ -169,6 +169,37 @@ class InboxSettings(BaseModel):
     max_data_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
 
 
+class FrequencyCapSettings(BaseModel):
+    limit: int = Field(ge=1)
+    window: float = Field(gt=0, description="seconds")
+    channel: Literal["in_app", "email", "sms", "push", "webpush", "webhook"] | None = None
+    on_exceed: Literal["hold", "suppress"] = "hold"
+
+
+class NotifySettings(BaseModel):
+    """The notification orchestrator (see docs/workflows.md)."""
+
+    workflows: list[str] = Field(
+        default_factory=list,
+        description="YAML/JSON workflow files or directories of them, loaded at start.",
+    )
+    sender: str = Field(
+        default="Tidings <notifications@localhost>", description="From: of email messages."
+    )
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    bulk_batch_size: int = Field(
+        default=100,
+        ge=1,
+        le=5000,
+        description="Recipients per batch of a bulk event: smaller transactions keep the "
+        "waits of transactional work behind them short.",
+    )
+    max_recipients: int = Field(default=1000, ge=1, le=100_000)
+    frequency_caps: list[FrequencyCapSettings] = Field(default_factory=list)
+    delivery_attempts: int = Field(default=8, ge=1, le=100)
+    workflow_refresh: float = Field(default=5.0, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIDINGS_", env_nested_delimiter="__", extra="forbid"
@@ -203,6 +234,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     webhooks: WebhookSettings = WebhookSettings()
     providers: ProviderSettings = ProviderSettings()
+    notify: NotifySettings = NotifySettings()
     template_layouts: dict[str, str] = Field(
         default_factory=dict,
         description="Named layouts (Jinja2 placing {{ content }}) that template versions use.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,13 @@ class Priority(enum.StrEnum):
 
     TRANSACTIONAL = "transactional"
     BULK = "bulk"
+
+
+# The lane of the work the current task does (a worker sets it per job; everything else is
+# transactional). Stores that serialise writers let transactional writers go first.
+CURRENT_LANE: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "tidings_lane", default=Priority.TRANSACTIONAL
+)
 
 
 class EventState(enum.StrEnum):

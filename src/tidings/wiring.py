@@ -29,7 +29,9 @@ from tidings.adapters.providers import HttpWebhookProvider, SmtpConfig, SmtpProv
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
 from tidings.adapters.sql.inbox import SqlInboxStore
+from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.online import SqlPresenceRecords
+from tidings.adapters.sql.preferences import SqlPreferenceStore, SqlSuppressionStore
 from tidings.adapters.sql.schedules import SqlScheduleStore
 from tidings.adapters.sql.subscribers import SqlSubscriberStore, SqlTopicStore
 from tidings.adapters.sql.templates import SqlTemplateStore
@@ -39,6 +41,8 @@ from tidings.config import Settings
 from tidings.core.channels import ChannelResolver
 from tidings.core.delivery.breaker import BreakerConfig
 from tidings.core.delivery.webhooks import DisablePolicy
+from tidings.core.notify import CapAction, FrequencyCap
+from tidings.core.notify import Channel as NotifyChannel
 from tidings.core.online import PresenceConfig
 from tidings.core.protocol.limits import SessionConfig
 from tidings.core.templates import Renderer
@@ -54,7 +58,16 @@ from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
 from tidings.services.inbox import InboxService
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
+from tidings.services.notify import (
+    BATCH_JOB,
+    DELIVER_JOB,
+    RUN_JOB,
+    NotifyConfig,
+    Orchestrator,
+    WorkflowRegistry,
+)
 from tidings.services.online import GatewayPresence, OnlineService
+from tidings.services.preferences import PreferenceService
 from tidings.services.providers import (
     GuardedProvider,
     ProviderRegistry,
@@ -65,6 +78,7 @@ from tidings.services.schedules import FIRE_JOB, ScheduleService
 from tidings.services.subscriber_auth import SubscriberAuth
 from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
+from tidings.services.testsend import TemplateTestSender
 from tidings.services.worker import WorkerPool
 from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
@@ -175,12 +189,15 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         namespace=settings.inbox.namespace,
         max_data_bytes=settings.inbox.max_data_bytes,
     )
+    preference_store = SqlPreferenceStore(engine)
+    suppression_store = SqlSuppressionStore(engine)
     subscribers = SubscriberService(
         SqlSubscriberStore(engine),
         SqlTopicStore(engine),
         inbox.store,
         clock,
         max_data_bytes=settings.inbox.max_data_bytes,
+        preferences=preference_store,
     )
     subscriber_auth = SubscriberAuth(
         clock,
@@ -189,11 +206,41 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         keys=lambda: hub.options.keys,
         token_ttl=settings.inbox.token_ttl,
     )
+    preferences = PreferenceService(preference_store, suppression_store, subscribers.store, clock)
 
     async def store_ready() -> None:
         await sql.check(engine)
 
     providers, webhooks = build_providers(settings, clock, engine)
+    templates = TemplateService(
+        SqlTemplateStore(engine, clock), Renderer(settings.template_layouts)
+    )
+    workflows = WorkflowRegistry(SqlWorkflowStore(engine), clock, settings.notify.workflow_refresh)
+    workflows.load_files(settings.notify.workflows)
+
+    async def active(user: str) -> bool:
+        return bool(await online.reachable(user))
+
+    notify = Orchestrator(
+        SqlRunStore(engine, clock),
+        workflows,
+        events,
+        subscribers.store,
+        subscribers.topics,
+        preference_store,
+        suppression_store,
+        inbox,
+        templates,
+        providers,
+        webhooks,
+        clock,
+        notify_config(settings),
+        enqueue=jobs.enqueue,
+        on_enqueue=wake,
+        active=active,
+    )
+    dispatcher.notify = notify.start
+    ingest.check_recipients = notify.check_trigger
 
     services = Services(
         clock=clock,
@@ -202,8 +249,15 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         jobs=jobs,
         hub=hub,
         online=online,
-        templates=TemplateService(
-            SqlTemplateStore(engine, clock), Renderer(settings.template_layouts)
+        templates=templates,
+        template_tests=TemplateTestSender(
+            templates,
+            providers,
+            webhooks,
+            inbox,
+            subscribers.store,
+            clock,
+            sender=settings.notify.sender,
         ),
         schedules=schedules,
         webhooks=webhooks,
@@ -211,11 +265,23 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         subscribers=subscribers,
         inbox=inbox,
         subscriber_auth=subscriber_auth,
+        preferences=preferences,
         ready_checks={"store": store_ready},
+        notify=notify,
     )
     w = settings.worker
-    handlers = {DISPATCH_JOB: dispatcher.handle, FIRE_JOB: schedules.fire}
-    on_dead = {DISPATCH_JOB: dispatcher.fail}
+    handlers = {
+        DISPATCH_JOB: dispatcher.handle,
+        FIRE_JOB: schedules.fire,
+        BATCH_JOB: notify.handle_batch,
+        RUN_JOB: notify.handle_run,
+        DELIVER_JOB: notify.handle_deliver,
+    }
+    on_dead = {
+        DISPATCH_JOB: dispatcher.fail,
+        BATCH_JOB: notify.fail_batch,
+        DELIVER_JOB: notify.fail_delivery,
+    }
     # Two pools: one only for transactional work, one that takes transactional first and bulk
     # after, so a flood of bulk jobs can never occupy every slot.
     for name, lanes, share in (
@@ -317,6 +383,27 @@ def build_providers(
         rotation_grace=w.rotation_grace,
     )
     return registry, webhooks
+
+
+def notify_config(settings: Settings) -> NotifyConfig:
+    n = settings.notify
+    return NotifyConfig(
+        sender=n.sender,
+        batch_size=n.batch_size,
+        bulk_batch_size=n.bulk_batch_size,
+        max_recipients=n.max_recipients,
+        caps=tuple(
+            FrequencyCap(
+                c.limit,
+                c.window,
+                NotifyChannel(c.channel) if c.channel else None,
+                CapAction(c.on_exceed),
+            )
+            for c in n.frequency_caps
+        ),
+        delivery_attempts=n.delivery_attempts,
+        workflow_refresh=n.workflow_refresh,
+    )
 
 
 def build_broker(settings: Settings, clock: Clock) -> Broker:

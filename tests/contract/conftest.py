@@ -28,8 +28,11 @@ from tidings.adapters.memory import (
     MemoryEventStore,
     MemoryJobQueue,
     MemoryPresenceStore,
+    MemoryRunStore,
+    MemoryWorkflowStore,
 )
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
+from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.tables import metadata
 
 STORE_BACKENDS = ["memory", "sqlite", "postgres"]
@@ -48,6 +51,8 @@ class Stores:
     apikeys: Any
     url: str | None = None  # the database, for tests that open a second engine on it
     engines: list[AsyncEngine] = field(default_factory=list)
+    runs: Any = None  # the orchestrator's RunStore, enqueueing into `jobs`
+    workflows: Any = None
 
     def engine(self) -> AsyncEngine:
         """Another engine (own pool, own connections) on the same database."""
@@ -132,7 +137,12 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     backend: str = request.param
     if backend == "memory":
         jobs = MemoryJobQueue(clock)
-        yield Stores(backend, clock, MemoryEventStore(clock, jobs), jobs, MemoryApiKeyStore(clock))
+        found = Stores(
+            backend, clock, MemoryEventStore(clock, jobs), jobs, MemoryApiKeyStore(clock)
+        )
+        found.runs = MemoryRunStore(clock, jobs)
+        found.workflows = MemoryWorkflowStore()
+        yield found
         return
     url = await sql_url(request, backend, tmp_path)
     found = Stores(backend, clock, None, None, None, url=url)
@@ -140,6 +150,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     found.events = sql.SqlEventStore(engine, clock)
     found.jobs = sql.SqlJobQueue(engine, clock)
     found.apikeys = sql.SqlApiKeyStore(engine, clock)
+    found.runs = SqlRunStore(engine, clock)
+    found.workflows = SqlWorkflowStore(engine)
     try:
         yield found
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from tests.contract.conftest import STORE_BACKENDS, sql_url
 from tidings.adapters import sql
 from tidings.adapters.memory.inbox import MemoryInboxStore
 from tidings.adapters.sql.inbox import SqlInboxStore
-from tidings.errors import NotFound
+from tidings.errors import Conflict, NotFound
 from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
 
 
@@ -143,3 +145,147 @@ async def test_purge(store: Any) -> None:
     assert await store.get("bob", keep.id) == keep
     # after a purge the same delivery can be stored again
     assert (await store.add(item("alice", event_id="e", step="s")))[1]
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+async def test_add_many_keeps_input_order_and_assigns_increasing_seq(store: Any) -> None:
+    before, _ = await store.add(item("carol"))
+    batch = [item(s, data={"n": n}) for n, s in enumerate(["bob", "alice", "bob", "carol"])]
+    results = await store.add_many(batch)
+    assert [(i.id, created) for i, created in results] == [(b.id, True) for b in batch]
+    seqs = [i.seq for i, _ in results]
+    assert before.seq < seqs[0] and seqs == sorted(seqs) and len(set(seqs)) == 4
+    for stored, _ in results:
+        assert await store.get(stored.subscriber, stored.id) == stored
+    assert [i.id for i in await store.feed("bob", limit=10)] == [batch[2].id, batch[0].id]
+    assert await store.add_many([]) == []
+
+
+async def test_add_many_is_idempotent_across_batches(store: Any) -> None:
+    first = await store.add_many(
+        [item("alice", event_id="e1", step="in_app"), item("bob", event_id="e1", step="in_app")]
+    )
+    again = await store.add_many(
+        [
+            item("bob", event_id="e1", step="in_app", title="other content"),
+            item("alice", event_id="e2", step="in_app"),
+            item("alice", event_id="e1", step="in_app"),
+        ]
+    )
+    assert again[0] == (first[1][0], False)
+    assert again[2] == (first[0][0], False)
+    assert again[1][1] and again[1][0].seq > max(i.seq for i, _ in first)
+    single, created = await store.add(item("alice", event_id="e2", step="in_app"))
+    assert not created and single == again[1][0]
+    assert len(await store.feed("alice", limit=10)) == 2
+
+
+async def test_add_many_retried_with_the_same_items_stores_nothing_new(store: Any) -> None:
+    batch = [item(f"s{n}", event_id="ev", step="in_app") for n in range(5)]
+    first = await store.add_many(batch)
+    retried = await store.add_many(batch)
+    assert [created for _, created in first] == [True] * 5
+    assert retried == [(i, False) for i, _ in first]
+
+
+async def test_add_many_duplicates_in_a_batch_come_back_as_the_first(store: Any) -> None:
+    existing, _ = await store.add(item("alice", event_id="old", step="in_app"))
+    results = await store.add_many(
+        [
+            item("alice", event_id="e", step="in_app", title="first"),
+            item("alice", event_id="old", step="in_app"),
+            item("alice", event_id="e", step="in_app", title="second"),
+            item("alice"),  # no delivery key: always new
+            item("alice", event_id="e", step="digest"),
+            item("alice", event_id="old", step="in_app"),
+            item("alice", event_id="e", step="in_app", title="third"),
+        ]
+    )
+    winner = results[0][0]
+    assert results[0][1] and winner.title == "first"
+    assert results[2] == (winner, False) and results[6] == (winner, False)
+    assert results[1] == (existing, False) and results[5] == (existing, False)
+    assert results[3][1] and results[4][1]
+    assert winner.seq < results[3][0].seq < results[4][0].seq
+    assert [i.id for i in await store.feed("alice", limit=10)] == [
+        results[4][0].id,
+        results[3][0].id,
+        winner.id,
+        existing.id,
+    ]
+
+
+async def test_an_event_without_a_step_is_not_a_delivery_key(store: Any) -> None:
+    a, b = await store.add_many([item(event_id="e"), item(event_id="e")])
+    c = await store.add(item(event_id="e"))
+    assert a[1] and b[1] and c[1] and len({a[0].id, b[0].id, c[0].id}) == 3
+
+
+async def test_add_many_is_all_or_nothing_on_an_id_conflict(store: Any) -> None:
+    taken, _ = await store.add(item("alice"))
+    fresh = item("alice", event_id="e", step="in_app")
+    clash = dataclasses.replace(item("alice", event_id="e2", step="in_app"), id=taken.id)
+    with pytest.raises(Conflict):
+        await store.add_many([fresh, clash])
+    twice = item("bob")
+    with pytest.raises(Conflict):
+        await store.add_many([fresh, twice, twice])
+    assert [i.id for i in await store.feed("alice", limit=10)] == [taken.id]
+    assert await store.feed("bob", limit=10) == []
+    assert (await store.add_many([fresh]))[0][1]  # nothing of the failed batches was kept
+
+
+async def test_add_many_of_500_items(store: Any) -> None:
+    batch = [item(f"user{n % 50}", event_id=f"e{n // 50}", step="in_app") for n in range(500)]
+    results = await store.add_many(batch)
+    assert [i.id for i, _ in results] == [b.id for b in batch]
+    assert all(created for _, created in results)
+    seqs = [i.seq for i, _ in results]
+    assert all(a < b for a, b in itertools.pairwise(seqs))
+    again = await store.add_many([*batch[250:], item("user0", event_id="new", step="in_app")])
+    assert again[:250] == [(i, False) for i, _ in results[250:]]
+    assert again[250][1] and again[250][0].seq > seqs[-1]
+    counts = await store.counts_many([f"user{n}" for n in range(50)])
+    assert counts["user0"] == Counts(unread=11, unseen=11)
+    assert counts["user49"] == Counts(unread=10, unseen=10)
+
+
+async def test_concurrent_overlapping_batches_store_each_delivery_once(store: Any) -> None:
+    def batch() -> list[InboxItem]:
+        return [item(f"u{n}", event_id="race", step="in_app") for n in range(20)]
+
+    results = await asyncio.gather(*(store.add_many(batch()) for _ in range(4)))
+    for n in range(20):
+        got = [r[n] for r in results]
+        assert sum(created for _, created in got) == 1
+        assert len({i.id for i, _ in got}) == 1
+        assert len(await store.feed(f"u{n}", limit=10)) == 1
+
+
+async def test_counts_many(store: Any) -> None:
+    items = [i for i, _ in await store.add_many([item("alice") for _ in range(4)])]
+    await store.add(item("bob"))
+    await store.mark("alice", Mark.READ, 5.0, ids=[items[0].id])
+    await store.mark("alice", Mark.SEEN, 5.0, ids=[items[1].id])
+    await store.mark("alice", Mark.ARCHIVED, 5.0, ids=[items[2].id])
+    counts = await store.counts_many(["alice", "nobody", "bob", "alice"])
+    assert counts == {
+        "alice": Counts(unread=2, unseen=1),
+        "nobody": Counts(unread=0, unseen=0),
+        "bob": Counts(unread=1, unseen=1),
+    }
+    assert counts["alice"] == await store.counts("alice")
+    assert await store.counts_many([]) == {}
+    many = [f"ghost{n}" for n in range(1200)]
+    assert await store.counts_many(many) == dict.fromkeys(many, Counts(unread=0, unseen=0))
+
+
+async def test_add_many_larger_than_one_statement(store: Any) -> None:
+    batch = [item(f"big{n % 7}") for n in range(1_200)]  # SQLite: two INSERTs
+    results = await store.add_many(batch)
+    seqs = [i.seq for i, _ in results]
+    assert all(created for _, created in results)
+    assert all(a < b for a, b in itertools.pairwise(seqs))
+    assert (await store.counts_many(["big0"]))["big0"] == Counts(unread=172, unseen=172)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.services.deadletters import MAX_SCAN, DeadFilter, DeadLetters
 from tidings.types import ApiKey, Job, Scope
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -93,6 +94,49 @@ async def list_dead(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadJobOut]:
     return [DeadJobOut.of(j) for j in await services(request).jobs.list_dead(limit, kind)]
+
+
+class DeadFilterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Annotated[str | None, Field(max_length=100)] = None
+    error_contains: Annotated[str | None, Field(min_length=1, max_length=500)] = None
+    limit: Annotated[int, Field(ge=1, le=MAX_SCAN)] = 1000
+
+
+class DeadBatchOut(BaseModel):
+    count: int
+    ids: list[str]
+
+
+@router.post(
+    "/dlq/replay",
+    responses=PROBLEM,
+    dependencies=[ADMIN],
+    summary="Replay every dead job matching a filter (kind, text in the last error)",
+)
+async def replay_matching(request: Request, body: DeadFilterIn) -> DeadBatchOut:
+    ids = await DeadLetters(services(request).jobs).replay(
+        DeadFilter(body.kind, body.error_contains, body.limit)
+    )
+    return DeadBatchOut(count=len(ids), ids=ids)
+
+
+@router.post(
+    "/dlq/discard",
+    responses=PROBLEM,
+    dependencies=[ADMIN],
+    summary="Discard every dead job matching a filter",
+)
+async def discard_matching(request: Request, body: DeadFilterIn) -> DeadBatchOut:
+    ids = await DeadLetters(services(request).jobs).discard(
+        DeadFilter(body.kind, body.error_contains, body.limit)
+    )
+    return DeadBatchOut(count=len(ids), ids=ids)
+
+
+@router.get("/dlq/{job_id}", responses=PROBLEM, dependencies=[ADMIN], summary="Inspect one")
+async def get_dead(request: Request, job_id: str) -> DeadJobOut:
+    return DeadJobOut.of(await DeadLetters(services(request).jobs).get(job_id))
 
 
 @router.post("/dlq/{job_id}/replay", status_code=204, responses=PROBLEM, dependencies=[ADMIN])

@@ -13,7 +13,9 @@ from tidings.api import (
     admin,
     events,
     inbox,
+    notifications,
     ops,
+    preferences,
     presence,
     problems,
     realtime,
@@ -58,7 +60,11 @@ def create_api(
     app.include_router(subscribers.router)
     app.include_router(inbox.server)
     app.include_router(inbox.browser)
+    app.include_router(preferences.server)
+    app.include_router(preferences.browser)
+    app.include_router(preferences.suppressions)
     app.include_router(webhooks.router)
+    app.include_router(notifications.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.add_middleware(BodyLimit, limit=max_body_bytes)

@@ -1,4 +1,5 @@
-"""Templates API (scope `admin`): templates, versions, publish/rollback and preview."""
+"""Templates API (scope `admin`): templates, versions, publish/rollback, preview and
+test-send."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.api.auth import require, services
 from tidings.core.templates import Rendered
 from tidings.ports.templates import TemplateRecord, VersionRecord
+from tidings.services.testsend import TemplateTestResult
 from tidings.types import Scope
 
 router = APIRouter(
@@ -115,6 +117,58 @@ class PreviewOut(BaseModel):
         )
 
 
+class SendTestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: Annotated[str, Field(min_length=1, max_length=320)] = Field(
+        description="email: an address; webhook: an endpoint id; in_app: a subscriber id"
+    )
+    payload: dict[str, Any] = Field(default_factory=dict)
+    version: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="default: the published version; a draft can be sent"
+    )
+    locale: Annotated[str, Field(max_length=35)] | None = None
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    variant: Annotated[str, Field(max_length=64)] | None = None
+    subscriber: dict[str, Any] | None = Field(
+        default=None, description="the sample subscriber context, as in the preview"
+    )
+    channel: Annotated[str, Field(max_length=16)] | None = Field(
+        default=None,
+        description="default: the template's; `webhook` for any template, `webpush` for push",
+    )
+
+
+class SendTestOut(BaseModel):
+    status: str = Field(description="sent, or refused by the destination")
+    channel: str
+    to: str
+    provider: str = Field(description="smtp, webhook or inbox")
+    provider_message_id: str | None = Field(description="Message-ID, webhook-id or inbox item id")
+    response_status: int | None = Field(description="the SMTP reply code or HTTP status")
+    failure: str | None = Field(description="transient, rate_limited, permanent or policy")
+    detail: str | None
+    retry_after: float | None
+    attempted: bool = Field(description="false: refused without calling the destination")
+    rendered: PreviewOut
+
+    @classmethod
+    def of(cls, t: TemplateTestResult) -> SendTestOut:
+        r = t.result
+        return cls(
+            status="sent" if t.sent else "refused",
+            channel=t.channel,
+            to=t.to,
+            provider=t.provider,
+            provider_message_id=r.provider_message_id,
+            response_status=r.status,
+            failure=None if r.failure is None else r.failure.value,
+            detail=r.reason or None,
+            retry_after=r.retry_after,
+            attempted=r.attempted,
+            rendered=PreviewOut.of(t.rendered),
+        )
+
+
 @router.post("", status_code=201, responses=PROBLEM, summary="Create a template")
 async def create(request: Request, body: TemplateIn) -> TemplateOut:
     return TemplateOut.of(
@@ -162,3 +216,26 @@ async def preview(request: Request, template_id: str, body: PreviewIn) -> Previe
         subscriber=body.subscriber,
     )
     return PreviewOut.of(rendered)
+
+
+@router.post(
+    "/{template_id}/test-send",
+    responses=PROBLEM,
+    summary="Render a version for a sample payload and send it once, marked as a test",
+)
+async def test_send(request: Request, template_id: str, body: SendTestIn) -> SendTestOut:
+    """200 with `status` sent or refused (the destination's answer, with its failure class);
+    422 when it cannot be sent: a payload or rendered message that fails validation, a
+    destination of the wrong kind, a channel with no provider configured."""
+    sent = await services(request).template_tests.send(
+        template_id,
+        to=body.to,
+        payload=body.payload,
+        version=body.version,
+        locale=body.locale,
+        timezone=body.timezone,
+        variant=body.variant,
+        subscriber=body.subscriber,
+        channel=body.channel,
+    )
+    return SendTestOut.of(sent)

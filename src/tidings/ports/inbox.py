@@ -45,7 +45,7 @@ class InboxItem:
     seen_at: float | None = None
     read_at: float | None = None
     archived_at: float | None = None
-    seq: int = 0  # the store's insertion order; assigned by `add`
+    seq: int = 0  # the store's insertion order; assigned by `add` and `add_many`
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,17 @@ class InboxStore(Protocol):
     """Contract:
 
     - `add` assigns `seq`, increasing with every insert for the whole store. It is idempotent
-      per `(subscriber, event_id, step)` when `event_id` is set (a unique constraint): a
-      second add returns the stored item unchanged with `False`, whatever its content.
+      per `(subscriber, event_id, step)` when `event_id` and `step` are set (a unique
+      constraint; SQL holds NULLs distinct, so an item without a step is never a duplicate):
+      a second add returns the stored item unchanged with `False`, whatever its content. An
+      item whose `id` is stored already under another delivery key raises `Conflict`.
+    - `add_many` is `add` for each item, in ONE transaction: all items are stored or none.
+      It returns one `(item, created)` per input item, in input order. New items get `seq`
+      increasing in input order. An item whose delivery key is stored already comes back
+      as stored with `False`; within the batch the first item of a key wins and the later
+      ones come back as that first item (as stored) with `False`. `Conflict` (nothing
+      stored) when an item's `id` is stored already, or repeated in the batch, under
+      another delivery key. An empty batch does nothing.
     - Items are only ever visible to their subscriber: `get` and `mark` with `ids` of another
       subscriber's items find nothing (`get` raises `NotFound`).
     - `feed` returns newest first (descending `seq`) the items with `seq < before` (all when
@@ -72,11 +81,15 @@ class InboxStore(Protocol):
       changed: marking an item already in that state changes nothing. READ sets `read_at`
       and, if unset, `seen_at`; SEEN and ARCHIVED set their time if unset; UNREAD and
       UNARCHIVED clear theirs.
-    - `counts` counts the subscriber's items that are not archived.
+    - `counts` counts the subscriber's items that are not archived; `counts_many` does it for
+      many subscribers in one grouped query and has every requested subscriber in its result
+      (zeros for those without items).
     - `purge` deletes every item of the subscriber and returns how many.
     """
 
     async def add(self, item: InboxItem) -> tuple[InboxItem, bool]: ...
+
+    async def add_many(self, items: Sequence[InboxItem]) -> list[tuple[InboxItem, bool]]: ...
 
     async def get(self, subscriber: str, item_id: str) -> InboxItem: ...
 
@@ -101,5 +114,7 @@ class InboxStore(Protocol):
     ) -> int: ...
 
     async def counts(self, subscriber: str) -> Counts: ...
+
+    async def counts_many(self, subscribers: Sequence[str]) -> dict[str, Counts]: ...
 
     async def purge(self, subscriber: str) -> int: ...

@@ -4,6 +4,7 @@ on the event, so `GET /v1/events/{id}` explains what happened downstream."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import orjson
@@ -37,9 +38,15 @@ def channel_message(event: EventRecord) -> bytes:
 
 
 class Dispatcher:
-    def __init__(self, events: EventStore, fanout: ChannelFanout) -> None:
+    def __init__(
+        self,
+        events: EventStore,
+        fanout: ChannelFanout,
+        notify: Callable[[EventRecord], Awaitable[None]] | None = None,
+    ) -> None:
         self._events = events
         self._fanout = fanout
+        self.notify = notify
 
     async def handle(self, job: Job) -> None:
         event_id = str(job.payload.get("event_id", ""))
@@ -64,6 +71,9 @@ class Dispatcher:
                     detail=f"epoch={pub.epoch} offset={pub.offset}",
                 ),
             )
+        if self.notify is not None and (event.recipients or event.topic):
+            # The recipients' workflow runs, in batch jobs; repeating it enqueues nothing new.
+            await self.notify(event)
         if not await self._events.transition(event.id, EventState.ACCEPTED, EventState.DISPATCHED):
             log.info("event cancelled while dispatching", extra={"event_id": event.id})
             return

@@ -5,17 +5,20 @@ Live updates go out after the store has committed (the inbox is the truth, the p
 fast path) to the user-limited channel `<namespace>:#<subscriber>`, which only a connection
 of that user may subscribe to. Two JSON messages:
 
-- `{"type": "item", "item": {...}}` when an item is added or one item is marked;
-- `{"type": "counts", "unread": n, "unseen": m}` after every change (add, mark, bulk mark).
+- `{"type": "item", "item": {...}}` when an item is added (each item of a batch) or one item
+  is marked;
+- `{"type": "counts", "unread": n, "unseen": m}` after every change (add, mark, bulk mark;
+  once per subscriber after a batch, after its items).
 
 A failed publish is logged and never fails the change: a client that missed it refetches
 counts and feed on reconnect. Re-adding the same delivery republishes the item with the same
 idempotency key, so a delivery retried after a crash between insert and publish still
-reaches the browser, once.
+reaches the browser, once; a retried batch likewise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +45,9 @@ MAX_BULK = 1000
 MAX_TITLE = 500
 MAX_BODY = 10_000
 MAX_URL = 2048
+MAX_ID = 64  # the store's column
+MAX_BATCH = 1000  # items of one `add_many`
+_YIELD_EVERY = 32  # items a batch handles between two passes of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,37 +93,76 @@ class InboxService:
         """Put an item in the subscriber's inbox. With `event_id` the add is idempotent per
         `(event_id, subscriber, step)` (`step` defaults to `in_app`): a retried delivery gets
         the stored item and `False`."""
-        rules.subscriber_id(subscriber, field="subscriber")
-        if not title or len(title) > MAX_TITLE:
-            raise InvalidInput(f"must be 1..{MAX_TITLE} characters", field="title")
-        if len(body) > MAX_BODY:
-            raise InvalidInput(f"at most {MAX_BODY} characters", field="body")
-        if action_url is not None:
-            url = urlsplit(action_url)
-            relative = not url.scheme and not url.netloc and action_url.startswith("/")
-            if len(action_url) > MAX_URL or not (
-                relative or (url.scheme in ("http", "https") and url.netloc)
-            ):
-                raise InvalidInput("must be an http(s) URL or a path", field="action_url")
-        data = rules.check_data({} if data is None else data, self.max_data_bytes)
-        if event_id is not None and step is None:
-            step = "in_app"
-        item = InboxItem(
-            id=str(uuid.uuid4()),
-            subscriber=subscriber,
-            title=title,
-            body=body,
-            created_at=self.clock.now(),
-            event_id=event_id,
-            workflow=workflow,
-            step=step,
-            action_url=action_url,
-            data=data,
+        item = self._checked(
+            InboxItem(
+                id=str(uuid.uuid4()),
+                subscriber=subscriber,
+                title=title,
+                body=body,
+                created_at=self.clock.now(),
+                event_id=event_id,
+                workflow=workflow,
+                step=step,
+                action_url=action_url,
+                data={} if data is None else data,
+            )
         )
         stored, created = await self.store.add(item)
         await self._push(subscriber, {"type": "item", "item": item_json(stored)}, stored.id)
         await self._push_counts(subscriber)
         return stored, created
+
+    async def add_many(self, items: Sequence[InboxItem]) -> list[tuple[InboxItem, bool]]:
+        """Put many items in their subscribers' inboxes in one transaction, such as one event's
+        in-app message to each recipient. The caller builds the items: their `id` (stable, so
+        a retried batch names the same items) and `created_at` are kept; `seq` and the
+        seen/read/archived states are not (new items start unseen).
+
+        Every item is checked as `add` checks it, all before anything is written: an invalid
+        one raises `InvalidInput` naming its index (`items.3.title`). Returns `(item,
+        created)` per item in input order, with `add`'s idempotency (see
+        `InboxStore.add_many`). Then each subscriber's channel gets its items of the batch,
+        stored or found stored (keyed by item id, as `add` does: a retried batch republishes
+        with the same keys), followed by one counts message."""
+        if len(items) > MAX_BATCH:
+            raise InvalidInput(f"at most {MAX_BATCH} items", field="items")
+        checked = [self._checked(item, f"items.{n}.") for n, item in enumerate(items)]
+        if not checked:
+            return []
+        results = await self.store.add_many(checked)
+        if self.publish is not None:
+            await self._push_batch(results)
+        return results
+
+    def _checked(self, item: InboxItem, where: str = "") -> InboxItem:
+        """The item to store, or `InvalidInput` naming the field (prefixed with `where`).
+        `step` defaults to `in_app` when `event_id` is set; `seq` and the states are reset."""
+        try:
+            if not item.id or len(item.id) > MAX_ID:
+                raise InvalidInput(f"must be 1..{MAX_ID} characters", field="id")
+            rules.subscriber_id(item.subscriber, field="subscriber")
+            if not item.title or len(item.title) > MAX_TITLE:
+                raise InvalidInput(f"must be 1..{MAX_TITLE} characters", field="title")
+            if len(item.body) > MAX_BODY:
+                raise InvalidInput(f"at most {MAX_BODY} characters", field="body")
+            action_url = item.action_url
+            if action_url is not None:
+                url = urlsplit(action_url)
+                relative = not url.scheme and not url.netloc and action_url.startswith("/")
+                if len(action_url) > MAX_URL or not (
+                    relative or (url.scheme in ("http", "https") and url.netloc)
+                ):
+                    raise InvalidInput("must be an http(s) URL or a path", field="action_url")
+            rules.check_data(item.data, self.max_data_bytes)
+        except InvalidInput as exc:
+            if not where:
+                raise
+            raise InvalidInput(exc.message, field=f"{where}{exc.field}") from None
+        if item.event_id is not None and item.step is None:
+            return _fresh(item, "in_app")
+        if item.seq or item.seen_at is not None or item.read_at is not None:
+            return _fresh(item)
+        return item if item.archived_at is None else _fresh(item)
 
     async def feed(
         self,
@@ -185,25 +230,71 @@ class InboxService:
         c = await self.store.counts(subscriber)
         await self._push(subscriber, {"type": "counts", "unread": c.unread, "unseen": c.unseen})
 
-    async def _push(self, subscriber: str, message: dict[str, Any], key: str | None = None) -> None:
-        if self.publish is None:
-            return
+    async def _push_batch(self, results: Sequence[tuple[InboxItem, bool]]) -> None:
+        """Per subscriber its items of the batch, each once, then its counts. The counts are
+        read (on SQLite in the reader's thread) while the items go out."""
+        by_subscriber: dict[str, dict[str, InboxItem]] = {}
+        for stored, _ in results:
+            by_subscriber.setdefault(stored.subscriber, {}).setdefault(stored.id, stored)
+        counts = asyncio.ensure_future(self.store.counts_many(list(by_subscriber)))
+        at = _memo_iso()
         try:
-            await self.publish(
-                self.channel(subscriber),
-                orjson.dumps(message),
-                None if key is None else f"inbox-item:{key}",
-            )
+            sent = 0
+            for subscriber, items in by_subscriber.items():
+                channel = self.channel(subscriber)
+                for stored in items.values():
+                    data = orjson.dumps({"type": "item", "item": item_json(stored, at)})
+                    await self._send(channel, data, _item_key(stored.id), subscriber, "item")
+                    sent += 1
+                    if sent % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let the counts read take its next step
+            try:
+                found = await counts
+            except Exception:
+                log.warning("inbox counts not read for the live update", exc_info=True)
+                return
+        finally:
+            counts.cancel()  # a no-op once done; else we were cancelled
+        for subscriber in by_subscriber:
+            c = found[subscriber]
+            data = b'{"type":"counts","unread":%d,"unseen":%d}' % (c.unread, c.unseen)
+            await self._send(self.channel(subscriber), data, None, subscriber, "counts")
+
+    async def _send(
+        self, channel: str, data: bytes, key: str | None, subscriber: str, kind: str
+    ) -> None:
+        assert self.publish is not None
+        try:
+            await self.publish(channel, data, key)
         except Exception:
             log.warning(
                 "inbox live update not published",
                 exc_info=True,
-                extra={"subscriber": subscriber, "type": message["type"]},
+                extra={"subscriber": subscriber, "type": kind},
             )
 
+    async def _push(self, subscriber: str, message: dict[str, Any], key: str | None = None) -> None:
+        if self.publish is None:
+            return
+        await self._send(
+            self.channel(subscriber),
+            orjson.dumps(message),
+            None if key is None else _item_key(key),
+            subscriber,
+            message["type"],
+        )
 
-def item_json(item: InboxItem) -> dict[str, Any]:
-    """An item as the API and the live channel show it."""
+
+def _item_key(item_id: str) -> str:
+    """The idempotency key of an item's live message: a retried delivery publishes it once."""
+    return f"inbox-item:{item_id}"
+
+
+def item_json(
+    item: InboxItem, at: Callable[[float | None], str | None] | None = None
+) -> dict[str, Any]:
+    """An item as the API and the live channel show it (`at` formats its times)."""
+    iso = _iso if at is None else at
     return {
         "id": item.id,
         "subscriber": item.subscriber,
@@ -214,11 +305,42 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "event_id": item.event_id,
         "workflow": item.workflow,
         "step": item.step,
-        "created_at": _iso(item.created_at),
-        "seen_at": _iso(item.seen_at),
-        "read_at": _iso(item.read_at),
-        "archived_at": _iso(item.archived_at),
+        "created_at": iso(item.created_at),
+        "seen_at": iso(item.seen_at),
+        "read_at": iso(item.read_at),
+        "archived_at": iso(item.archived_at),
     }
+
+
+def _memo_iso() -> Callable[[float | None], str | None]:
+    """`_iso` remembering its answers: the items of a batch mostly share their times."""
+    memo: dict[float, str | None] = {}
+
+    def at(t: float | None) -> str | None:
+        if t is None:
+            return None
+        found = memo.get(t)
+        if found is None:
+            found = memo[t] = _iso(t)
+        return found
+
+    return at
+
+
+def _fresh(item: InboxItem, step: str | None = None) -> InboxItem:
+    """The item as a new one: no `seq`, unseen, unread, not archived (`step` if given)."""
+    return InboxItem(
+        id=item.id,
+        subscriber=item.subscriber,
+        title=item.title,
+        body=item.body,
+        created_at=item.created_at,
+        event_id=item.event_id,
+        workflow=item.workflow,
+        step=item.step if step is None else step,
+        action_url=item.action_url,
+        data=item.data,
+    )
 
 
 def _iso(at: float | None) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,10 @@ from tidings.ports.jobs import JobQueue
 from tidings.types import JSON, EventRecord, EventState, NewEvent, NewJob, Priority
 
 DISPATCH_JOB = "event.dispatch"
+
+# (type, recipients, topic, channels) -> raises InvalidInput when the event could never be
+# delivered to its recipients
+RecipientCheck = Callable[[str, Sequence[str], str | None, Sequence[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,7 @@ class IngestService:
         max_payload_bytes: int,
         on_enqueue: Callable[[], None] | None = None,
         check_channel: Callable[[str], object] | None = None,
+        check_recipients: RecipientCheck | None = None,
     ) -> None:
         self._events = events
         self._jobs = jobs
@@ -80,6 +85,7 @@ class IngestService:
         self._max_payload = max_payload_bytes
         self._on_enqueue = on_enqueue
         self._check_channel = check_channel
+        self.check_recipients = check_recipients
 
     async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
         size = len(orjson.dumps(data.payload))
@@ -93,6 +99,8 @@ class IngestService:
                     self._check_channel(channel)
                 except InvalidInput as exc:
                     raise InvalidInput(exc.message, field=f"channels.{i}") from exc
+        if self.check_recipients is not None:
+            await self.check_recipients(data.type, data.recipients, data.topic, data.channels)
         event_id = str(uuid.uuid4())
         key = idempotency_key or data.external_id or f"auto:{event_id}"
         new = NewEvent(

@@ -20,6 +20,7 @@ from tidings.core.subscribers import Device, Platform, WebPushSubscription
 from tidings.errors import InvalidInput
 from tidings.ports.clock import Clock
 from tidings.ports.inbox import InboxStore
+from tidings.ports.preferences import PreferenceStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, Topic, TopicStore
 
 T = TypeVar("T")
@@ -44,10 +45,12 @@ class SubscriberService:
         clock: Clock,
         *,
         max_data_bytes: int = rules.MAX_DATA_BYTES,
+        preferences: PreferenceStore | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
         self.inbox = inbox
+        self.preferences = preferences  # erased with the subscriber
         self.clock = clock
         self.max_data_bytes = max_data_bytes
 
@@ -102,11 +105,13 @@ class SubscriberService:
         return await self.store.get(subscriber_id)
 
     async def delete(self, subscriber_id: str) -> int:
-        """Erase the subscriber: profile, devices, Web Push subscriptions, topic memberships
-        and every inbox item. The inbox goes first, so a retried delete after a crash
-        finishes the job. Returns how many inbox items were deleted."""
+        """Erase the subscriber: profile, devices, Web Push subscriptions, topic memberships,
+        notification preferences and every inbox item. The inbox goes first, so a retried
+        delete after a crash finishes the job. Returns how many inbox items were deleted."""
         await self.store.get(subscriber_id)
         purged = await self.inbox.purge(subscriber_id)
+        if self.preferences is not None:
+            await self.preferences.delete(subscriber_id)
         await self.store.delete(subscriber_id)
         return purged
 

@@ -109,6 +109,27 @@ class TemplateService:
     ) -> Rendered:
         """Render for a sample payload; raises `RenderError`/`InvalidInput` with the reason."""
         core = await self.resolve(template_id, version)
+        return self.render(
+            core, payload, locale=locale, timezone=timezone, variant=variant, subscriber=subscriber
+        )
+
+    def render(
+        self,
+        version: TemplateVersion,
+        payload: Mapping[str, Any],
+        *,
+        locale: str | None = None,
+        timezone: str = "UTC",
+        variant: str | None = None,
+        subscriber: Mapping[str, Any] | None = None,
+    ) -> Rendered:
+        """Render a resolved version the way `preview` does (the test-send renders through
+        here too, so what is sent is what the preview showed)."""
         return self.renderer.render(
-            core, payload, locale=locale, timezone=timezone, recipient=subscriber, variant=variant
+            version,
+            payload,
+            locale=locale,
+            timezone=timezone,
+            recipient=subscriber,
+            variant=variant,
         )

@@ -20,7 +20,7 @@ from tidings.core.retry import FailureClass, RetryPolicy, decide
 from tidings.errors import LeaseLost
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
-from tidings.types import Job, Priority
+from tidings.types import CURRENT_LANE, Job, Priority
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class WorkerPool:
             await self._dead(job, token, f"no handler for job kind {job.kind!r}")
             return
         keeper = asyncio.create_task(self._keep_lease(job.id, token))
+        lane = CURRENT_LANE.set(job.lane)
         try:
             await handler(job)
         except PermanentJobError as exc:
@@ -167,6 +168,7 @@ class WorkerPool:
         else:
             await self._settle(self._jobs.complete(job.id, token))
         finally:
+            CURRENT_LANE.reset(lane)
             keeper.cancel()
 
     async def _dead(self, job: Job, token: str, reason: str) -> None:

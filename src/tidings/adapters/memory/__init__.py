@@ -5,6 +5,7 @@ from tidings.adapters.memory.apikeys import MemoryApiKeyStore
 from tidings.adapters.memory.broker import MemoryBroker
 from tidings.adapters.memory.events import MemoryEventStore
 from tidings.adapters.memory.jobs import MemoryJobQueue
+from tidings.adapters.memory.notify import MemoryRunStore, MemoryWorkflowStore
 from tidings.adapters.memory.presence import MemoryPresenceStore
 
 __all__ = [
@@ -13,4 +14,6 @@ __all__ = [
     "MemoryEventStore",
     "MemoryJobQueue",
     "MemoryPresenceStore",
+    "MemoryRunStore",
+    "MemoryWorkflowStore",
 ]

@@ -13,22 +13,53 @@ class MemoryInboxStore:
     def __init__(self) -> None:
         self._by_subscriber: dict[str, dict[str, InboxItem]] = {}  # insertion order = seq
         self._ids: set[str] = set()
-        self._deliveries: dict[tuple[str, str, str | None], str] = {}
+        self._deliveries: dict[tuple[str, str, str], str] = {}  # delivery key -> item id
         self._seq = 0
 
     async def add(self, item: InboxItem) -> tuple[InboxItem, bool]:
-        key = (item.subscriber, item.event_id, item.step) if item.event_id is not None else None
-        if key is not None and key in self._deliveries:
-            return self._by_subscriber[item.subscriber][self._deliveries[key]], False
-        if item.id in self._ids:
-            raise Conflict(f"inbox item {item.id} exists", field="id")
-        self._seq += 1
-        stored = dataclasses.replace(item, seq=self._seq)
-        self._by_subscriber.setdefault(item.subscriber, {})[item.id] = stored
-        self._ids.add(item.id)
-        if key is not None:
-            self._deliveries[key] = item.id
-        return stored, True
+        return (await self.add_many([item]))[0]
+
+    async def add_many(self, items: Sequence[InboxItem]) -> list[tuple[InboxItem, bool]]:
+        # Plan first (raising before any change: all or nothing), then store.
+        plan: list[int | str] = []  # per item: the index of the new item it is, or a stored id
+        first: dict[tuple[str, str, str], int] = {}  # delivery key -> index in `new`
+        new: list[InboxItem] = []
+        new_ids: set[str] = set()
+        for item in items:
+            key = _key(item)
+            if key is not None:
+                if key in self._deliveries:
+                    plan.append(self._deliveries[key])
+                    continue
+                if key in first:
+                    plan.append(first[key])
+                    continue
+            if item.id in self._ids or item.id in new_ids:
+                raise Conflict(f"inbox item {item.id} exists", field="id")
+            if key is not None:
+                first[key] = len(new)
+            plan.append(len(new))
+            new.append(item)
+            new_ids.add(item.id)
+        stored: list[InboxItem] = []
+        for item in new:
+            self._seq += 1
+            s = dataclasses.replace(item, seq=self._seq)
+            self._by_subscriber.setdefault(item.subscriber, {})[item.id] = s
+            self._ids.add(item.id)
+            key = _key(item)
+            if key is not None:
+                self._deliveries[key] = item.id
+            stored.append(s)
+        out: list[tuple[InboxItem, bool]] = []
+        claimed: set[int] = set()
+        for item, p in zip(items, plan, strict=True):
+            if isinstance(p, str):
+                out.append((self._by_subscriber[item.subscriber][p], False))
+            else:
+                out.append((stored[p], p not in claimed))
+                claimed.add(p)
+        return out
 
     async def get(self, subscriber: str, item_id: str) -> InboxItem:
         found = self._by_subscriber.get(subscriber, {}).get(item_id)
@@ -85,11 +116,22 @@ class MemoryInboxStore:
             unseen=sum(1 for i in live if i.seen_at is None),
         )
 
+    async def counts_many(self, subscribers: Sequence[str]) -> dict[str, Counts]:
+        return {s: await self.counts(s) for s in dict.fromkeys(subscribers)}
+
     async def purge(self, subscriber: str) -> int:
         items = self._by_subscriber.pop(subscriber, {})
         self._ids -= set(items)
         self._deliveries = {k: v for k, v in self._deliveries.items() if k[0] != subscriber}
         return len(items)
+
+
+def _key(item: InboxItem) -> tuple[str, str, str] | None:
+    """The delivery key, when the item has one (SQL's unique constraint holds NULLs distinct,
+    so an item without an event or a step has none)."""
+    if item.event_id is None or item.step is None:
+        return None
+    return item.subscriber, item.event_id, item.step
 
 
 def _apply(item: InboxItem, action: Mark, at: float) -> InboxItem:

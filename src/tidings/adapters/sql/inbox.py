@@ -1,16 +1,28 @@
-"""The in-app inbox in SQL: one row per item, `seq` orders the feed."""
+"""The in-app inbox in SQL: one row per item, `seq` orders the feed.
+
+A batch (`add_many`) is one transaction: one INSERT ... ON CONFLICT DO NOTHING RETURNING id,
+seq (the rows returned are the ones inserted), then, only if some delivery keys were stored
+already, one SELECT of those. The INSERT is driver SQL: on SQLite a multi-row VALUES list
+(1,000 rows at most per statement), on PostgreSQL 13 array parameters unnested WITH
+ORDINALITY, inserted in input order; SQLAlchemy's per-row parameter processing cost about
+as much as SQLite's own work. `seq` comes from the table (SQLite's rowid, PostgreSQL's
+sequence), so it increases with insertion order.
+
+On PostgreSQL two batches that share delivery keys in different orders can deadlock; the
+server aborts one, which raises and stores nothing (a retry is safe). Batches that repeat
+keys in the same order (a retried batch) wait for each other instead.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+import orjson
+from sqlalchemy import ColumnElement, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
 from tidings.adapters.sql.tables import inbox_items
@@ -18,38 +30,156 @@ from tidings.errors import Conflict, NotFound
 from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
 
 _IN_CHUNK = 500
+_SQLITE_ROWS = 1000  # rows per INSERT on SQLite: 13 parameters each, the limit is 32766
+_ZERO = Counts(unread=0, unseen=0)
 _c = inbox_items.c
+# The inserted columns, in the order of `_values`.
+_COLUMNS = [
+    c.name
+    for c in (
+        _c.id,
+        _c.subscriber_id,
+        _c.event_id,
+        _c.workflow,
+        _c.step,
+        _c.title,
+        _c.body,
+        _c.action_url,
+        _c.data,
+        _c.created_at,
+        _c.seen_at,
+        _c.read_at,
+        _c.archived_at,
+    )
+]
+_PG_TYPES = ["text"] * 9 + ["float8"] * 4
+_TAIL = (
+    f"ON CONFLICT ({_c.subscriber_id.name}, {_c.event_id.name}, {_c.step.name}) DO NOTHING "
+    f"RETURNING {_c.id.name}, {_c.seq.name}"
+)
+_PG_INSERT = (
+    f"INSERT INTO {inbox_items.name} ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(f'{n}::json' if n == _c.data.name else n for n in _COLUMNS)} "
+    f"FROM unnest({', '.join(f'${i}::{t}[]' for i, t in enumerate(_PG_TYPES, 1))}) "
+    f"WITH ORDINALITY AS r({', '.join(_COLUMNS)}, n) ORDER BY n {_TAIL}"
+)
+
+
+# Counts of many subscribers in one grouped query, the subscribers bound as one parameter.
+_COUNTS = (
+    f"SELECT {_c.subscriber_id.name}, sum(CASE WHEN {_c.read_at.name} IS NULL THEN 1 ELSE 0 END), "
+    f"sum(CASE WHEN {_c.seen_at.name} IS NULL THEN 1 ELSE 0 END) FROM {inbox_items.name} "
+    f"WHERE {_c.archived_at.name} IS NULL AND {_c.subscriber_id.name} "
+)
+_PG_COUNTS = f"{_COUNTS}= ANY($1::text[]) GROUP BY {_c.subscriber_id.name}"
+_SQLITE_COUNTS = f"{_COUNTS}IN (SELECT value FROM json_each(?)) GROUP BY {_c.subscriber_id.name}"
+
+
+@functools.lru_cache(maxsize=32)
+def _sqlite_insert(rows: int) -> str:
+    row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+    values = ", ".join([row] * rows)
+    return f"INSERT INTO {inbox_items.name} ({', '.join(_COLUMNS)}) VALUES {values} {_TAIL}"
+
+
+async def _returning(
+    conn: AsyncConnection, statement: str, params: tuple[Any, ...]
+) -> dict[str, int]:
+    result = await conn.exec_driver_sql(statement, params)
+    return {item_id: int(seq) for item_id, seq in cast("list[tuple[str, int]]", result.all())}
+
+
+def _values(item: InboxItem) -> tuple[Any, ...]:
+    return (
+        item.id,
+        item.subscriber,
+        item.event_id,
+        item.workflow,
+        item.step,
+        item.title,
+        item.body,
+        item.action_url,
+        orjson.dumps(item.data, option=orjson.OPT_NON_STR_KEYS).decode(),
+        item.created_at,
+        item.seen_at,
+        item.read_at,
+        item.archived_at,
+    )
 
 
 class SqlInboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._read = reader(engine)
-        insert = pg_insert if is_postgres(engine) else sqlite_insert
-        self._insert = (
-            insert(inbox_items)
-            .on_conflict_do_nothing(index_elements=[_c.subscriber_id, _c.event_id, _c.step])
-            .returning(_c.seq)
-        )
+        self._postgres = is_postgres(engine)
 
     async def add(self, item: InboxItem) -> tuple[InboxItem, bool]:
+        return (await self.add_many([item]))[0]
+
+    async def add_many(self, items: Sequence[InboxItem]) -> list[tuple[InboxItem, bool]]:
+        if not items:
+            return []
+        # Within the batch the first item of a delivery key wins: only it is inserted.
+        first: dict[tuple[str, str, str], int] = {}  # delivery key -> index in `items`
+        rows: list[tuple[Any, ...]] = []
+        for n, item in enumerate(items):
+            key = _key(item)
+            if key is not None:
+                if key in first:
+                    continue
+                first[key] = n
+            rows.append(_values(item))
         try:
             async with writer(self._engine) as conn:
-                seq = (await conn.execute(self._insert, _row(item))).scalar_one_or_none()
-                if seq is not None:
-                    return _with_seq(item, seq), True
-                row = (
-                    await conn.execute(
-                        select(inbox_items).where(
-                            _c.subscriber_id == item.subscriber,
-                            _c.event_id == item.event_id,
-                            _c.step == item.step,
-                        )
-                    )
-                ).one()
+                inserted = await self._insert(conn, rows)
+                stored = [k for k, n in first.items() if items[n].id not in inserted]
+                found = await self._by_keys(conn, stored) if stored else {}
         except IntegrityError:
-            raise Conflict(f"inbox item {item.id} exists", field="id") from None
-        return _item(row._mapping), False
+            raise Conflict(_conflict_message(items), field="id") from None
+        out: list[tuple[InboxItem, bool]] = []
+        for n, item in enumerate(items):
+            key = _key(item)
+            winner = n if key is None else first[key]
+            seq = inserted.get(items[winner].id)
+            if seq is not None:
+                out.append((_with_seq(items[winner], seq), winner == n))
+                continue
+            assert key is not None  # an item without a key is inserted or raises
+            earlier = found.get(key)
+            if earlier is None:  # PostgreSQL: purged by another transaction in between
+                raise Conflict(f"inbox item {items[winner].id} was purged while being added")
+            out.append((earlier, False))
+        return out
+
+    async def _insert(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> dict[str, int]:
+        """Insert the rows in order, skipping those whose delivery key is stored; the `seq` of
+        each row inserted, by id."""
+        if self._postgres:
+            columns = tuple(list(column) for column in zip(*rows, strict=True))
+            return await _returning(conn, _PG_INSERT, columns)
+        inserted: dict[str, int] = {}
+        for start in range(0, len(rows), _SQLITE_ROWS):
+            chunk = rows[start : start + _SQLITE_ROWS]
+            flat = tuple(value for row in chunk for value in row)
+            inserted.update(await _returning(conn, _sqlite_insert(len(chunk)), flat))
+        return inserted
+
+    async def _by_keys(
+        self, conn: AsyncConnection, keys: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], InboxItem]:
+        """The stored items of these delivery keys."""
+        found: dict[tuple[str, str, str], InboxItem] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            query = select(inbox_items).where(
+                tuple_(_c.subscriber_id, _c.event_id, _c.step).in_(chunk)
+            )
+            for r in (await conn.execute(query)).all():
+                item = _item(r._mapping)
+                key = _key(item)
+                if key is not None:
+                    found[key] = item
+        return found
 
     async def get(self, subscriber: str, item_id: str) -> InboxItem:
         async with self._read.connect() as conn:
@@ -118,13 +248,24 @@ class SqlInboxStore:
         return changed
 
     async def counts(self, subscriber: str) -> Counts:
-        query = select(
-            func.coalesce(func.sum(case((_c.read_at.is_(None), 1), else_=0)), 0),
-            func.coalesce(func.sum(case((_c.seen_at.is_(None), 1), else_=0)), 0),
-        ).where(_c.subscriber_id == subscriber, _c.archived_at.is_(None))
+        return (await self.counts_many([subscriber]))[subscriber]
+
+    async def counts_many(self, subscribers: Sequence[str]) -> dict[str, Counts]:
+        wanted = list(dict.fromkeys(subscribers))
+        out = dict.fromkeys(wanted, _ZERO)
+        if not wanted:
+            return out
+        # The subscribers as one parameter: an array, or a JSON array on SQLite.
+        statement, param = (
+            (_PG_COUNTS, wanted)
+            if self._postgres
+            else (_SQLITE_COUNTS, orjson.dumps(wanted).decode())
+        )
         async with self._read.connect() as conn:
-            unread, unseen = (await conn.execute(query)).one()
-        return Counts(unread=int(unread), unseen=int(unseen))
+            rows = (await conn.exec_driver_sql(statement, (param,))).all()
+        for subscriber, unread, unseen in cast("list[tuple[str, int, int]]", rows):
+            out[subscriber] = Counts(unread=int(unread), unseen=int(unseen))
+        return out
 
     async def purge(self, subscriber: str) -> int:
         async with writer(self._engine) as conn:
@@ -152,26 +293,38 @@ def _filters(status: Status, archived: Archived) -> list[ColumnElement[bool]]:
     return where
 
 
-def _row(item: InboxItem) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "subscriber_id": item.subscriber,
-        "event_id": item.event_id,
-        "workflow": item.workflow,
-        "step": item.step,
-        "title": item.title,
-        "body": item.body,
-        "action_url": item.action_url,
-        "data": item.data,
-        "created_at": item.created_at,
-        "seen_at": item.seen_at,
-        "read_at": item.read_at,
-        "archived_at": item.archived_at,
-    }
+def _key(item: InboxItem) -> tuple[str, str, str] | None:
+    """The delivery key of the unique constraint; NULLs are distinct there, so an item
+    without an event or a step has none."""
+    if item.event_id is None or item.step is None:
+        return None
+    return item.subscriber, item.event_id, item.step
+
+
+def _conflict_message(items: Sequence[InboxItem]) -> str:
+    if len(items) == 1:
+        return f"inbox item {items[0].id} exists"
+    return "an inbox item id of the batch exists, or is repeated in it"
 
 
 def _with_seq(item: InboxItem, seq: int) -> InboxItem:
-    return dataclasses.replace(item, seq=int(seq))
+    """`item` as stored (`dataclasses.replace`, without its per-call field walk)."""
+    return InboxItem(
+        item.id,
+        item.subscriber,
+        item.title,
+        item.body,
+        item.created_at,
+        item.event_id,
+        item.workflow,
+        item.step,
+        item.action_url,
+        item.data,
+        item.seen_at,
+        item.read_at,
+        item.archived_at,
+        seq,
+    )
 
 
 def _item(m: Any) -> InboxItem:

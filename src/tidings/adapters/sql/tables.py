@@ -231,6 +231,26 @@ topic_members = Table(
     Index("ix_topic_members_subscriber", "subscriber_id"),
 )
 
+# A subscriber's notification preferences: one JSON document (core/notify/preferences.py).
+notify_preferences = Table(
+    "notify_preferences",
+    metadata,
+    Column("subscriber", String(200), primary_key=True),
+    Column("data", JSON, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
+)
+
+# Addresses that must get nothing on a channel (hard bounces, unsubscribes, invalid tokens).
+notify_suppressions = Table(
+    "notify_suppressions",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("address", String(1024), primary_key=True),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("created_at", Epoch, nullable=False),
+)
+
 inbox_items = Table(
     "inbox_items",
     metadata,
@@ -270,5 +290,114 @@ webhook_endpoints = Table(
     Column("failures", Integer, nullable=False),
     Column("failing_since", Epoch),
     Column("created_at", Epoch, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
+)
+
+# -- the notification orchestrator -----------------------------------------------------------
+
+notify_runs = Table(
+    "notify_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("recipient", String(200), nullable=False),
+    Column("lane", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("outcome", String(32)),
+    Column("reason", Text, nullable=False),
+    Column("wake_at", Epoch),
+    Column("created_at", Epoch, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
+    Index("ix_notify_runs_event", "event_id"),
+)
+
+notify_steps = Table(
+    "notify_steps",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("step_id", String(64), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("recipient", String(200), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Epoch, nullable=False),
+    Column("result", JSON, nullable=False),
+    Index("ix_notify_steps_throttle", "workflow", "step_id", "recipient", "at"),
+)
+
+notify_messages = Table(
+    "notify_messages",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("recipient", String(200), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("template", String(200)),
+    Column("template_version", String(240), nullable=False),
+    Column("variant", String(64)),
+    Column("locale", String(35)),
+    Column("lane", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("statuses", JSON, nullable=False),
+    Column("release_at", Epoch, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("provider", String(64)),
+    Column("provider_id", Text),
+    Column("error", Text),
+    Column("created_at", Epoch, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
+    Index("ix_notify_messages_event", "event_id"),
+    Index("ix_notify_messages_recipient", "recipient", "created_at"),
+    Index("ix_notify_messages_run", "run_id"),
+)
+
+notify_trail = Table(
+    "notify_trail",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("run_id", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("recipient", String(200), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("step_id", String(64)),
+    Column("kind", String(16), nullable=False),
+    Column("at", Epoch, nullable=False),
+    Column("data", JSON, nullable=False),
+    Index("ix_notify_trail_event", "event_id", "seq"),
+    Index("ix_notify_trail_recipient", "recipient", "seq"),
+)
+
+notify_digests = Table(
+    "notify_digests",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("leader_run", String(64), nullable=False),
+    Column("closed", Boolean, nullable=False),
+    Column("created_at", Epoch, nullable=False),
+)
+
+notify_digest_events = Table(
+    "notify_digest_events",
+    metadata,
+    Column("digest_id", String(64), primary_key=True),
+    Column("run_id", String(64), primary_key=True),
+    Column("event_id", String(64), nullable=False),
+    Column("actor", String(200)),
+    Column("payload", JSON, nullable=False),
+    Column("at", Epoch, nullable=False),
+)
+
+notify_workflows = Table(
+    "notify_workflows",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("definition", JSON, nullable=False),
+    Column("revision", Integer, nullable=False),
     Column("updated_at", Epoch, nullable=False),
 )

@@ -1,0 +1,443 @@
+"""Notification orchestrator benchmarks, embedded (SQLite) and on PostgreSQL.
+
+1. `inapp`: one bulk event to a topic of N subscribers (default 100k) with a one-step in-app
+   workflow, through the whole pipeline (dispatch -> fanout in batch jobs -> decisions -> inbox
+   items + live pushes on the gateway -> trail). Measures in-app deliveries/s from the moment
+   the event is accepted until the last run is done, CPU and peak RSS of the process.
+2. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
+   sink (aiosmtpd) in this process. Transactional events (one email each) are sent at a fixed
+   rate; the latency is from the API's 202 to the message arriving at the SMTP sink. First
+   idle, then while a bulk send to N recipients runs. Goal: p99 during bulk <= 2x idle p99.
+
+    .venv/bin/python bench/notify.py --out bench/results/notify.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiosmtpd.controller import Controller
+from sqlalchemy import func, insert, select
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+sys.path.insert(0, str(ROOT / "src"))
+
+from tidings.adapters.sql import create_engine
+from tidings.adapters.sql.tables import (
+    inbox_items,
+    notify_runs,
+    subscribers,
+    topic_members,
+    topics,
+)
+
+WORKFLOWS = """
+workflows:
+  - key: bulk.news
+    steps:
+      - id: inapp
+        type: in_app
+        content:
+          title: "{{ payload.headline }}"
+          body: "Hello {{ subscriber.id }}, {{ payload.text }}"
+  - key: tx.code
+    steps:
+      - id: email
+        type: email
+        content:
+          subject: "code {{ payload.seq }}"
+          text: "Your code is {{ payload.code }}"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_database(base: str, name: str) -> str:
+    admin = base.replace("+asyncpg", "")
+    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name}"], check=True)
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True)
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def migrate(url: str) -> None:
+    env = {**os.environ, "TIDINGS_DATABASE_URL": url}
+    subprocess.run([BIN / "tidings", "migrate"], env=env, check=True, capture_output=True)
+
+
+async def seed(url: str, n: int) -> None:
+    """N subscribers with an email address, all in topic `all`, written in bulk."""
+    engine = create_engine(url)
+    now = time.time()
+    async with engine.begin() as conn:
+        await conn.execute(insert(topics), [{"key": "all", "name": "All", "created_at": now}])
+        for start in range(0, n, 5000):
+            ids = [f"s{i:07d}" for i in range(start, min(n, start + 5000))]
+            await conn.execute(
+                insert(subscribers),
+                [
+                    {
+                        "id": i,
+                        "email": f"{i}@example.com",
+                        "phone": None,
+                        "locale": "en",
+                        "timezone": "UTC",
+                        "data": {},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in ids
+                ],
+            )
+            await conn.execute(
+                insert(topic_members),
+                [{"topic_key": "all", "subscriber_id": i, "created_at": now} for i in ids],
+            )
+    await engine.dispose()
+
+
+async def count(url: str, what: Any) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(what))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+# -- 1. in-app throughput, in process ------------------------------------------------------
+
+
+async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
+    from tidings.config import NotifySettings, Settings, WorkerSettings
+    from tidings.services.ingest import EventInput
+    from tidings.types import Priority
+    from tidings.wiring import build_runtime
+
+    settings = Settings(
+        database_url=url,
+        log_level="warning",
+        token_secret="b" * 64,
+        notify=NotifySettings(workflows=[str(workflows)]),
+        worker=WorkerSettings(poll_interval=0.05),
+    )
+    runtime = build_runtime(settings)
+    await runtime.start()
+    engine = create_engine(url)
+    try:
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        await runtime.services.ingest.ingest(
+            EventInput(
+                type="bulk.news",
+                topic="all",
+                payload={"headline": "Release 2.0", "text": "it is out"},
+                priority=Priority.BULK,
+            )
+        )
+        done = 0
+        while done < n:
+            await asyncio.sleep(0.25)
+            async with engine.connect() as conn:
+                done = int(
+                    (
+                        await conn.execute(
+                            select(func.count())
+                            .select_from(notify_runs)
+                            .where(notify_runs.c.state == "done")
+                        )
+                    ).scalar_one()
+                )
+            if time.perf_counter() - start > 900:
+                raise RuntimeError(f"only {done} of {n} runs done after 15 minutes")
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+        async with engine.connect() as conn:
+            items = int(
+                (await conn.execute(select(func.count()).select_from(inbox_items))).scalar_one()
+            )
+    finally:
+        await engine.dispose()
+        await runtime.stop()
+    return {
+        "recipients": n,
+        "inbox_items": items,
+        "seconds": elapsed,
+        "deliveries_per_s": n / elapsed,
+        "cpu_percent": 100 * cpu / elapsed,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# -- 2. priority lanes, against `tidings serve` ---------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.arrived: dict[int, float] = {}
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        for line in envelope.content.split(b"\r\n"):
+            if line.startswith(b"Subject: code "):
+                self.arrived[int(line.split(b" ")[-1])] = time.perf_counter()
+                break
+        return "250 OK"
+
+
+def serve(
+    url: str, port: int, smtp_port: int, workflows: Path, tmp: str
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": url,
+        "TIDINGS_PORT": str(port),
+        "TIDINGS_LOG_LEVEL": "warning",
+        "TIDINGS_TOKEN_SECRET": "b" * 64,
+        "TIDINGS_SMTP__HOST": "127.0.0.1",
+        "TIDINGS_SMTP__PORT": str(smtp_port),
+        "TIDINGS_NOTIFY__WORKFLOWS": json.dumps([str(workflows)]),
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "tidings"), "serve"],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=open(Path(tmp) / "server.log", "wb"),
+    )
+    for _ in range(400):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("server did not start: " + (Path(tmp) / "server.log").read_text())
+
+
+def api_key(url: str) -> str:
+    env = {**os.environ, "TIDINGS_DATABASE_URL": url}
+    out = subprocess.run(
+        [BIN / "tidings", "apikey", "create", "--scope", "publish", "--name", "bench"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+async def tx_load(
+    client: httpx.AsyncClient, rate: float, seconds: float, first: int, accepted: dict[int, float]
+) -> int:
+    """Send transactional events at `rate`/s for `seconds`; returns the next sequence number."""
+    seq = first
+    start = time.perf_counter()
+    tasks = []
+
+    async def one(n: int) -> None:
+        r = await client.post(
+            "/v1/events",
+            json={
+                "type": "tx.code",
+                "recipients": [f"s{n % 1000:07d}"],
+                "payload": {"seq": n, "code": f"{n:06d}"},
+                "priority": "transactional",
+            },
+        )
+        if r.status_code != 202:
+            raise RuntimeError(f"{r.status_code} {r.text}")
+        accepted[n] = time.perf_counter()
+
+    while time.perf_counter() - start < seconds:
+        tasks.append(asyncio.create_task(one(seq)))
+        seq += 1
+        await asyncio.sleep(max(0.0, start + (seq - first) / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    return seq
+
+
+def latencies(sink: Sink, accepted: dict[int, float], seqs: range) -> dict[str, float]:
+    values = sorted(sink.arrived[s] - accepted[s] for s in seqs if s in sink.arrived)
+    missing = sum(1 for s in seqs if s not in sink.arrived)
+    q = statistics.quantiles(values, n=100)
+    return {
+        "count": len(values),
+        "missing": missing,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+    }
+
+
+async def lanes(
+    url: str, n: int, workflows: Path, tmp: str, rate: float, idle_s: float
+) -> dict[str, Any]:
+    sink = Sink()
+    smtp_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    port = free_port()
+    key = api_key(url)
+    proc = serve(url, port, smtp_port, workflows, tmp)
+    accepted: dict[int, float] = {}
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        ) as client:
+            await tx_load(client, rate, 3.0, 0, {})  # warm-up
+            first = 1_000_000
+            end = await tx_load(client, rate, idle_s, first, accepted)
+            await asyncio.sleep(2.0)
+            idle = latencies(sink, accepted, range(first, end))
+            r = await client.post(
+                "/v1/events",
+                json={
+                    "type": "bulk.news",
+                    "topic": "all",
+                    "payload": {"headline": "Release", "text": "out"},
+                    "priority": "bulk",
+                },
+            )
+            assert r.status_code == 202, r.text
+            bulk_start = time.perf_counter()
+            bulk_first = 2_000_000
+            seq = bulk_first
+            done = 0
+            while done < n:
+                seq = await tx_load(client, rate, 5.0, seq, accepted)
+                done = await count_done(url)
+                print(f"  bulk: {done} of {n} runs done", file=sys.stderr)
+                if time.perf_counter() - bulk_start > 1800:
+                    raise RuntimeError("bulk send did not finish in 30 minutes")
+            bulk_seconds = time.perf_counter() - bulk_start
+            await asyncio.sleep(2.0)
+            busy = latencies(sink, accepted, range(bulk_first, seq))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        controller.stop()
+    return {
+        "recipients": n,
+        "rate": rate,
+        "idle": idle,
+        "bulk": busy,
+        "bulk_seconds": bulk_seconds,
+        "bulk_per_s": n / bulk_seconds,
+        "ratio_p99": busy["p99_ms"] / idle["p99_ms"],
+    }
+
+
+async def count_done(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(notify_runs)
+                        .where(notify_runs.c.workflow == "bulk.news", notify_runs.c.state == "done")
+                    )
+                ).scalar_one()
+            )
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--recipients", type=int, default=100_000)
+    ap.add_argument("--rate", type=float, default=20.0, help="transactional events/s")
+    ap.add_argument("--idle-seconds", type=float, default=30.0)
+    ap.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--stores", default="sqlite,postgres")
+    ap.add_argument("--tests", default="inapp,lanes")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workflows = Path(tmp) / "workflows.yaml"
+        workflows.write_text(WORKFLOWS)
+        for store in args.stores.split(","):
+            for test in args.tests.split(","):
+                url = (
+                    f"sqlite+aiosqlite:///{tmp}/{test}.db"
+                    if store == "sqlite"
+                    else pg_database(args.pg, f"tidings_bench_{test}")
+                )
+                migrate(url)
+                asyncio.run(seed(url, args.recipients))
+                print(f"{store} {test}: seeded {args.recipients}", file=sys.stderr)
+                if test == "inapp":
+                    r = asyncio.run(inapp(url, args.recipients, workflows))
+                else:
+                    r = asyncio.run(
+                        lanes(url, args.recipients, workflows, tmp, args.rate, args.idle_seconds)
+                    )
+                r = {"store": store, "test": test, "date": time.strftime("%Y-%m-%d"), **r}
+                print(json.dumps(r), file=sys.stderr)
+                results.append(r)
+    if args.out:
+        with args.out.with_suffix(".jsonl").open("a") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+        args.out.write_text(report(results, args))
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "# Notification orchestrator",
+        "",
+        f"`bench/notify.py --recipients {args.recipients} --rate {args.rate:g}`, measured "
+        f"{time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores).",
+        "",
+        "## In-app deliveries (one bulk event to a topic, whole pipeline, one process)",
+        "",
+        "| store | recipients | seconds | in-app deliveries/s | CPU % (of one core) | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["test"] == "inapp":
+            lines.append(
+                f"| {r['store']} | {r['recipients']:,} | {r['seconds']:.1f} | "
+                f"{r['deliveries_per_s']:,.0f} | {r['cpu_percent']:.0f} | {r['max_rss_mb']:.0f} |"
+            )
+    lines += [
+        "",
+        "## Priority lanes (transactional email p99 while a bulk send runs)",
+        "",
+        "| store | tx rate/s | idle p50 ms | idle p99 ms | during bulk p50 ms | during bulk p99 ms "
+        "| p99 ratio (goal <= 2) | bulk recipients/s | missing |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["test"] == "lanes":
+            i, b = r["idle"], r["bulk"]
+            lines.append(
+                f"| {r['store']} | {r['rate']:g} | {i['p50_ms']:.1f} | {i['p99_ms']:.1f} | "
+                f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {r['ratio_p99']:.2f} | "
+                f"{r['bulk_per_s']:,.0f} | {i['missing'] + b['missing']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""In-process orchestrator state: runs, step results, messages, the trail, digests and
+API-defined workflows (reference for the contract suite)."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidings.adapters.memory.jobs import MemoryJobQueue
+from tidings.ports.clock import Clock
+from tidings.ports.notify import (
+    DigestJoin,
+    Message,
+    Run,
+    RunWrite,
+    StepRow,
+    TrailEntry,
+    WorkflowRecord,
+)
+from tidings.types import NewJob
+
+SENT_STATUSES = ("sent", "delivered")
+_LISTED = 10_000  # rows per event the SQL adapter lists at most
+
+
+@dataclass(slots=True)
+class _Digest:
+    leader_run: str
+    closed: bool = False
+    events: dict[str, tuple[str, dict[str, Any], float, str | None]] = field(
+        default_factory=dict
+    )  # run id -> (event id, payload, at, actor)
+
+
+class MemoryRunStore:
+    """Reference run store. No method suspends between its first write and its last (the job
+    queue it enqueues into is a memory one), so each is one transaction with respect to other
+    coroutines; what it writes is checked first (JSON values, like the SQL columns), so a
+    write that fails leaves nothing behind."""
+
+    def __init__(self, clock: Clock, jobs: MemoryJobQueue | None = None) -> None:
+        self._clock = clock
+        self._jobs = jobs  # where `commit` and `update_message` enqueue
+        self._runs: dict[str, Run] = {}
+        self._runs_by_event: dict[str, list[str]] = {}
+        # run id -> step id -> (row, workflow, recipient)
+        self._steps: dict[str, dict[str, tuple[StepRow, str, str]]] = {}
+        self._passed: dict[tuple[str, str, str], list[StepRow]] = {}
+        self._messages: dict[str, Message] = {}  # insertion order = creation order
+        self._messages_by_run: dict[str, list[str]] = {}
+        self._messages_by_event: dict[str, list[str]] = {}
+        self._messages_by_recipient: dict[str, list[str]] = {}
+        self._trail_by_event: dict[str, list[TrailEntry]] = {}
+        self._trail_by_recipient: dict[str, list[TrailEntry]] = {}
+        self._seq = 0
+        self._digests: dict[str, _Digest] = {}
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def create_runs(self, runs: Sequence[Run]) -> list[Run]:
+        for run in runs:
+            if run.id not in self._runs:
+                self._runs[run.id] = dataclasses.replace(
+                    run, updated_at=run.updated_at or run.created_at
+                )
+                self._runs_by_event.setdefault(run.event_id, []).append(run.id)
+        return [self._runs[r.id] for r in runs]
+
+    async def load_many(
+        self, run_ids: Sequence[str]
+    ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]:
+        out: dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]] = {}
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is None:
+                continue
+            steps = {sid: row for sid, (row, _, _) in self._steps.get(run_id, {}).items()}
+            messages = {
+                m.step_id: m
+                for m in (self._messages[i] for i in self._messages_by_run.get(run_id, ()))
+            }
+            out[run_id] = (run, steps, messages)
+        return out
+
+    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> None:
+        now = self._clock.now()
+        queue = self._queue(jobs)
+        steps = [
+            (dataclasses.replace(s, result=_json(s.result)), w.run.workflow, w.run.recipient)
+            for w in writes
+            for s in w.steps
+        ]
+        messages = [_stored_message(m) for w in writes for m in w.messages]
+        trail = [_stored_trail(t) for w in writes for t in w.trail]
+        new_jobs = [_stored_job(j, None) for j in jobs]
+        # Everything is checked: from here on nothing fails.
+        for row, workflow, recipient in steps:
+            self._add_step(row, workflow, recipient)
+        for message in messages:
+            self._add_message(message)
+        self._append(trail)
+        for w in writes:
+            current = self._runs.get(w.run.id)
+            if current is not None:
+                self._runs[w.run.id] = dataclasses.replace(
+                    current,
+                    state=w.run.state,
+                    outcome=w.run.outcome,
+                    reason=w.run.reason,
+                    wake_at=w.run.wake_at,
+                    updated_at=now,
+                )
+        await _enqueue(queue, new_jobs)
+
+    async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
+        found: set[str] = set()
+        for key in keys:
+            message = self._messages.get(key)
+            if message is not None and exclude_run.get(key) != message.run_id:
+                found.add(key)
+        return found
+
+    async def recent_sends(
+        self, recipients: Sequence[str], since: float
+    ) -> dict[str, dict[str, list[float]]]:
+        out: dict[str, dict[str, list[float]]] = {}
+        for recipient in dict.fromkeys(recipients):
+            for message_id in self._messages_by_recipient.get(recipient, ()):
+                m = self._messages[message_id]
+                if m.release_at > since and m.status in SENT_STATUSES:
+                    out.setdefault(recipient, {}).setdefault(m.channel, []).append(m.release_at)
+        return out
+
+    async def count_passed(
+        self, workflow: str, step_id: str, recipient: str, key: str, since: float, until: float
+    ) -> int:
+        rows = self._passed.get((workflow, step_id, recipient), ())
+        return sum(1 for s in rows if s.reason == key and since < s.at <= until)
+
+    # -- digests ---------------------------------------------------------------------------
+
+    async def join_digest(
+        self,
+        digest_id: str,
+        run_id: str,
+        event_id: str,
+        payload: Mapping[str, Any],
+        actor: str | None,
+        at: float,
+    ) -> DigestJoin:
+        data = _json(payload)
+        digest = self._digests.get(digest_id)
+        created = digest is None
+        if digest is None:
+            digest = self._digests[digest_id] = _Digest(leader_run=run_id)
+        leader = created or digest.leader_run == run_id
+        if digest.closed and not leader and run_id not in digest.events:
+            return DigestJoin(leader=False, closed=True)
+        digest.events.setdefault(run_id, (event_id, data, at, actor))
+        return DigestJoin(leader=leader, closed=False)
+
+    async def close_digest(
+        self, digest_id: str
+    ) -> list[tuple[str, Mapping[str, Any], float, str | None]]:
+        digest = self._digests.get(digest_id)
+        if digest is None:
+            return []
+        digest.closed = True
+        events = sorted(digest.events.values(), key=lambda e: (e[2], e[0]))
+        return [(event_id, _json(data), at, actor) for event_id, data, at, actor in events]
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def message(self, message_id: str) -> Message | None:
+        return self._messages.get(message_id)
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        status: str | None = None,
+        statuses: Mapping[str, float] | None = None,
+        provider: str | None = None,
+        provider_id: str | None = None,
+        error: str | None = None,
+        attempts: int | None = None,
+        at: float,
+        trail: Sequence[TrailEntry] = (),
+        jobs: Sequence[NewJob] = (),
+    ) -> Message | None:
+        current = self._messages.get(message_id)
+        if current is None:
+            return None
+        queue = self._queue(jobs)
+        merged = dict(current.statuses)
+        for name, when in (statuses or {}).items():
+            merged[name] = min(merged.get(name, float(when)), float(when))
+        changes: dict[str, Any] = {"statuses": merged, "updated_at": at}
+        if status is not None:
+            changes["status"] = status
+        if provider is not None:
+            changes["provider"] = provider
+        if provider_id is not None:
+            changes["provider_id"] = provider_id
+        if error is not None:
+            changes["error"] = error
+        if attempts is not None:
+            changes["attempts"] = attempts
+        updated = dataclasses.replace(current, **changes)
+        entries = [_stored_trail(t) for t in trail]
+        new_jobs = [_stored_job(j, at) for j in jobs]
+        self._messages[message_id] = updated
+        self._append(entries)
+        await _enqueue(queue, new_jobs)
+        return updated
+
+    # -- reading the trail -----------------------------------------------------------------
+
+    async def runs_for_event(self, event_id: str) -> list[Run]:
+        runs = [self._runs[i] for i in self._runs_by_event.get(event_id, ())]
+        runs.sort(key=lambda r: (r.created_at, r.recipient))
+        return runs[:_LISTED]
+
+    async def messages_for_event(self, event_id: str) -> list[Message]:
+        messages = [self._messages[i] for i in self._messages_by_event.get(event_id, ())]
+        messages.sort(key=lambda m: (m.created_at, m.id))
+        return messages[:_LISTED]
+
+    async def trail_for_event(self, event_id: str, *, after: int, limit: int) -> list[TrailEntry]:
+        return _page(self._trail_by_event.get(event_id, []), after, limit)
+
+    async def trail_for_recipient(
+        self, recipient: str, *, after: int, limit: int
+    ) -> list[TrailEntry]:
+        return _page(self._trail_by_recipient.get(recipient, []), after, limit)
+
+    async def messages_for_recipient(
+        self, recipient: str, *, before: float | None, limit: int
+    ) -> list[Message]:
+        newest_first = [
+            self._messages[i] for i in reversed(self._messages_by_recipient.get(recipient, []))
+        ]
+        found = [m for m in newest_first if before is None or m.created_at < before]
+        found.sort(key=lambda m: m.created_at, reverse=True)
+        return found[:limit]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _queue(self, jobs: Sequence[NewJob]) -> MemoryJobQueue | None:
+        if jobs and self._jobs is None:
+            raise ValueError("this run store has no job queue to enqueue into")
+        return self._jobs
+
+    def _add_step(self, row: StepRow, workflow: str, recipient: str) -> None:
+        steps = self._steps.setdefault(row.run_id, {})
+        if row.step_id in steps:
+            return  # an earlier attempt's row wins
+        steps[row.step_id] = (row, workflow, recipient)
+        if row.outcome == "passed":
+            self._passed.setdefault((workflow, row.step_id, recipient), []).append(row)
+
+    def _add_message(self, message: Message) -> None:
+        if message.id in self._messages:
+            return  # an earlier attempt's message wins
+        self._messages[message.id] = message
+        self._messages_by_run.setdefault(message.run_id, []).append(message.id)
+        self._messages_by_event.setdefault(message.event_id, []).append(message.id)
+        self._messages_by_recipient.setdefault(message.recipient, []).append(message.id)
+
+    def _append(self, entries: Sequence[TrailEntry]) -> None:
+        for entry in entries:
+            self._seq += 1
+            stored = dataclasses.replace(entry, seq=self._seq)
+            self._trail_by_event.setdefault(entry.event_id, []).append(stored)
+            self._trail_by_recipient.setdefault(entry.recipient, []).append(stored)
+
+
+class MemoryWorkflowStore:
+    def __init__(self) -> None:
+        self._workflows: dict[str, WorkflowRecord] = {}
+
+    async def put(self, key: str, definition: Mapping[str, Any], at: float) -> WorkflowRecord:
+        current = self._workflows.get(key)
+        revision = 1 if current is None else current.revision + 1
+        record = WorkflowRecord(key, _json(definition), revision, "api", at)
+        self._workflows[key] = record
+        return record
+
+    async def get(self, key: str) -> WorkflowRecord | None:
+        return self._workflows.get(key)
+
+    async def all(self) -> list[WorkflowRecord]:
+        return [self._workflows[k] for k in sorted(self._workflows)]
+
+    async def delete(self, key: str) -> bool:
+        return self._workflows.pop(key, None) is not None
+
+
+def _json(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a JSON column's value as the SQL adapter reads it back (lists for tuples,
+    string keys); raises what serialising it raises."""
+    copied: dict[str, Any] = json.loads(json.dumps(value))
+    return copied
+
+
+def _stored_message(m: Message) -> Message:
+    return dataclasses.replace(m, statuses={k: float(v) for k, v in _json(m.statuses).items()})
+
+
+def _stored_trail(t: TrailEntry) -> TrailEntry:
+    return dataclasses.replace(t, data=_json(t.data))
+
+
+def _stored_job(job: NewJob, run_at: float | None) -> NewJob:
+    payload = json.loads(json.dumps(job.payload))
+    return dataclasses.replace(
+        job, payload=payload, run_at=job.run_at if job.run_at is not None else run_at
+    )
+
+
+async def _enqueue(queue: MemoryJobQueue | None, jobs: Sequence[NewJob]) -> None:
+    if queue is None:
+        return
+    for job in jobs:
+        await queue.enqueue(job)  # does not suspend: nothing else runs in between
+
+
+def _page(entries: list[TrailEntry], after: int, limit: int) -> list[TrailEntry]:
+    start = bisect.bisect_right(entries, after, key=lambda t: t.seq)
+    return entries[start : start + limit]

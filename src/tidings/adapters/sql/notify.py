@@ -1,0 +1,559 @@
+"""The orchestrator's state in SQL: runs, step results, messages, the trail, digests and
+API-defined workflows. Batches are written with one statement per table per transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.jobs import job_row
+from tidings.adapters.sql.tables import (
+    jobs,
+    notify_digest_events,
+    notify_digests,
+    notify_messages,
+    notify_runs,
+    notify_steps,
+    notify_trail,
+    notify_workflows,
+)
+from tidings.ports.clock import Clock
+from tidings.ports.notify import (
+    DigestJoin,
+    Message,
+    Run,
+    RunState,
+    RunWrite,
+    StepRow,
+    TrailEntry,
+    WorkflowRecord,
+)
+from tidings.types import NewJob, Priority
+
+_IN_CHUNK = 500
+SENT_STATUSES = ("sent", "delivered")
+_r, _s, _m, _t = notify_runs.c, notify_steps.c, notify_messages.c, notify_trail.c
+
+
+class SqlRunStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._read = reader(engine)
+        self._clock = clock
+        ins = pg_insert if is_postgres(engine) else sqlite_insert
+        self._ins_run = ins(notify_runs).on_conflict_do_nothing(index_elements=[_r.id])
+        self._ins_step = ins(notify_steps).on_conflict_do_nothing(
+            index_elements=[_s.run_id, _s.step_id]
+        )
+        self._ins_msg = ins(notify_messages).on_conflict_do_nothing(index_elements=[_m.id])
+        self._ins_digest = (
+            ins(notify_digests)
+            .on_conflict_do_nothing(index_elements=[notify_digests.c.id])
+            .returning(notify_digests.c.id)
+        )
+        self._ins_digest_event = ins(notify_digest_events).on_conflict_do_nothing(
+            index_elements=[notify_digest_events.c.digest_id, notify_digest_events.c.run_id]
+        )
+        self._ins_trail = notify_trail.insert()
+        # A job whose dedupe key was enqueued before is a no-op, as `NewJob` promises.
+        self._ins_job = ins(jobs).on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+        self._upd_step = (
+            update(notify_steps)
+            .where(_s.run_id == bindparam("b_run"), _s.step_id == bindparam("b_step"))
+            .values(
+                outcome=bindparam("b_outcome"),
+                reason=bindparam("b_reason"),
+                at=bindparam("b_at"),
+                result=bindparam("b_result"),
+            )
+        )
+        self._upd_run = (
+            update(notify_runs)
+            .where(_r.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                outcome=bindparam("b_outcome"),
+                reason=bindparam("b_reason"),
+                wake_at=bindparam("b_wake_at"),
+                updated_at=bindparam("b_updated_at"),
+            )
+        )
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def create_runs(self, runs: Sequence[Run]) -> list[Run]:
+        if not runs:
+            return []
+        async with writer(self._engine) as conn:
+            await conn.execute(self._ins_run, [_run_row(r) for r in runs])
+            stored = await _runs(conn, [r.id for r in runs])
+        return [stored[r.id] for r in runs]
+
+    async def load_many(
+        self, run_ids: Sequence[str]
+    ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]:
+        out: dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]] = {}
+        async with self._read.connect() as conn:
+            for chunk in _chunks(run_ids):
+                runs = await _runs(conn, chunk)
+                for run in runs.values():
+                    out[run.id] = (run, {}, {})
+                for row in await conn.execute(select(notify_steps).where(_s.run_id.in_(chunk))):
+                    step = _step(row._mapping)
+                    if step.run_id in out:
+                        out[step.run_id][1][step.step_id] = step
+                for row in await conn.execute(select(notify_messages).where(_m.run_id.in_(chunk))):
+                    msg = _message(row._mapping)
+                    if msg.run_id in out:
+                        out[msg.run_id][2][msg.step_id] = msg
+        return out
+
+    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> None:
+        now = self._clock.now()
+        steps = [
+            {**_step_row(s), "workflow": w.run.workflow, "recipient": w.run.recipient}
+            for w in writes
+            for s in w.steps
+            if not s.replace
+        ]
+        replaced = [
+            {
+                "b_run": s.run_id,
+                "b_step": s.step_id,
+                "b_outcome": s.outcome,
+                "b_reason": s.reason,
+                "b_at": s.at,
+                "b_result": dict(s.result),
+            }
+            for w in writes
+            for s in w.steps
+            if s.replace
+        ]
+        messages = [_message_row(m) for w in writes for m in w.messages]
+        trail = [_trail_row(t) for w in writes for t in w.trail]
+        runs = [
+            {
+                "b_id": w.run.id,
+                "b_state": w.run.state.value,
+                "b_outcome": w.run.outcome,
+                "b_reason": w.run.reason,
+                "b_wake_at": w.run.wake_at,
+                "b_updated_at": now,
+            }
+            for w in writes
+        ]
+        async with writer(self._engine) as conn:
+            if steps:
+                await conn.execute(self._ins_step, steps)
+            if replaced:
+                await conn.execute(self._upd_step, replaced)
+            if messages:
+                await conn.execute(self._ins_msg, messages)
+            if trail:
+                await conn.execute(self._ins_trail, trail)
+            if runs:
+                await conn.execute(self._upd_run, runs)
+            if jobs:
+                await conn.execute(self._ins_job, [job_row(j, now) for j in jobs])
+
+    async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
+        found: set[str] = set()
+        async with self._read.connect() as conn:
+            for chunk in _chunks(keys):
+                rows = await conn.execute(select(_m.id, _m.run_id).where(_m.id.in_(chunk)))
+                found.update(key for key, run in rows if exclude_run.get(key) != run)
+        return found
+
+    async def recent_sends(
+        self, recipients: Sequence[str], since: float
+    ) -> dict[str, dict[str, list[float]]]:
+        out: dict[str, dict[str, list[float]]] = {}
+        async with self._read.connect() as conn:
+            for chunk in _chunks(recipients):
+                rows = await conn.execute(
+                    select(_m.recipient, _m.channel, _m.release_at).where(
+                        _m.recipient.in_(chunk),
+                        _m.release_at > since,
+                        _m.status.in_(SENT_STATUSES),
+                    )
+                )
+                for recipient, channel, at in rows:
+                    out.setdefault(recipient, {}).setdefault(channel, []).append(float(at))
+        return out
+
+    async def count_passed(
+        self, workflow: str, step_id: str, recipient: str, key: str, since: float, until: float
+    ) -> int:
+        async with self._read.connect() as conn:
+            count = (
+                await conn.execute(
+                    select(func.count()).where(
+                        _s.workflow == workflow,
+                        _s.step_id == step_id,
+                        _s.recipient == recipient,
+                        _s.outcome == "passed",
+                        _s.reason == key,
+                        _s.at > since,
+                        _s.at <= until,
+                    )
+                )
+            ).scalar_one()
+        return int(count)
+
+    # -- digests ---------------------------------------------------------------------------
+
+    async def join_digest(
+        self,
+        digest_id: str,
+        run_id: str,
+        event_id: str,
+        payload: Mapping[str, Any],
+        actor: str | None,
+        at: float,
+    ) -> DigestJoin:
+        d = notify_digests.c
+        async with writer(self._engine) as conn:
+            created = (
+                await conn.execute(
+                    self._ins_digest,
+                    {"id": digest_id, "leader_run": run_id, "closed": False, "created_at": at},
+                )
+            ).scalar_one_or_none()
+            row = (
+                await conn.execute(
+                    select(d.leader_run, d.closed).where(d.id == digest_id).with_for_update()
+                    if is_postgres(self._engine)
+                    else select(d.leader_run, d.closed).where(d.id == digest_id)
+                )
+            ).one()
+            leader = created is not None or row.leader_run == run_id
+            if row.closed and not leader:
+                member = await conn.execute(
+                    select(notify_digest_events.c.run_id).where(
+                        notify_digest_events.c.digest_id == digest_id,
+                        notify_digest_events.c.run_id == run_id,
+                    )
+                )
+                if member.one_or_none() is None:
+                    return DigestJoin(leader=False, closed=True)
+            await conn.execute(
+                self._ins_digest_event,
+                {
+                    "digest_id": digest_id,
+                    "run_id": run_id,
+                    "event_id": event_id,
+                    "actor": actor,
+                    "payload": dict(payload),
+                    "at": at,
+                },
+            )
+        return DigestJoin(leader=leader, closed=False)
+
+    async def close_digest(
+        self, digest_id: str
+    ) -> list[tuple[str, Mapping[str, Any], float, str | None]]:
+        e = notify_digest_events.c
+        async with writer(self._engine) as conn:
+            await conn.execute(
+                update(notify_digests).where(notify_digests.c.id == digest_id).values(closed=True)
+            )
+            rows = await conn.execute(
+                select(e.event_id, e.payload, e.at, e.actor)
+                .where(e.digest_id == digest_id)
+                .order_by(e.at, e.event_id)
+            )
+            return [(r.event_id, r.payload, float(r.at), r.actor) for r in rows]
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def message(self, message_id: str) -> Message | None:
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(select(notify_messages).where(_m.id == message_id))
+            ).one_or_none()
+        return None if row is None else _message(row._mapping)
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        status: str | None = None,
+        statuses: Mapping[str, float] | None = None,
+        provider: str | None = None,
+        provider_id: str | None = None,
+        error: str | None = None,
+        attempts: int | None = None,
+        at: float,
+        trail: Sequence[TrailEntry] = (),
+        jobs: Sequence[NewJob] = (),
+    ) -> Message | None:
+        async with writer(self._engine) as conn:
+            query = select(notify_messages).where(_m.id == message_id)
+            if is_postgres(self._engine):
+                query = query.with_for_update()
+            row = (await conn.execute(query)).one_or_none()
+            if row is None:
+                return None
+            current = _message(row._mapping)
+            merged = dict(current.statuses)
+            for name, when in (statuses or {}).items():
+                merged[name] = min(merged.get(name, when), when)
+            values: dict[str, Any] = {"statuses": merged, "updated_at": at}
+            if status is not None:
+                values["status"] = status
+            if provider is not None:
+                values["provider"] = provider
+            if provider_id is not None:
+                values["provider_id"] = provider_id
+            if error is not None:
+                values["error"] = error
+            if attempts is not None:
+                values["attempts"] = attempts
+            await conn.execute(update(notify_messages).where(_m.id == message_id).values(values))
+            if trail:
+                await conn.execute(self._ins_trail, [_trail_row(t) for t in trail])
+            if jobs:
+                await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
+            row = (await conn.execute(select(notify_messages).where(_m.id == message_id))).one()
+        return _message(row._mapping)
+
+    # -- reading the trail -----------------------------------------------------------------
+
+    async def runs_for_event(self, event_id: str) -> list[Run]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(notify_runs)
+                .where(_r.event_id == event_id)
+                .order_by(_r.created_at, _r.recipient)
+                .limit(10_000)
+            )
+            return [_run(r._mapping) for r in rows]
+
+    async def messages_for_event(self, event_id: str) -> list[Message]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(notify_messages)
+                .where(_m.event_id == event_id)
+                .order_by(_m.created_at, _m.id)
+                .limit(10_000)
+            )
+            return [_message(r._mapping) for r in rows]
+
+    async def trail_for_event(self, event_id: str, *, after: int, limit: int) -> list[TrailEntry]:
+        return await self._trail(_t.event_id == event_id, after, limit)
+
+    async def trail_for_recipient(
+        self, recipient: str, *, after: int, limit: int
+    ) -> list[TrailEntry]:
+        return await self._trail(_t.recipient == recipient, after, limit)
+
+    async def _trail(self, where: Any, after: int, limit: int) -> list[TrailEntry]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(notify_trail).where(where, _t.seq > after).order_by(_t.seq).limit(limit)
+            )
+            return [_trail(r._mapping) for r in rows]
+
+    async def messages_for_recipient(
+        self, recipient: str, *, before: float | None, limit: int
+    ) -> list[Message]:
+        query = select(notify_messages).where(_m.recipient == recipient)
+        if before is not None:
+            query = query.where(_m.created_at < before)
+        async with self._read.connect() as conn:
+            rows = await conn.execute(query.order_by(_m.created_at.desc()).limit(limit))
+            return [_message(r._mapping) for r in rows]
+
+
+class SqlWorkflowStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._read = reader(engine)
+        w = notify_workflows.c
+        ins = (pg_insert if is_postgres(engine) else sqlite_insert)(notify_workflows)
+        # One statement, so that concurrent puts each bump the revision.
+        self._put = ins.on_conflict_do_update(
+            index_elements=[w.key],
+            set_={
+                "definition": ins.excluded.definition,
+                "revision": w.revision + 1,
+                "updated_at": ins.excluded.updated_at,
+            },
+        ).returning(w.revision)
+
+    async def put(self, key: str, definition: Mapping[str, Any], at: float) -> WorkflowRecord:
+        values = {"key": key, "definition": dict(definition), "revision": 1, "updated_at": at}
+        async with writer(self._engine) as conn:
+            revision = int((await conn.execute(self._put, values)).scalar_one())
+        return WorkflowRecord(key, dict(definition), revision, "api", at)
+
+    async def get(self, key: str) -> WorkflowRecord | None:
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(select(notify_workflows).where(notify_workflows.c.key == key))
+            ).one_or_none()
+        return None if row is None else _workflow(row._mapping)
+
+    async def all(self) -> list[WorkflowRecord]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(select(notify_workflows).order_by(notify_workflows.c.key))
+            return [_workflow(r._mapping) for r in rows]
+
+    async def delete(self, key: str) -> bool:
+        async with writer(self._engine) as conn:
+            result = await conn.execute(
+                delete(notify_workflows).where(notify_workflows.c.key == key)
+            )
+        return bool(result.rowcount)
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence[str]) -> list[list[str]]:
+    return [list(items[i : i + _IN_CHUNK]) for i in range(0, len(items), _IN_CHUNK)]
+
+
+async def _runs(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Run]:
+    out: dict[str, Run] = {}
+    for chunk in _chunks(ids):
+        for row in await conn.execute(select(notify_runs).where(_r.id.in_(chunk))):
+            run = _run(row._mapping)
+            out[run.id] = run
+    return out
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "event_id": run.event_id,
+        "workflow": run.workflow,
+        "recipient": run.recipient,
+        "lane": run.lane.value,
+        "state": run.state.value,
+        "outcome": run.outcome,
+        "reason": run.reason,
+        "wake_at": run.wake_at,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at or run.created_at,
+    }
+
+
+def _run(m: Any) -> Run:
+    return Run(
+        id=m["id"],
+        event_id=m["event_id"],
+        workflow=m["workflow"],
+        recipient=m["recipient"],
+        lane=Priority(m["lane"]),
+        created_at=m["created_at"],
+        state=RunState(m["state"]),
+        outcome=m["outcome"],
+        reason=m["reason"],
+        wake_at=m["wake_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _step_row(s: StepRow) -> dict[str, Any]:
+    return {
+        "run_id": s.run_id,
+        "step_id": s.step_id,
+        "outcome": s.outcome,
+        "reason": s.reason,
+        "at": s.at,
+        "result": dict(s.result),
+    }
+
+
+def _step(m: Any) -> StepRow:
+    return StepRow(m["run_id"], m["step_id"], m["outcome"], m["at"], m["reason"], m["result"])
+
+
+def _message_row(msg: Message) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "run_id": msg.run_id,
+        "event_id": msg.event_id,
+        "recipient": msg.recipient,
+        "workflow": msg.workflow,
+        "step_id": msg.step_id,
+        "channel": msg.channel,
+        "template": msg.template,
+        "template_version": msg.template_version,
+        "variant": msg.variant,
+        "locale": msg.locale,
+        "lane": msg.lane.value,
+        "status": msg.status,
+        "statuses": dict(msg.statuses),
+        "release_at": msg.release_at,
+        "attempts": msg.attempts,
+        "provider": msg.provider,
+        "provider_id": msg.provider_id,
+        "error": msg.error,
+        "created_at": msg.created_at,
+        "updated_at": msg.updated_at,
+    }
+
+
+def _message(m: Any) -> Message:
+    return Message(
+        id=m["id"],
+        run_id=m["run_id"],
+        event_id=m["event_id"],
+        recipient=m["recipient"],
+        workflow=m["workflow"],
+        step_id=m["step_id"],
+        channel=m["channel"],
+        template=m["template"],
+        template_version=m["template_version"],
+        lane=Priority(m["lane"]),
+        status=m["status"],
+        release_at=m["release_at"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        statuses={k: float(v) for k, v in (m["statuses"] or {}).items()},
+        attempts=m["attempts"],
+        provider=m["provider"],
+        provider_id=m["provider_id"],
+        error=m["error"],
+        variant=m["variant"],
+        locale=m["locale"],
+    )
+
+
+def _trail_row(t: TrailEntry) -> dict[str, Any]:
+    return {
+        "run_id": t.run_id,
+        "event_id": t.event_id,
+        "recipient": t.recipient,
+        "workflow": t.workflow,
+        "step_id": t.step_id,
+        "kind": t.kind,
+        "at": t.at,
+        "data": dict(t.data),
+    }
+
+
+def _trail(m: Any) -> TrailEntry:
+    return TrailEntry(
+        run_id=m["run_id"],
+        event_id=m["event_id"],
+        recipient=m["recipient"],
+        workflow=m["workflow"],
+        step_id=m["step_id"],
+        kind=m["kind"],
+        at=m["at"],
+        data=m["data"],
+        seq=m["seq"],
+    )
+
+
+def _workflow(m: Any) -> WorkflowRecord:
+    return WorkflowRecord(m["key"], m["definition"], m["revision"], "api", m["updated_at"])

@@ -1,0 +1,229 @@
+"""Port of the notification orchestrator's state: runs (workflow x event x recipient), their
+step results, the messages they produce, the per-recipient decision trail, digests and
+workflows defined through the API."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tidings.types import NewJob, Priority
+
+
+class RunState(enum.StrEnum):
+    ACTIVE = "active"  # being advanced, or due to be
+    WAITING = "waiting"  # a delay, a digest window, an escalation deadline or a held message
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One workflow run for one recipient of one event. ``id`` is derived from the three, so
+    creating a run twice finds the first."""
+
+    id: str
+    event_id: str
+    workflow: str
+    recipient: str
+    lane: Priority
+    created_at: float
+    state: RunState = RunState.ACTIVE
+    outcome: str | None = None
+    reason: str = ""
+    wake_at: float | None = None
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """A stored step result (the runner's ``StepResult`` as JSON). ``replace``: this row takes
+    the place of the stored one (a digest leader's result once the digest closed)."""
+
+    run_id: str
+    step_id: str
+    outcome: str
+    at: float
+    reason: str
+    result: Mapping[str, Any]
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message a channel step hands to delivery. ``id`` is the effect's idempotency key
+    (event + recipient + channel + template version). ``status`` is the delivery axis;
+    ``statuses`` holds the first instant each delivery or engagement status was reported."""
+
+    id: str
+    run_id: str
+    event_id: str
+    recipient: str
+    workflow: str
+    step_id: str
+    channel: str
+    template: str | None  # template id, None for inline content
+    template_version: str  # "<template>@<n>" or "inline-<hash>"
+    lane: Priority
+    status: str
+    release_at: float  # when it may go out (later than created_at when held)
+    created_at: float
+    updated_at: float
+    statuses: Mapping[str, float] = field(default_factory=dict)
+    attempts: int = 0
+    provider: str | None = None
+    provider_id: str | None = None
+    error: str | None = None
+    variant: str | None = None
+    locale: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrailEntry:
+    """One line of a recipient's trail: a decision, a step result, a delivery attempt or the
+    end of a run. ``seq`` is assigned by the store, increasing."""
+
+    run_id: str
+    event_id: str
+    recipient: str
+    workflow: str
+    step_id: str | None
+    kind: str  # "decision" | "step" | "delivery" | "run"
+    at: float
+    data: Mapping[str, Any]
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunWrite:
+    """What one pass over a run changes, written together."""
+
+    run: Run  # the run as it stands after the pass (state, outcome, wake_at)
+    steps: Sequence[StepRow] = ()  # new step results: insert-if-absent per (run, step)
+    messages: Sequence[Message] = ()  # new messages: insert-if-absent per id
+    trail: Sequence[TrailEntry] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DigestJoin:
+    leader: bool  # this run created the digest
+    closed: bool  # the digest was already closed when the run arrived
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    key: str
+    definition: Mapping[str, Any]
+    revision: int
+    source: str  # "api" | "file"
+    updated_at: float
+
+
+class RunStore(Protocol):
+    """Contract:
+    - `create_runs` inserts the runs that do not exist (by id) and returns every run as
+      stored, in input order; repeating it changes nothing. A run's step rows and messages
+      are written only by `commit`, which moves the run out of ACTIVE in the same
+      transaction: a run still ACTIVE has none.
+    - `load_many` returns, per existing run id, the run with its step rows (by step id) and
+      its messages (by step id). Unknown ids are left out.
+    - `commit` writes every `RunWrite` and enqueues `jobs` in ONE transaction: step rows
+      and messages are insert-if-absent (an earlier attempt's row wins) except step rows
+      marked `replace`, which overwrite the stored row of their step; trail entries are
+      appended, runs are updated to the given state. A crash before it leaves nothing of it.
+    - `effects_done(keys, exclude_run)` returns the keys that some message of another run
+      holds (the idempotency stage).
+    - `recent_sends(recipients, since)` returns per recipient and channel the `release_at`
+      of messages that went out (status sent/delivered, or engagement) after `since`.
+    - `count_passed(workflow, step_id, recipient, key, since, until)` counts this throttle's
+      `passed` rows with that reason (the key) and `since < at <= until`.
+    - `join_digest` adds the event to the digest (insert-if-absent): the run that creates
+      it is its leader; a join after the digest was closed reports `closed`.
+    - `close_digest` marks the digest closed and returns its events oldest first (event id,
+      payload, at, actor); closing twice returns the same events.
+    - `message`/`update_message`: `update_message` merges `statuses` (first instant wins),
+      sets the other fields given, appends `trail` and enqueues `jobs` in one transaction.
+    - `messages_for_event`, `trail_for_event` and the per-recipient pages list in creation
+      order (`seq`/`created_at`), cursor = the last seq seen.
+    """
+
+    async def create_runs(self, runs: Sequence[Run]) -> list[Run]: ...
+
+    async def load_many(
+        self, run_ids: Sequence[str]
+    ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]: ...
+
+    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> None: ...
+
+    async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
+        """`exclude_run`: key -> the run asking (its own message is not a duplicate)."""
+        ...
+
+    async def recent_sends(
+        self, recipients: Sequence[str], since: float
+    ) -> dict[str, dict[str, list[float]]]: ...
+
+    async def count_passed(
+        self, workflow: str, step_id: str, recipient: str, key: str, since: float, until: float
+    ) -> int: ...
+
+    async def join_digest(
+        self,
+        digest_id: str,
+        run_id: str,
+        event_id: str,
+        payload: Mapping[str, Any],
+        actor: str | None,
+        at: float,
+    ) -> DigestJoin: ...
+
+    async def close_digest(
+        self, digest_id: str
+    ) -> list[tuple[str, Mapping[str, Any], float, str | None]]: ...
+
+    async def message(self, message_id: str) -> Message | None: ...
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        status: str | None = None,
+        statuses: Mapping[str, float] | None = None,
+        provider: str | None = None,
+        provider_id: str | None = None,
+        error: str | None = None,
+        attempts: int | None = None,
+        at: float,
+        trail: Sequence[TrailEntry] = (),
+        jobs: Sequence[NewJob] = (),
+    ) -> Message | None: ...
+
+    async def runs_for_event(self, event_id: str) -> list[Run]: ...
+
+    async def messages_for_event(self, event_id: str) -> list[Message]: ...
+
+    async def trail_for_event(
+        self, event_id: str, *, after: int, limit: int
+    ) -> list[TrailEntry]: ...
+
+    async def trail_for_recipient(
+        self, recipient: str, *, after: int, limit: int
+    ) -> list[TrailEntry]: ...
+
+    async def messages_for_recipient(
+        self, recipient: str, *, before: float | None, limit: int
+    ) -> list[Message]: ...
+
+
+class WorkflowStore(Protocol):
+    """Workflows defined through the API (files are loaded at start and kept in memory).
+    `put` replaces and bumps `revision`; `delete` returns whether one existed."""
+
+    async def put(self, key: str, definition: Mapping[str, Any], at: float) -> WorkflowRecord: ...
+
+    async def get(self, key: str) -> WorkflowRecord | None: ...
+
+    async def all(self) -> list[WorkflowRecord]: ...
+
+    async def delete(self, key: str) -> bool: ...

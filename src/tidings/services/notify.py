@@ -1,0 +1,1404 @@
+"""The notification orchestrator: runs workflows for the recipients of an event.
+
+An event whose type names a workflow and that has recipients (ids, a topic or both) is fanned
+out after it is stored: the dispatcher calls :meth:`Orchestrator.start`, which walks the
+recipients in bounded batches and enqueues one ``notify.batch`` job per batch on the event's
+lane. A batch job creates the runs (workflow x event x recipient, ids derived from the three)
+and advances each as far as it can go now, driving the pure step runner
+(:func:`tidings.core.notify.next_action`) and the decision pipeline
+(:func:`tidings.core.notify.decide`), and writes everything one pass produced in one
+transaction: step results (insert-if-absent), messages (keyed by their idempotency key), the
+trail, and the jobs that continue the work:
+
+- ``notify.deliver`` per message for email and webhooks (and held messages of any channel),
+  at the message's release instant;
+- ``notify.run`` to wake a run at the end of a delay, a digest window or an escalation
+  deadline.
+
+In-app messages are written to the inbox in the batch itself (before the commit; the inbox is
+idempotent per event, subscriber and step), which is what makes bulk in-app sends fast. A
+crash anywhere repeats the pass: stored step results and message keys make every effect
+happen once (at least once at providers that cannot deduplicate; messages carry stable ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tidings.core.delivery.messages import Bounce, DeliveryChannel, DeliveryResult, EmailMessage
+from tidings.core.notify import (
+    Channel,
+    ChannelStep,
+    CheckThrottle,
+    CloseDigest,
+    DecisionKind,
+    DeliveryContext,
+    DigestEvent,
+    Done,
+    FrequencyCap,
+    JoinDigest,
+    Preferences,
+    Recipient,
+    Record,
+    RunChannelStep,
+    StepOutcome,
+    StepResult,
+    SuppressionFacts,
+    Trigger,
+    WaitForStatus,
+    WaitUntil,
+    Workflow,
+    channel_result,
+    decide,
+    digest_closed,
+    digest_joined,
+    idempotency_key,
+    next_action,
+    parse_workflow,
+    parse_workflows_text,
+    throttle_result,
+)
+from tidings.core.notify.runner import condition_context
+from tidings.core.notify.types import DeliveryStatus
+from tidings.core.retry import FailureClass
+from tidings.core.templates import Channel as TemplateChannel
+from tidings.core.templates import (
+    Content,
+    Rendered,
+    RenderError,
+    TemplateVersion,
+    assign_variant,
+)
+from tidings.errors import InvalidInput, NotFound
+from tidings.ports.clock import Clock
+from tidings.ports.events import EventStore
+from tidings.ports.inbox import InboxItem
+from tidings.ports.notify import (
+    Message,
+    Run,
+    RunState,
+    RunStore,
+    RunWrite,
+    StepRow,
+    TrailEntry,
+    WorkflowRecord,
+    WorkflowStore,
+)
+from tidings.ports.preferences import PreferenceStore, SuppressionStore
+from tidings.ports.subscribers import Subscriber, SubscriberStore, TopicStore
+from tidings.services.inbox import InboxService
+from tidings.services.providers import ProviderRegistry, WebhookService
+from tidings.services.templates import TemplateService
+from tidings.services.worker import PermanentJobError, RetryableJobError
+from tidings.types import EventRecord, Job, NewJob, Outcome, Priority
+
+log = logging.getLogger(__name__)
+
+BATCH_JOB = "notify.batch"
+RUN_JOB = "notify.run"
+DELIVER_JOB = "notify.deliver"
+MAX_ACTIONS_PER_STEP = 3
+ENGAGEMENT = ("seen", "read", "clicked", "archived")
+DELIVERY_REPORTS = ("delivered", "bounced", "failed")
+QUEUED = DeliveryStatus.QUEUED.value
+YIELD_EVERY = 8  # runs advanced between yields to the event loop
+INLINE_RECIPIENTS = 20  # explicit recipients run in the dispatch job itself, without a batch
+# Template roots that make a rendering personal (never shared between recipients).
+PERSONAL_ROOTS = frozenset({"subscriber", "steps", "*"})
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    sender: str = "Tidings <notifications@localhost>"
+    batch_size: int = 500
+    bulk_batch_size: int = 100  # smaller bulk transactions keep transactional waits short
+    max_recipients: int = 1000  # explicit ids per event; topics have no limit
+    caps: tuple[FrequencyCap, ...] = ()
+    delivery_attempts: int = 8
+    workflow_refresh: float = 5.0  # seconds between reloads of API-defined workflows
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+class WorkflowRegistry:
+    """Workflows by key: those in files (loaded at start, read-only) and those defined through
+    the API (stored; this process re-reads them every `refresh` seconds so a change made
+    through another process applies within that time)."""
+
+    def __init__(self, store: WorkflowStore, clock: Clock, refresh: float = 5.0) -> None:
+        self.store = store
+        self._clock = clock
+        self._refresh = refresh
+        self._files: dict[str, tuple[Workflow, str]] = {}
+        self._api: dict[str, tuple[Workflow, WorkflowRecord]] = {}
+        self._loaded_at = float("-inf")
+
+    def load_files(self, paths: Iterable[str | Path]) -> int:
+        """Load every ``*.yaml``/``*.yml``/``*.json`` file (or directory of them). A bad file
+        raises ``InvalidInput`` naming the file and the field: the service does not start."""
+        found: dict[str, tuple[Workflow, str]] = {}
+        for raw in paths:
+            path = Path(raw)
+            files = (
+                sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+                if path.is_dir()
+                else [path]
+            )
+            for file in files:
+                for workflow in parse_workflows_text(file.read_text(), source=str(file)):
+                    if workflow.key in found:
+                        raise InvalidInput(
+                            f"{file}: workflow {workflow.key!r} is also defined in "
+                            f"{found[workflow.key][1]}",
+                            field="key",
+                        )
+                    found[workflow.key] = (workflow, str(file))
+        self._files = found
+        return len(found)
+
+    def add(self, workflow: Workflow, source: str = "python") -> None:
+        """Register a workflow built in Python (read-only, like files)."""
+        self._files[workflow.key] = (workflow, source)
+
+    async def reload(self) -> None:
+        loaded: dict[str, tuple[Workflow, WorkflowRecord]] = {}
+        for record in await self.store.all():
+            try:
+                loaded[record.key] = (parse_workflow(record.definition), record)
+            except InvalidInput:
+                log.exception("stored workflow no longer parses", extra={"key": record.key})
+        self._api = loaded
+        self._loaded_at = self._clock.now()
+
+    async def get(self, key: str) -> Workflow | None:
+        if key in self._files:
+            return self._files[key][0]
+        if self._clock.now() - self._loaded_at >= self._refresh:
+            await self.reload()
+        found = self._api.get(key)
+        return None if found is None else found[0]
+
+    async def put(self, key: str, definition: Mapping[str, Any]) -> WorkflowRecord:
+        if key in self._files:
+            raise InvalidInput(
+                f"workflow {key!r} is defined in {self._files[key][1]}; change it there",
+                field="key",
+            )
+        body = {**definition, "key": key}
+        parse_workflow(body)  # refuse what would not run, naming the field
+        record = await self.store.put(key, body, self._clock.now())
+        await self.reload()
+        return record
+
+    async def delete(self, key: str) -> None:
+        if key in self._files:
+            raise InvalidInput(f"workflow {key!r} is defined in {self._files[key][1]}")
+        if not await self.store.delete(key):
+            raise NotFound(f"workflow {key} not found")
+        await self.reload()
+
+    async def listing(self) -> list[dict[str, Any]]:
+        await self.reload()
+        out: list[dict[str, Any]] = [
+            {"key": k, "source": src, "revision": None, "workflow": _workflow_json(w)}
+            for k, (w, src) in sorted(self._files.items())
+        ]
+        out += [
+            {"key": k, "source": "api", "revision": r.revision, "workflow": dict(r.definition)}
+            for k, (_, r) in sorted(self._api.items())
+            if k not in self._files
+        ]
+        return out
+
+
+def _workflow_json(w: Workflow) -> dict[str, Any]:
+    return {
+        "key": w.key,
+        "name": w.name,
+        "critical": w.critical,
+        "commercial": w.commercial,
+        "steps": [{"id": s.id, "type": s.kind} for s in w.steps],
+    }
+
+
+# -- the orchestrator ------------------------------------------------------------------------
+
+
+def run_id(event_id: str, workflow: str, recipient: str) -> str:
+    body = orjson.dumps([event_id, workflow, recipient])
+    return hashlib.sha256(body).hexdigest()[:40]
+
+
+def to_recipient(subscriber_id: str, s: Subscriber | None) -> Recipient:
+    if s is None:
+        return Recipient(subscriber_id)
+    return Recipient(
+        id=s.id,
+        email=s.email,
+        phone=s.phone,
+        locale=s.locale,
+        timezone=s.timezone,
+        data=s.data,
+        push_tokens=len(s.devices),
+        webpush_subscriptions=len(s.webpush),
+    )
+
+
+@dataclass
+class _Pass:
+    """What one pass over a batch of runs gathers and produces."""
+
+    event: EventRecord
+    workflow: Workflow
+    trigger: Trigger
+    now: float
+    recipients: dict[str, Recipient]
+    subscribers: dict[str, Subscriber]
+    prefs: dict[str, Preferences]
+    recent: dict[str, dict[str, list[float]]]
+    writes: list[RunWrite] = field(default_factory=list)
+    jobs: list[NewJob] = field(default_factory=list)
+    inbox: list[InboxItem] = field(default_factory=list)
+    templates: dict[str, tuple[str, TemplateVersion | None, str]] = field(default_factory=dict)
+    effects: dict[str, set[str]] = field(default_factory=dict)  # step id -> duplicate keys
+    suppressed: dict[str, dict[str, str]] = field(default_factory=dict)  # channel -> address
+    endpoints: list[str] | None = None
+    rendered: dict[tuple[Any, ...], Rendered] = field(default_factory=dict)
+
+
+ReachableFn = Callable[[str], Awaitable[bool]]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        runs: RunStore,
+        workflows: WorkflowRegistry,
+        events: EventStore,
+        subscribers: SubscriberStore,
+        topics: TopicStore,
+        preferences: PreferenceStore,
+        suppressions: SuppressionStore,
+        inbox: InboxService,
+        templates: TemplateService,
+        providers: ProviderRegistry,
+        webhooks: WebhookService,
+        clock: Clock,
+        config: NotifyConfig | None = None,
+        *,
+        enqueue: Callable[[NewJob], Awaitable[str]],
+        on_enqueue: Callable[[], None] | None = None,
+        active: ReachableFn | None = None,
+    ) -> None:
+        self.runs = runs
+        self.workflows = workflows
+        self.events = events
+        self.subscribers = subscribers
+        self.topics = topics
+        self.preferences = preferences
+        self.suppressions = suppressions
+        self.inbox = inbox
+        self.templates = templates
+        self.providers = providers
+        self.webhooks = webhooks
+        self.clock = clock
+        self.config = config or NotifyConfig()
+        self._enqueue = enqueue
+        self._on_enqueue = on_enqueue
+        self._active = active
+        self._bulk_gate = asyncio.Semaphore(1)
+
+    # -- at ingest -----------------------------------------------------------------------
+
+    async def check_trigger(
+        self,
+        event_type: str,
+        recipients: Sequence[str],
+        topic: str | None,
+        channels: Sequence[str] = (),
+    ) -> None:
+        """Refuse at ingest what could never be delivered: an unknown topic, too many explicit
+        recipients. An event type without a workflow is accepted (the event is the record;
+        a workflow may come later) and its outcome says that nothing was sent."""
+        if not recipients and topic is None:
+            return
+        if len(recipients) > self.config.max_recipients:
+            raise InvalidInput(
+                f"{len(recipients)} recipients; at most {self.config.max_recipients} per "
+                "event (use a topic for more)",
+                field="recipients",
+            )
+        if topic is not None:
+            try:
+                await self.topics.get(topic)
+            except NotFound:
+                raise InvalidInput(f"unknown topic {topic!r}", field="topic") from None
+
+    # -- fanout --------------------------------------------------------------------------
+
+    async def start(self, event: EventRecord) -> None:
+        """Fan the event out to its recipients in batch jobs (called by the dispatcher; safe
+        to repeat: batch jobs are deduplicated by their position)."""
+        if not event.recipients and event.topic is None:
+            return
+        workflow = await self.workflows.get(event.type)
+        if workflow is None and event.channels:
+            return  # a real-time event naming its audience: nothing to notify
+        if workflow is None:
+            await self.events.add_outcome(
+                event.id,
+                Outcome(
+                    "notify",
+                    event.type,
+                    "not_sent",
+                    f"no workflow for event type {event.type!r}",
+                    self._now(),
+                ),
+            )
+            return
+        size = (
+            self.config.bulk_batch_size
+            if event.priority is Priority.BULK
+            else self.config.batch_size
+        )
+        index = 0
+        count = 0
+        explicit = list(dict.fromkeys(event.recipients))
+        if event.topic is None and len(explicit) <= INLINE_RECIPIENTS:
+            # A few recipients (the transactional case): run them in this job, saving a
+            # queue round trip. A retry finds the runs made and goes on where they stand.
+            await self._run_batch(event, workflow, explicit)
+            return
+        for i in range(0, len(explicit), size):
+            await self._enqueue_batch(event, workflow, explicit[i : i + size], index)
+            index += 1
+            count += len(explicit[i : i + size])
+        if event.topic is not None:
+            seen = set(explicit)
+            pending: list[str] = []
+            try:
+                async for members in self.topics.iter_members(event.topic, batch=size):
+                    pending.extend(m for m in members if m not in seen)
+                    while len(pending) >= size:
+                        await self._enqueue_batch(event, workflow, pending[:size], index)
+                        index, count, pending = index + 1, count + size, pending[size:]
+            except NotFound:
+                await self.events.add_outcome(
+                    event.id,
+                    Outcome("notify", event.topic, "failed", "topic was deleted", self._now()),
+                )
+            if pending:
+                await self._enqueue_batch(event, workflow, pending, index)
+                index, count = index + 1, count + len(pending)
+        await self.events.add_outcome(
+            event.id,
+            Outcome(
+                "notify",
+                workflow.key,
+                "fanned_out",
+                f"{count} recipients in {index} batches",
+                self._now(),
+            ),
+        )
+
+    async def _enqueue_batch(
+        self, event: EventRecord, workflow: Workflow, recipients: list[str], index: int
+    ) -> None:
+        await self._enqueue(
+            NewJob(
+                kind=BATCH_JOB,
+                payload={"event_id": event.id, "workflow": workflow.key, "recipients": recipients},
+                lane=event.priority,
+                dedupe_key=f"notify:{event.id}:{workflow.key}:{index}",
+            )
+        )
+        if self._on_enqueue is not None:
+            self._on_enqueue()
+
+    # -- job handlers --------------------------------------------------------------------
+
+    async def handle_batch(self, job: Job) -> None:
+        event_id = str(job.payload.get("event_id", ""))
+        key = str(job.payload.get("workflow", ""))
+        recipients = [str(r) for r in job.payload.get("recipients") or []]
+        event = await self.events.get(event_id)
+        if event is None:
+            raise PermanentJobError(f"event {event_id} not found")
+        workflow = await self.workflows.get(key)
+        if workflow is None:
+            raise PermanentJobError(f"workflow {key} no longer exists")
+        if event.priority is Priority.BULK:
+            # One bulk batch at a time per process: the event loop interleaves it with
+            # transactional work instead of with more bulk work.
+            async with self._bulk_gate:
+                await self._run_batch(event, workflow, recipients)
+        else:
+            await self._run_batch(event, workflow, recipients)
+
+    async def _run_batch(
+        self, event: EventRecord, workflow: Workflow, recipients: Sequence[str]
+    ) -> None:
+        key = workflow.key
+        now = self._now()
+        runs = await self.runs.create_runs(
+            [
+                Run(run_id(event.id, key, r), event.id, key, r, event.priority, created_at=now)
+                for r in recipients
+            ]
+        )
+        # Step results and messages are only written by a commit, which also moves the run
+        # out of ACTIVE: an active run has none, so only waiting runs need loading.
+        waiting = [r.id for r in runs if r.state is RunState.WAITING]
+        loaded = await self.runs.load_many(waiting) if waiting else {}
+        items = [
+            loaded.get(r.id, (r, {}, {}))
+            for r in runs
+            if r.state is RunState.ACTIVE or r.id in loaded
+        ]
+        await self._advance(event, workflow, items)
+
+    async def handle_run(self, job: Job) -> None:
+        rid = str(job.payload.get("run_id", ""))
+        loaded = await self.runs.load_many([rid])
+        if rid not in loaded:
+            raise PermanentJobError(f"run {rid} not found")
+        run = loaded[rid][0]
+        if run.state is RunState.DONE:
+            return
+        event = await self.events.get(run.event_id)
+        workflow = await self.workflows.get(run.workflow)
+        if event is None or workflow is None:
+            raise PermanentJobError(f"run {rid}: its event or workflow is gone")
+        await self._advance(event, workflow, [loaded[rid]])
+
+    # -- advancing runs ------------------------------------------------------------------
+
+    async def _advance(
+        self,
+        event: EventRecord,
+        workflow: Workflow,
+        items: list[tuple[Run, dict[str, StepRow], dict[str, Message]]],
+    ) -> None:
+        items = [i for i in items if i[0].state is not RunState.DONE]
+        if not items:
+            return
+        ids = [run.recipient for run, _, _ in items]
+        subs = {s.id: s for s in await self.subscribers.get_many(ids)}
+        caps_window = max((c.window for c in self.config.caps), default=0.0)
+        now = self._now()
+        p = _Pass(
+            event=event,
+            workflow=workflow,
+            trigger=Trigger(
+                event.id, event.type, event.payload, event.send_at or event.created_at, event.actor
+            ),
+            now=now,
+            recipients={i: to_recipient(i, subs.get(i)) for i in ids},
+            subscribers=subs,
+            prefs=await self.preferences.get_many(ids),
+            recent=await self.runs.recent_sends(ids, now - caps_window) if caps_window else {},
+        )
+        for n, (run, steps, messages) in enumerate(items, 1):
+            p.writes.append(await self._advance_run(p, run, steps, messages))
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let other work (a transactional event) run
+        if p.inbox:
+            await self.inbox.add_many(p.inbox)
+        await self.runs.commit(p.writes, p.jobs)
+        if p.jobs and self._on_enqueue is not None:
+            self._on_enqueue()
+
+    async def _advance_run(
+        self, p: _Pass, run: Run, steps: dict[str, StepRow], messages: dict[str, Message]
+    ) -> RunWrite:
+        recipient = p.recipients[run.recipient]
+        results = {
+            sid: await self._result(row, messages.get(sid), recipient.id)
+            for sid, row in steps.items()
+        }
+        new_steps: list[StepRow] = []
+        new_messages: list[Message] = []
+        trail: list[TrailEntry] = []
+
+        # A channel step's decisions and its hand-off go into the trail entry of its result:
+        # one entry per step explains it whole.
+        decided: list[Mapping[str, Any]] = []
+        handed: list[Mapping[str, Any]] = []
+
+        def note(kind: str, step_id: str | None, data: Mapping[str, Any]) -> None:
+            if kind == "decision":
+                decided.append(data)
+                return
+            if kind == "delivery":
+                handed.append(data)
+                return
+            trail.append(
+                TrailEntry(
+                    run.id, run.event_id, run.recipient, run.workflow, step_id, kind, p.now, data
+                )
+            )
+
+        def store(result: StepResult) -> None:
+            replace = result.step_id in results  # a digest leader's result, now closed
+            results[result.step_id] = result
+            new_steps[:] = [s for s in new_steps if s.step_id != result.step_id]
+            new_steps.append(
+                StepRow(
+                    run.id,
+                    result.step_id,
+                    result.outcome.value,
+                    result.at,
+                    result.reason,
+                    result.to_json(),
+                    replace=replace and result.step_id in steps,
+                )
+            )
+            entry: dict[str, Any] = {"outcome": result.outcome.value, "reason": result.reason}
+            if decided:
+                entry["decisions"] = list(decided)
+                decided.clear()
+            if handed:
+                entry["delivery"] = handed[-1]
+                handed.clear()
+            note("step", result.step_id, entry)
+
+        state, outcome, reason, wake = RunState.ACTIVE, None, "", None
+        for _ in range(MAX_ACTIONS_PER_STEP * (len(p.workflow.steps) + 1)):
+            action = next_action(p.workflow, p.trigger, recipient, results, p.now)
+            if isinstance(action, Record):
+                store(action.result)
+            elif isinstance(action, RunChannelStep):
+                result, msgs = await self._channel_step(p, run, recipient, action, results, note)
+                new_messages.extend(msgs)
+                store(result)
+            elif isinstance(action, WaitUntil | WaitForStatus):
+                state, wake = RunState.WAITING, action.until
+                reason = (
+                    action.reason
+                    if isinstance(action, WaitUntil)
+                    else (f"waiting for {action.watch} {action.status}")
+                )
+                p.jobs.append(
+                    NewJob(
+                        RUN_JOB,
+                        {"run_id": run.id},
+                        lane=run.lane,
+                        run_at=action.until,
+                        dedupe_key=f"wake:{run.id}:{action.step_id}:{action.until:.3f}",
+                    )
+                )
+                if run.state is not RunState.WAITING or run.wake_at != wake:
+                    note(
+                        "run", action.step_id, {"state": "waiting", "until": wake, "reason": reason}
+                    )
+                break
+            elif isinstance(action, CheckThrottle):
+                passed = await self.runs.count_passed(
+                    run.workflow,
+                    action.step_id,
+                    run.recipient,
+                    action.key,
+                    action.since,
+                    action.until,
+                )
+                store(throttle_result(action, passed))
+            elif isinstance(action, JoinDigest):
+                joined = await self.runs.join_digest(
+                    action.digest_id,
+                    run.id,
+                    run.event_id,
+                    p.event.payload,
+                    p.event.actor,
+                    action.at,
+                )
+                store(digest_joined(action, leader=joined.leader, closed=joined.closed))
+            elif isinstance(action, CloseDigest):
+                events = await self.runs.close_digest(action.digest_id)
+                store(
+                    digest_closed(
+                        action,
+                        [
+                            DigestEvent(eid, at, payload, actor)
+                            for eid, payload, at, actor in events
+                        ],
+                    )
+                )
+            else:
+                assert isinstance(action, Done)
+                state, outcome, reason, wake = (
+                    RunState.DONE,
+                    action.outcome.value,
+                    action.reason,
+                    None,
+                )
+                if outcome != "completed":  # the step entries tell a completed run
+                    note("run", None, {"state": "done", "outcome": outcome, "reason": reason})
+                break
+        else:  # pragma: no cover - the runner always ends or waits
+            raise PermanentJobError(f"run {run.id} did not settle")
+        updated = Run(
+            run.id,
+            run.event_id,
+            run.workflow,
+            run.recipient,
+            run.lane,
+            run.created_at,
+            state,
+            outcome,
+            reason,
+            wake,
+        )
+        return RunWrite(updated, new_steps, new_messages, trail)
+
+    async def _result(self, row: StepRow, message: Message | None, recipient: str) -> StepResult:
+        result = StepResult.from_json(row.result)
+        if message is None:
+            return result
+        statuses = dict(result.statuses)
+        for name, at in message.statuses.items():
+            statuses[name] = min(statuses.get(name, at), at)
+        if message.channel == Channel.IN_APP.value and message.status != QUEUED:
+            statuses.update(await self._inbox_statuses(recipient, message.id, statuses))
+        return StepResult(
+            result.step_id,
+            result.outcome,
+            result.at,
+            result.reason,
+            sent_at=result.sent_at,
+            delivery=DeliveryStatus(message.status),
+            statuses=statuses,
+            digest_id=result.digest_id,
+            window_end=result.window_end,
+            digest=result.digest,
+        )
+
+    async def _inbox_statuses(
+        self, subscriber: str, item_id: str, known: Mapping[str, float]
+    ) -> dict[str, float]:
+        try:
+            item = await self.inbox.store.get(subscriber, item_id)
+        except NotFound:
+            return {}
+        out: dict[str, float] = {}
+        for name, at in (
+            ("seen", item.seen_at),
+            ("read", item.read_at),
+            ("archived", item.archived_at),
+        ):
+            if at is not None and name not in known:
+                out[name] = at
+        return out
+
+    # -- channel steps -------------------------------------------------------------------
+
+    async def _channel_step(
+        self,
+        p: _Pass,
+        run: Run,
+        recipient: Recipient,
+        action: RunChannelStep,
+        results: Mapping[str, StepResult],
+        note: Callable[[str, str | None, Mapping[str, Any]], None],
+    ) -> tuple[StepResult, list[Message]]:
+        step = action.step
+        channel = step.channel
+        try:
+            version_ref, template, template_id = await self._template(p, step)
+        except (NotFound, InvalidInput) as exc:
+            note("decision", step.id, {"stage": "template", "kind": "fail", "detail": str(exc)})
+            return self._failed(step, p.now, f"template_unavailable: {exc}"), []
+        key = idempotency_key(p.event.id, recipient.id, channel, version_ref)
+        facts = await self._facts(p, step, recipient, results)
+        duplicates = await self._duplicates(p, step, channel, version_ref)
+        verdict = decide(
+            p.workflow,
+            step,
+            recipient,
+            DeliveryContext(
+                event_id=p.event.id,
+                template_version=version_ref,
+                now=p.now,
+                preferences=p.prefs.get(recipient.id, Preferences()),
+                caps=self.config.caps,
+                recent_sends={Channel(c): ts for c, ts in p.recent.get(recipient.id, {}).items()},
+                facts=facts,
+                already_done=key in duplicates,
+            ),
+        )
+        for decision in verdict.trail:
+            note("decision", step.id, decision.to_json())
+        result = channel_result(step, verdict, p.now)
+        if verdict.kind not in (DecisionKind.SEND, DecisionKind.HOLD):
+            return result, []
+        release = result.sent_at if result.sent_at is not None else p.now
+        held = verdict.kind is DecisionKind.HOLD
+        variant = _variant(template, recipient.id)
+        base = Message(
+            id=key,
+            run_id=run.id,
+            event_id=run.event_id,
+            recipient=recipient.id,
+            workflow=run.workflow,
+            step_id=step.id,
+            channel=channel.value,
+            template=template_id,
+            template_version=version_ref,
+            lane=run.lane,
+            status=QUEUED,
+            release_at=release,
+            created_at=p.now,
+            updated_at=p.now,
+            variant=variant,
+            locale=recipient.locale,
+        )
+        if channel is Channel.WEBHOOK:
+            endpoints = [step.endpoint] if step.endpoint else await self._endpoints(p)
+            if not endpoints:
+                note(
+                    "decision",
+                    step.id,
+                    {
+                        "stage": "address",
+                        "kind": "fail",
+                        "detail": "no webhook endpoint takes this event type",
+                    },
+                )
+                return self._failed(step, p.now, "no_address: no webhook endpoint"), []
+            msgs = [
+                _replace(
+                    base,
+                    id=idempotency_key(p.event.id, recipient.id, f"webhook:{ep}", version_ref),
+                    provider=f"webhook:{ep}",
+                )
+                for ep in endpoints
+            ]
+            p.jobs.extend(self._deliver_job(m) for m in msgs)
+            return result, msgs
+        if channel is Channel.IN_APP and not held:
+            try:
+                item = self._inbox_item(
+                    p.event, p.now, base, template, recipient, action.context, p.rendered
+                )
+            except RenderError as exc:
+                note(
+                    "delivery",
+                    step.id,
+                    {"status": "failed", "class": "permanent", "reason": str(exc)},
+                )
+                return self._failed(step, p.now, f"render_failed: {exc.message}"), [
+                    _replace(base, status=DeliveryStatus.FAILED.value, error=exc.message)
+                ]
+            p.inbox.append(item)
+            sent = _replace(
+                base,
+                status=DeliveryStatus.DELIVERED.value,
+                statuses={"sent": p.now, "delivered": p.now},
+                provider="inbox",
+                provider_id=item.id,
+                attempts=1,
+            )
+            note("delivery", step.id, {"status": "delivered", "provider": "inbox", "message": key})
+            return result, [sent]
+        if channel not in (Channel.IN_APP, Channel.EMAIL) or (
+            channel is Channel.EMAIL and self.providers.get(DeliveryChannel.EMAIL) is None
+        ):
+            detail = f"no provider configured for {channel.value}"
+            note("delivery", step.id, {"status": "not_sent", "reason": detail})
+            return self._failed(step, p.now, f"no_provider: {detail}"), [
+                _replace(base, status=DeliveryStatus.NOT_SENT.value, error=detail)
+            ]
+        p.jobs.append(self._deliver_job(base))
+        return result, [base]
+
+    def _failed(self, step: ChannelStep, now: float, reason: str) -> StepResult:
+        return StepResult(
+            step.id, StepOutcome.FAILED, now, reason, delivery=DeliveryStatus.NOT_SENT
+        )
+
+    def _deliver_job(self, m: Message) -> NewJob:
+        return NewJob(
+            DELIVER_JOB,
+            {"message_id": m.id},
+            lane=m.lane,
+            run_at=m.release_at,
+            dedupe_key=f"deliver:{m.id}",
+            max_attempts=self.config.delivery_attempts,
+        )
+
+    async def _template(
+        self, p: _Pass, step: ChannelStep
+    ) -> tuple[str, TemplateVersion | None, str | None]:
+        """(version reference for the idempotency key, the version to render, template id)."""
+        cached: tuple[str, TemplateVersion | None, str] | None = p.templates.get(step.id)
+        if cached is None:
+            if step.template is not None:
+                found = await self.templates.resolve(step.template)
+                cached = (f"{step.template}@{found.version}", found, step.template)
+            else:
+                cached = (step.content_version() or "default", _inline(p.workflow, step), "")
+            p.templates[step.id] = cached
+        ref, version, template_id = cached
+        return ref, version, template_id or None
+
+    async def _duplicates(
+        self, p: _Pass, step: ChannelStep, channel: Channel, ref: str
+    ) -> set[str]:
+        """Keys of this step's effects that other runs already hold, for the whole batch at
+        once (one query per step per batch)."""
+        found = p.effects.get(step.id)
+        if found is None:
+            keys = [idempotency_key(p.event.id, r, channel, ref) for r in p.recipients]
+            found = await self.runs.effects_done(
+                keys,
+                {
+                    k: run_id(p.event.id, p.workflow.key, r)
+                    for k, r in zip(keys, p.recipients, strict=True)
+                },
+            )
+            p.effects[step.id] = found
+        return found
+
+    async def _facts(
+        self,
+        p: _Pass,
+        step: ChannelStep,
+        recipient: Recipient,
+        results: Mapping[str, StepResult],
+    ) -> SuppressionFacts:
+        channel = step.channel
+        address = {Channel.EMAIL: recipient.email, Channel.SMS: recipient.phone}.get(channel)
+        suppressed = ""
+        if address:
+            table = p.suppressed.get(channel.value)
+            if table is None:
+                addresses = [
+                    a
+                    for r in p.recipients.values()
+                    if (a := (r.email if channel is Channel.EMAIL else r.phone))
+                ]
+                table = await self.suppressions.check_many(
+                    channel.value, [a.lower() for a in addresses]
+                )
+                p.suppressed[channel.value] = table
+            suppressed = table.get(address.lower(), "")
+        seen = any(
+            r.reached("seen") is not None
+            for sid, r in results.items()
+            if _channel_of(p.workflow, sid) is Channel.IN_APP
+        )
+        active = False
+        if self._active is not None and step.skips_when_active():
+            active = await self._active(recipient.id)
+        return SuppressionFacts(
+            unsubscribed=suppressed in ("unsubscribed", "complaint", "manual"),
+            hard_bounced=suppressed == "hard_bounce",
+            token_invalid=suppressed == "invalid_token",
+            seen_in_app=seen,
+            user_active=active,
+        )
+
+    async def _endpoints(self, p: _Pass) -> list[str]:
+        if p.endpoints is None:
+            p.endpoints = [e.id for e in await self.webhooks.endpoints_for(p.event.type)]
+        return p.endpoints
+
+    def _inbox_item(
+        self,
+        event: EventRecord,
+        now: float,
+        message: Message,
+        template: TemplateVersion | None,
+        recipient: Recipient,
+        context: Mapping[str, Any],
+        shared: dict[tuple[Any, ...], Rendered] | None = None,
+    ) -> InboxItem:
+        if template is None:  # no content given: the payload's own title/body
+            payload = event.payload
+            title = str(payload.get("title") or event.type)
+            body = str(payload.get("body") or "")
+            action_url = payload.get("action_url")
+            fields: Mapping[str, str] = {
+                "title": title,
+                "body": body,
+                **({"action_url": str(action_url)} if action_url else {}),
+            }
+        else:
+            fields = self._render(template, message, recipient, context, shared).fields
+        small = len(orjson.dumps(event.payload)) <= self.inbox.max_data_bytes
+        return InboxItem(
+            id=message.id,
+            subscriber=recipient.id,
+            title=fields.get("title", "") or event.type,
+            body=fields.get("body", ""),
+            created_at=now,
+            event_id=event.id,
+            workflow=message.workflow,
+            step=message.step_id,
+            action_url=fields.get("action_url") or None,
+            data=dict(event.payload) if small else {},
+        )
+
+    def _render(
+        self,
+        template: TemplateVersion,
+        message: Message,
+        recipient: Recipient,
+        context: Mapping[str, Any],
+        shared: dict[tuple[Any, ...], Rendered] | None = None,
+    ) -> Rendered:
+        """Render for one recipient. With `shared` (one batch), a version that does not refer
+        to the subscriber or to the run's steps is rendered once per locale, zone and
+        variant and reused."""
+        key: tuple[Any, ...] | None = None
+        if shared is not None:
+            roots = self.templates.renderer.roots(template)
+            if not roots & PERSONAL_ROOTS:
+                key = (
+                    message.template_version,
+                    message.variant,
+                    recipient.locale,
+                    recipient.timezone,
+                )
+                found = shared.get(key)
+                if found is not None:
+                    return found
+        rendered = self._render_now(template, message, recipient, context)
+        if key is not None and shared is not None:
+            shared[key] = rendered
+        return rendered
+
+    def _render_now(
+        self,
+        template: TemplateVersion,
+        message: Message,
+        recipient: Recipient,
+        context: Mapping[str, Any],
+    ) -> Rendered:
+        return self.templates.renderer.render(
+            template,
+            context.get("payload", {}),
+            locale=recipient.locale,
+            timezone=recipient.timezone or "UTC",
+            recipient=recipient.context(),
+            variant=message.variant,
+            extra={k: v for k, v in context.items() if k not in ("payload", "subscriber")},
+        )
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def handle_deliver(self, job: Job) -> None:
+        mid = str(job.payload.get("message_id", ""))
+        message = await self.runs.message(mid)
+        if message is None:
+            raise PermanentJobError(f"message {mid} not found")
+        if message.status not in (QUEUED, DeliveryStatus.FAILED.value):
+            return  # an earlier attempt finished it
+        event = await self.events.get(message.event_id)
+        workflow = await self.workflows.get(message.workflow)
+        if event is None or workflow is None:
+            raise PermanentJobError(f"message {mid}: its event or workflow is gone")
+        step = next(
+            (s for s in workflow.steps if s.id == message.step_id and isinstance(s, ChannelStep)),
+            None,
+        )
+        if step is None:
+            raise PermanentJobError(f"message {mid}: step {message.step_id} is gone")
+        subscriber = await self._subscriber(message.recipient)
+        recipient = to_recipient(message.recipient, subscriber)
+        loaded = await self.runs.load_many([message.run_id])
+        results: dict[str, StepResult] = {}
+        if message.run_id in loaded:
+            _, rows, msgs = loaded[message.run_id]
+            results = {s: await self._result(r, msgs.get(s), recipient.id) for s, r in rows.items()}
+        trigger = Trigger(
+            event.id, event.type, event.payload, event.send_at or event.created_at, event.actor
+        )
+        context = condition_context(trigger, recipient, results)
+        attempt = message.attempts + 1
+        try:
+            result, provider = await self._send(event, workflow, step, message, recipient, context)
+        except RenderError as exc:
+            await self._settle(
+                message,
+                attempt,
+                DeliveryResult.failed(FailureClass.PERMANENT, f"render_failed: {exc.message}"),
+                "render",
+            )
+            raise PermanentJobError(f"render failed: {exc.message}") from None
+        await self._settle(
+            message, attempt, result, provider, last=job.attempts >= job.max_attempts
+        )
+        if result.delivered or result.bounce is Bounce.HARD:
+            return
+        failure = result.failure or FailureClass.TRANSIENT
+        if failure in (FailureClass.PERMANENT, FailureClass.POLICY):
+            raise PermanentJobError(f"{failure.value}: {result.reason}")
+        raise RetryableJobError(result.reason, failure, result.retry_after)
+
+    async def _send(
+        self,
+        event: EventRecord,
+        workflow: Workflow,
+        step: ChannelStep,
+        message: Message,
+        recipient: Recipient,
+        context: Mapping[str, Any],
+    ) -> tuple[DeliveryResult, str]:
+        template = await self._version(workflow, step, message)
+        if message.channel == Channel.WEBHOOK.value:
+            endpoint = (message.provider or "webhook:").split(":", 1)[1]
+            data = {
+                "event": {"id": event.id, "type": event.type, "actor": event.actor},
+                "workflow": workflow.key,
+                "step": step.id,
+                "recipient": recipient.context(),
+                "payload": event.payload,
+            }
+            result = await self.webhooks.deliver(
+                endpoint,
+                event.type,
+                data,
+                message_id=f"msg_{message.id[:32]}",
+                occurred_at=event.created_at,
+            )
+            return result, f"webhook:{endpoint}"
+        if message.channel == Channel.IN_APP.value:
+            item = self._inbox_item(event, self._now(), message, template, recipient, context)
+            await self.inbox.add_many([item])
+            return DeliveryResult.ok(item.id), "inbox"
+        if (
+            message.channel != Channel.EMAIL.value
+            or self.providers.get(DeliveryChannel.EMAIL) is None
+        ):
+            return (
+                DeliveryResult.failed(
+                    FailureClass.POLICY,
+                    f"no provider configured for {message.channel}",
+                    attempted=False,
+                ),
+                "none",
+            )
+        if not recipient.email:
+            return DeliveryResult.failed(
+                FailureClass.POLICY, "subscriber has no email address", attempted=False
+            ), "smtp"
+        if template is None:
+            subject = str(event.payload.get("subject") or event.type)
+            text = str(event.payload.get("body") or "")
+            html: str | None = None
+        else:
+            rendered = self._render(template, message, recipient, context)
+            subject = rendered.fields.get("subject", event.type)
+            text = rendered.fields.get("text", "")
+            html = rendered.fields.get("html")
+        email = EmailMessage(
+            sender=self.config.sender,
+            to=recipient.email,
+            subject=subject,
+            text=text,
+            html=html,
+            headers={"X-Tidings-Event": event.id, "X-Tidings-Workflow": workflow.key},
+            message_id=message.id[:40],
+        )
+        return await self.providers.send(email), "smtp"
+
+    async def _version(
+        self, workflow: Workflow, step: ChannelStep, message: Message
+    ) -> TemplateVersion | None:
+        """The template version the message recorded (history renders faithfully)."""
+        if message.template is None:
+            return _inline(workflow, step)
+        number = int(message.template_version.rsplit("@", 1)[1])
+        return await self.templates.resolve(message.template, number)
+
+    async def _settle(
+        self,
+        message: Message,
+        attempt: int,
+        result: DeliveryResult,
+        provider: str,
+        *,
+        last: bool = True,
+    ) -> None:
+        """Record one delivery attempt. `last`: no retry follows a failure (the job's
+        attempts are spent), so the message failed."""
+        now = self._now()
+        entry: dict[str, Any] = {"attempt": attempt, "provider": provider, "message": message.id}
+        statuses: dict[str, float] = {}
+        if result.delivered:
+            status = DeliveryStatus.SENT.value
+            statuses["sent"] = now
+            if message.channel == Channel.IN_APP.value:
+                status = DeliveryStatus.DELIVERED.value
+                statuses["delivered"] = now
+            entry.update(status=status, provider_id=result.provider_message_id)
+        elif result.bounce is Bounce.HARD:
+            status = DeliveryStatus.BOUNCED.value
+            statuses["bounced"] = now
+            entry.update(status=status, reason=result.reason)
+        else:
+            failure = result.failure or FailureClass.TRANSIENT
+            final = last or failure in (FailureClass.PERMANENT, FailureClass.POLICY)
+            status = DeliveryStatus.FAILED.value if final else QUEUED
+            if final:
+                statuses["failed"] = now
+            entry.update(
+                status="failed" if final else "retrying",
+                reason=result.reason,
+                **{"class": failure.value},
+            )
+            if result.retry_after is not None:
+                entry["retry_after"] = result.retry_after
+        if result.bounce is Bounce.HARD and message.channel == Channel.EMAIL.value:
+            subscriber = await self._subscriber(message.recipient)
+            if subscriber is not None and subscriber.email:
+                await self.suppressions.add(
+                    "email", subscriber.email.lower(), "hard_bounce", now, result.reason
+                )
+        await self.runs.update_message(
+            message.id,
+            status=status,
+            statuses=statuses,
+            provider=provider if not provider.startswith("webhook:") else None,
+            provider_id=result.provider_message_id,
+            error=None if result.delivered else result.reason,
+            attempts=attempt,
+            at=now,
+            trail=[self._trail(message, "delivery", entry, now)],
+            jobs=self._wake(message, status, now, await self.workflows.get(message.workflow))
+            if status != QUEUED
+            else (),
+        )
+
+    async def fail_delivery(self, job: Job, reason: str) -> None:
+        """The delivery job was dead-lettered: the message failed (replay from the DLQ
+        sends it again)."""
+        mid = str(job.payload.get("message_id", ""))
+        message = await self.runs.message(mid)
+        if message is None:
+            return
+        now = self._now()
+        await self.runs.update_message(
+            mid,
+            status=DeliveryStatus.FAILED.value,
+            statuses={"failed": now},
+            error=reason,
+            at=now,
+            trail=[
+                self._trail(message, "delivery", {"status": "dead_lettered", "reason": reason}, now)
+            ],
+            jobs=self._wake(message, "failed", now, await self.workflows.get(message.workflow)),
+        )
+
+    async def fail_batch(self, job: Job, reason: str) -> None:
+        event_id = str(job.payload.get("event_id", ""))
+        count = len(job.payload.get("recipients") or [])
+        try:
+            await self.events.add_outcome(
+                event_id,
+                Outcome(
+                    "notify",
+                    str(job.payload.get("workflow")),
+                    "failed",
+                    f"batch of {count}: {reason}",
+                    self._now(),
+                ),
+            )
+        except NotFound:
+            log.warning(
+                "dead-lettered notify batch for unknown event", extra={"event_id": event_id}
+            )
+
+    # -- reports from providers, clients and the inbox -----------------------------------
+
+    async def report(self, message_id: str, status: str, at: float | None = None) -> Message:
+        """A delivery report (delivered, bounced, failed) or engagement (seen, read, clicked,
+        archived) for a message, e.g. from a provider callback. The first instant of each
+        status is kept; a bounce suppresses the email address."""
+        if status not in DELIVERY_REPORTS + ENGAGEMENT:
+            allowed = ", ".join(DELIVERY_REPORTS + ENGAGEMENT)
+            raise InvalidInput(f"status must be one of {allowed}", field="status")
+        message = await self.runs.message(message_id)
+        if message is None:
+            raise NotFound(f"message {message_id} not found")
+        now = self._now()
+        when = min(at, now) if at is not None else now
+        delivery = status if status in DELIVERY_REPORTS else None
+        if status == "bounced" and message.channel == Channel.EMAIL.value:
+            subscriber = await self._subscriber(message.recipient)
+            if subscriber is not None and subscriber.email:
+                await self.suppressions.add(
+                    "email", subscriber.email.lower(), "hard_bounce", now, "bounce reported"
+                )
+        updated = await self.runs.update_message(
+            message_id,
+            status=delivery,
+            statuses={status: when},
+            at=now,
+            trail=[self._trail(message, "delivery", {"status": status, "reported": True}, now)],
+            jobs=self._wake(message, status, now, await self.workflows.get(message.workflow)),
+        )
+        assert updated is not None
+        return updated
+
+    def _wake(
+        self, message: Message, status: str, now: float, workflow: Workflow | None = None
+    ) -> list[NewJob]:
+        """Wake the run so that a step waiting for this status goes on now; nothing when no
+        step of the workflow waits for the message's step."""
+        if workflow is not None and not any(
+            isinstance(s, ChannelStep)
+            and s.wait_for is not None
+            and s.wait_for.step == message.step_id
+            for s in workflow.steps
+        ):
+            return []
+        return [
+            NewJob(
+                RUN_JOB,
+                {"run_id": message.run_id},
+                lane=message.lane,
+                run_at=now,
+                dedupe_key=f"wake:{message.run_id}:{message.id}:{status}",
+            )
+        ]
+
+    def _trail(self, m: Message, kind: str, data: Mapping[str, Any], now: float) -> TrailEntry:
+        return TrailEntry(m.run_id, m.event_id, m.recipient, m.workflow, m.step_id, kind, now, data)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def event_report(
+        self, event_id: str, *, after: int = 0, limit: int = 500
+    ) -> dict[str, Any]:
+        """Runs, messages and the trail of one event: why each message was sent, held,
+        suppressed or failed."""
+        runs = await self.runs.runs_for_event(event_id)
+        messages = await self.runs.messages_for_event(event_id)
+        trail = await self.runs.trail_for_event(event_id, after=after, limit=limit)
+        return {
+            "event_id": event_id,
+            "runs": [run_json(r) for r in runs],
+            "messages": [message_json(m) for m in messages],
+            "trail": [trail_json(t) for t in trail],
+            "next_cursor": str(trail[-1].seq) if len(trail) == limit else None,
+        }
+
+    async def recipient_report(
+        self, recipient: str, *, after: int = 0, limit: int = 200
+    ) -> dict[str, Any]:
+        trail = await self.runs.trail_for_recipient(recipient, after=after, limit=limit)
+        messages = await self.runs.messages_for_recipient(recipient, before=None, limit=limit)
+        return {
+            "subscriber_id": recipient,
+            "messages": [message_json(m) for m in messages],
+            "trail": [trail_json(t) for t in trail],
+            "next_cursor": str(trail[-1].seq) if len(trail) == limit else None,
+        }
+
+    def _now(self) -> float:
+        return self.clock.now()
+
+    async def _subscriber(self, subscriber_id: str) -> Subscriber | None:
+        found = await self.subscribers.get_many([subscriber_id])
+        return found[0] if found else None
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _channel_of(workflow: Workflow, step_id: str) -> Channel | None:
+    for s in workflow.steps:
+        if s.id == step_id and isinstance(s, ChannelStep):
+            return s.channel
+    return None
+
+
+def _variant(template: TemplateVersion | None, recipient: str) -> str | None:
+    if template is None or not template.variants:
+        return None
+    return assign_variant(template.template, recipient, {name: 1 for name in template.variants})
+
+
+_TEMPLATE_CHANNELS = {c.value for c in TemplateChannel}
+
+
+def _inline(workflow: Workflow, step: ChannelStep) -> TemplateVersion | None:
+    if step.content is None or step.channel.value not in _TEMPLATE_CHANNELS:
+        return None
+    return TemplateVersion(
+        template=f"{workflow.key}.{step.id}",
+        version=0,
+        channel=TemplateChannel(step.channel.value),
+        locales={"en": Content(dict(step.content))},
+        default_locale="en",
+    )
+
+
+def _replace(m: Message, **changes: Any) -> Message:
+    return dataclasses.replace(m, **changes)
+
+
+def run_json(r: Run) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "workflow": r.workflow,
+        "recipient": r.recipient,
+        "lane": r.lane.value,
+        "state": r.state.value,
+        "outcome": r.outcome,
+        "reason": r.reason,
+        "wake_at": r.wake_at,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    engagement = {k: v for k, v in m.statuses.items() if k in ENGAGEMENT}
+    return {
+        "id": m.id,
+        "run_id": m.run_id,
+        "event_id": m.event_id,
+        "recipient": m.recipient,
+        "workflow": m.workflow,
+        "step": m.step_id,
+        "channel": m.channel,
+        "template": m.template,
+        "template_version": m.template_version,
+        "variant": m.variant,
+        "status": m.status,
+        "engagement": engagement,
+        "statuses": dict(m.statuses),
+        "release_at": m.release_at,
+        "attempts": m.attempts,
+        "provider": m.provider,
+        "provider_id": m.provider_id,
+        "error": m.error,
+        "lane": m.lane.value,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+    }
+
+
+def trail_json(t: TrailEntry) -> dict[str, Any]:
+    return {
+        "seq": t.seq,
+        "run_id": t.run_id,
+        "recipient": t.recipient,
+        "workflow": t.workflow,
+        "step": t.step_id,
+        "at": t.at,
+        **dict(t.data),
+        "type": t.kind,
+    }

@@ -1,0 +1,563 @@
+"""Contract of RunStore and WorkflowStore, on memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import StatementError
+
+from tests.contract.conftest import Stores
+from tidings.ports.notify import Message, Run, RunState, RunWrite, StepRow, TrailEntry
+from tidings.types import NewJob, Priority
+
+TX = Priority.TRANSACTIONAL
+BOTH = [TX, Priority.BULK]
+# Writing a value no JSON column takes: memory raises it as is, SQLAlchemy wraps it.
+FAILED_WRITE = (TypeError, StatementError)
+
+
+def run(event: str = "e1", recipient: str = "alice", workflow: str = "wf", at: float = 1.0) -> Run:
+    return Run(
+        id=f"r:{event}:{recipient}:{workflow}",
+        event_id=event,
+        workflow=workflow,
+        recipient=recipient,
+        lane=TX,
+        created_at=at,
+    )
+
+
+def step(
+    r: Run,
+    step_id: str,
+    *,
+    outcome: str = "passed",
+    at: float = 1.0,
+    reason: str = "",
+    result: dict[str, Any] | None = None,
+) -> StepRow:
+    return StepRow(r.id, step_id, outcome, at, reason, result or {"outcome": outcome})
+
+
+def message(
+    r: Run,
+    step_id: str = "email",
+    *,
+    channel: str = "email",
+    status: str = "queued",
+    at: float = 1.0,
+    release_at: float | None = None,
+    **kw: Any,
+) -> Message:
+    return Message(
+        id=kw.pop("id", f"m:{r.id}:{step_id}"),
+        run_id=r.id,
+        event_id=r.event_id,
+        recipient=r.recipient,
+        workflow=r.workflow,
+        step_id=step_id,
+        channel=channel,
+        template="welcome",
+        template_version="welcome@1",
+        lane=r.lane,
+        status=status,
+        release_at=at if release_at is None else release_at,
+        created_at=at,
+        updated_at=at,
+        **kw,
+    )
+
+
+def entry(r: Run, kind: str = "decision", at: float = 1.0, **data: Any) -> TrailEntry:
+    return TrailEntry(r.id, r.event_id, r.recipient, r.workflow, None, kind, at, data)
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+async def test_create_runs_inserts_once_and_returns_the_first(stores: Stores) -> None:
+    a, b = run("e1", "alice", at=10.0), run("e1", "bob", at=5.0)
+    [first] = await stores.runs.create_runs([a])
+    assert first == dataclasses.replace(a, updated_at=10.0)  # updated_at starts at created_at
+    again = dataclasses.replace(a, created_at=20.0, reason="a second try", lane=Priority.BULK)
+    assert await stores.runs.create_runs([b, again]) == [
+        dataclasses.replace(b, updated_at=5.0),
+        first,
+    ]
+    assert await stores.runs.create_runs([]) == []
+    assert await stores.runs.runs_for_event("e1") == [
+        dataclasses.replace(b, updated_at=5.0),
+        first,
+    ]  # oldest first
+    assert await stores.runs.runs_for_event("e2") == []
+
+
+async def test_concurrent_creates_store_each_run_once(stores: Stores) -> None:
+    runs = [run("e1", f"u{i}") for i in range(5)]
+    results = await asyncio.gather(*(stores.runs.create_runs(runs) for _ in range(6)))
+    assert all(r == results[0] for r in results)
+    assert len(await stores.runs.runs_for_event("e1")) == 5
+
+
+async def test_load_many_returns_steps_and_messages_by_step_id(stores: Stores) -> None:
+    a, b = run("e1", "alice"), run("e1", "bob")
+    many = [run("bulk", f"u{i}") for i in range(600)]  # more than one IN list
+    await stores.runs.create_runs([a, b, *many])
+    email = message(a, "email", statuses={"queued": 1.0}, variant="B", locale="de")
+    result = {"outcome": "passed", "detail": {"list": [1, "x"], "none": None}}
+    await stores.runs.commit(
+        [
+            RunWrite(
+                run=a,
+                steps=[step(a, "filter", result=result), step(a, "email", reason="sent")],
+                messages=[email],
+            ),
+            RunWrite(run=b, steps=[step(b, "filter", outcome="skipped", reason="muted")]),
+        ]
+    )
+    loaded = await stores.runs.load_many([a.id, "missing", b.id])
+    assert set(loaded) == {a.id, b.id}
+    run_a, steps_a, messages_a = loaded[a.id]
+    assert run_a.id == a.id and run_a.recipient == "alice"
+    assert steps_a == {
+        "filter": step(a, "filter", result=result),
+        "email": step(a, "email", reason="sent"),
+    }
+    assert messages_a == {"email": email}
+    assert loaded[b.id][1] == {"filter": step(b, "filter", outcome="skipped", reason="muted")}
+    assert loaded[b.id][2] == {}
+    assert await stores.runs.load_many([]) == {}
+    assert set(await stores.runs.load_many([r.id for r in many])) == {r.id for r in many}
+
+
+async def test_commit_updates_the_run_state(stores: Stores) -> None:
+    a = run("e1", "alice", at=1.0)
+    await stores.runs.create_runs([a])
+    stores.clock.advance(30)
+    waiting = dataclasses.replace(
+        a, state=RunState.WAITING, wake_at=99.0, reason="delay", lane=Priority.BULK
+    )
+    await stores.runs.commit([RunWrite(run=waiting)])
+    [stored] = await stores.runs.runs_for_event("e1")
+    assert (stored.state, stored.wake_at, stored.reason, stored.outcome) == (
+        RunState.WAITING,
+        99.0,
+        "delay",
+        None,
+    )
+    assert stored.updated_at == stores.clock.now()
+    assert (stored.lane, stored.created_at) == (TX, 1.0)  # fixed at creation
+    done = dataclasses.replace(a, state=RunState.DONE, outcome="sent", reason="")
+    await stores.runs.commit([RunWrite(run=done)])
+    final, _, _ = (await stores.runs.load_many([a.id]))[a.id]
+    assert (final.state, final.outcome, final.wake_at) == (RunState.DONE, "sent", None)
+
+
+async def test_commit_keeps_the_earlier_step_and_message(stores: Stores) -> None:
+    a = run()
+    await stores.runs.create_runs([a])
+    first_step = step(a, "email", reason="first", at=1.0)
+    first_message = message(a, "email", status="queued", at=1.0)
+    await stores.runs.commit(
+        [RunWrite(a, steps=[first_step], messages=[first_message], trail=[entry(a, n=1)])]
+    )
+    retry_step = step(a, "email", outcome="failed", reason="second", at=2.0)
+    retry_message = dataclasses.replace(first_message, status="sent", channel="sms")
+    await stores.runs.commit(
+        [
+            RunWrite(
+                a,
+                steps=[retry_step, step(a, "push", at=2.0)],
+                messages=[retry_message],
+                trail=[entry(a, n=2)],
+            )
+        ]
+    )
+    _, steps, messages = (await stores.runs.load_many([a.id]))[a.id]
+    assert steps == {"email": first_step, "push": step(a, "push", at=2.0)}
+    assert messages == {"email": first_message}
+    assert await stores.runs.message(first_message.id) == first_message
+    trail = await stores.runs.trail_for_event("e1", after=0, limit=10)
+    assert [t.data for t in trail] == [{"n": 1}, {"n": 2}]  # the trail is appended
+
+
+async def test_commit_enqueues_jobs_and_a_repeated_dedupe_key_is_a_no_op(stores: Stores) -> None:
+    a = run()
+    await stores.runs.create_runs([a])
+    deliver = NewJob("notify.deliver", {"message": "m1", "n": [1, 2]}, dedupe_key="deliver:m1")
+    await stores.runs.commit([RunWrite(a, steps=[step(a, "one")])], [deliver])
+    [job] = await stores.jobs.claim("w", BOTH, 10, 30.0)
+    assert (job.kind, job.payload, job.dedupe_key) == (
+        "notify.deliver",
+        {"message": "m1", "n": [1, 2]},
+        "deliver:m1",
+    )
+    await stores.jobs.complete(job.id, job.lease_token)
+    # A pass repeated after its jobs went out enqueues the same key again: nothing new.
+    later = NewJob("notify.run", {"run": a.id}, run_at=stores.clock.now() + 60)
+    await stores.runs.commit([RunWrite(a, steps=[step(a, "two")])], [deliver, later])
+    _, steps, _ = (await stores.runs.load_many([a.id]))[a.id]
+    assert set(steps) == {"one", "two"}
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+    stores.clock.advance(60)
+    assert [j.kind for j in await stores.jobs.claim("w", BOTH, 10, 30.0)] == ["notify.run"]
+
+
+async def test_commit_is_all_or_nothing(stores: Stores) -> None:
+    a = run()
+    await stores.runs.create_runs([a])
+    good = NewJob("notify.deliver", {"message": "m1"})
+    bad = NewJob("notify.deliver", {"not json": object()})
+    with pytest.raises(FAILED_WRITE):
+        await stores.runs.commit(
+            [
+                RunWrite(
+                    dataclasses.replace(a, state=RunState.DONE, outcome="sent"),
+                    steps=[step(a, "email")],
+                    messages=[message(a, "email")],
+                    trail=[entry(a)],
+                )
+            ],
+            [good, bad],
+        )
+    stored, steps, messages = (await stores.runs.load_many([a.id]))[a.id]
+    assert (stored.state, steps, messages) == (RunState.ACTIVE, {}, {})
+    assert await stores.runs.trail_for_event("e1", after=0, limit=10) == []
+    assert await stores.runs.effects_done([message(a).id], {}) == set()
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+
+
+async def test_a_write_for_an_unknown_run_is_not_loaded(stores: Stores) -> None:
+    ghost = run("e9", "nobody")
+    await stores.runs.commit([RunWrite(ghost, steps=[step(ghost, "s")], messages=[message(ghost)])])
+    assert await stores.runs.load_many([ghost.id]) == {}
+    assert await stores.runs.runs_for_event("e9") == []
+
+
+# -- the trail -------------------------------------------------------------------------------
+
+
+async def test_trail_is_in_order_and_pages_by_cursor(stores: Stores) -> None:
+    alice, bob, alice2 = run("e1", "alice"), run("e1", "bob"), run("e2", "alice")
+    await stores.runs.create_runs([alice, bob, alice2])
+    m = message(alice)
+    await stores.runs.commit(
+        [
+            RunWrite(alice, messages=[m], trail=[entry(alice, n=1), entry(alice, "step", n=2)]),
+            RunWrite(bob, trail=[entry(bob, n=3)]),
+        ]
+    )
+    await stores.runs.commit([RunWrite(alice2, trail=[entry(alice2, n=4)])])
+    await stores.runs.update_message(
+        m.id, status="sent", at=2.0, trail=[entry(alice, "delivery", 2.0, n=5, ok=True)]
+    )
+    await stores.runs.commit([RunWrite(bob, trail=[entry(bob, "run", n=6, why=["a", 1])])])
+
+    event = await stores.runs.trail_for_event("e1", after=0, limit=100)
+    assert [t.data["n"] for t in event] == [1, 2, 3, 5, 6]
+    assert [t.kind for t in event] == ["decision", "step", "decision", "delivery", "run"]
+    assert event[3].data == {"n": 5, "ok": True} and event[4].data == {"n": 6, "why": ["a", 1]}
+    assert all(0 < x.seq < y.seq for x, y in itertools.pairwise(event))
+    assert event[0] == dataclasses.replace(entry(alice, n=1), seq=event[0].seq)
+    recipient = await stores.runs.trail_for_recipient("alice", after=0, limit=100)
+    assert [t.data["n"] for t in recipient] == [1, 2, 4, 5]
+
+    async def pages(read: Any, key: str) -> list[list[int]]:
+        out: list[list[int]] = []
+        after = 0
+        while page := await read(key, after=after, limit=2):
+            out.append([t.data["n"] for t in page])
+            after = page[-1].seq
+        return out
+
+    assert await pages(stores.runs.trail_for_event, "e1") == [[1, 2], [3, 5], [6]]
+    assert await pages(stores.runs.trail_for_recipient, "alice") == [[1, 2], [4, 5]]
+    assert await pages(stores.runs.trail_for_recipient, "bob") == [[3, 6]]
+    assert await stores.runs.trail_for_event("e3", after=0, limit=10) == []
+
+
+# -- stages: idempotency, frequency caps, throttles ------------------------------------------
+
+
+async def test_effects_done_excludes_the_asking_run(stores: Stores) -> None:
+    a, b = run("e1", "alice"), run("e1", "bob")
+    await stores.runs.create_runs([a, b])
+    await stores.runs.commit(
+        [
+            RunWrite(a, messages=[message(a, id="k1")]),
+            RunWrite(b, messages=[message(b, id="k2")]),
+        ]
+    )
+    keys = ["k1", "k2", "k3"]
+    assert await stores.runs.effects_done(keys, {}) == {"k1", "k2"}
+    assert await stores.runs.effects_done(keys, {"k1": a.id}) == {"k2"}
+    assert await stores.runs.effects_done(keys, {"k1": b.id, "k2": b.id}) == {"k1"}
+    assert await stores.runs.effects_done([], {}) == set()
+
+
+async def test_recent_sends_counts_what_went_out_after_since(stores: Stores) -> None:
+    t = stores.clock.now()
+    runs = [run(f"e{i}", "alice") for i in range(6)] + [run("e9", "bob")]
+    await stores.runs.create_runs(runs)
+    r0, r1, r2, r3, r4, r5, rb = runs
+    queued = message(r4, channel="push", status="queued", release_at=t + 4)
+    await stores.runs.commit(
+        [
+            RunWrite(r0, messages=[message(r0, status="sent", release_at=t + 1)]),
+            RunWrite(r1, messages=[message(r1, status="delivered", release_at=t + 2)]),
+            RunWrite(r2, messages=[message(r2, status="sent", release_at=t)]),  # not after
+            RunWrite(r3, messages=[message(r3, channel="sms", status="failed", release_at=t + 3)]),
+            RunWrite(r4, messages=[queued]),
+            RunWrite(r5, messages=[message(r5, channel="sms", status="sent", release_at=t + 5)]),
+            RunWrite(rb, messages=[message(rb, status="delivered", release_at=t + 6)]),
+        ]
+    )
+
+    def normal(found: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        return {r: {c: sorted(ts) for c, ts in chans.items()} for r, chans in found.items()}
+
+    found = await stores.runs.recent_sends(["alice", "bob", "carol"], t)
+    assert normal(found) == {
+        "alice": {"email": [t + 1, t + 2], "sms": [t + 5]},
+        "bob": {"email": [t + 6]},
+    }
+    assert normal(await stores.runs.recent_sends(["alice"], t + 2)) == {"alice": {"sms": [t + 5]}}
+    await stores.runs.update_message(queued.id, status="sent", at=t + 4)
+    await stores.runs.update_message(queued.id, statuses={"read": t + 7}, at=t + 7)
+    found = await stores.runs.recent_sends(["alice"], t + 2)
+    assert normal(found) == {"alice": {"sms": [t + 5], "push": [t + 4]}}
+    assert await stores.runs.recent_sends([], t) == {}
+
+
+async def test_count_passed_counts_one_throttle_in_since_until(stores: Stores) -> None:
+    t = stores.clock.now()
+    rows: list[tuple[Run, StepRow]] = []
+
+    def add(event: str, outcome: str, at: float, reason: str = "k1", **kw: Any) -> None:
+        r = run(event, kw.pop("recipient", "alice"), kw.pop("workflow", "wf"))
+        rows.append(
+            (r, step(r, kw.pop("step_id", "throttle"), outcome=outcome, at=at, reason=reason))
+        )
+
+    add("e1", "passed", t + 10)
+    add("e2", "passed", t + 20)
+    add("e3", "passed", t + 30)
+    add("e4", "throttled", t + 15)
+    add("e5", "passed", t + 20, reason="k2")
+    add("e6", "passed", t + 20, recipient="bob")
+    add("e7", "passed", t + 20, workflow="other")
+    add("e8", "passed", t + 20, step_id="throttle-2")
+    await stores.runs.create_runs([r for r, _ in rows])
+    await stores.runs.commit([RunWrite(r, steps=[s]) for r, s in rows])
+
+    async def count(since: float, until: float, key: str = "k1") -> int:
+        n: int = await stores.runs.count_passed("wf", "throttle", "alice", key, since, until)
+        return n
+
+    assert await count(t, t + 100) == 3
+    assert await count(t + 10, t + 30) == 2  # since is excluded, until included
+    assert await count(t + 9.5, t + 29.5) == 2
+    assert await count(t + 10, t + 20) == 1
+    assert await count(t + 30, t + 100) == 0
+    assert await count(t, t + 100, key="k2") == 1
+    assert await count(t, t + 100, key="k3") == 0
+
+
+# -- digests ---------------------------------------------------------------------------------
+
+
+async def test_first_join_leads_and_close_returns_events_oldest_first(stores: Stores) -> None:
+    r1, r2, r3 = run("e1"), run("e2"), run("e3")
+    join = stores.runs.join_digest
+    first = await join("d1", r1.id, "e1", {"n": 1, "tags": ("a", "b")}, "ann", 20.0)
+    assert (first.leader, first.closed) == (True, False)
+    second = await join("d1", r2.id, "e2", {"n": 2}, None, 10.0)
+    assert (second.leader, second.closed) == (False, False)
+    again = await join("d1", r1.id, "e1", {"n": "changed"}, "ann", 30.0)  # a retry
+    assert (again.leader, again.closed) == (True, False)
+    other = await join("d2", r2.id, "e2", {}, None, 10.0)  # digests are independent
+    assert other.leader
+
+    events = await stores.runs.close_digest("d1")
+    assert events == [
+        ("e2", {"n": 2}, 10.0, None),
+        ("e1", {"n": 1, "tags": ["a", "b"]}, 20.0, "ann"),
+    ]
+    assert await stores.runs.close_digest("d1") == events  # closing twice
+    late = await join("d1", r3.id, "e3", {"n": 3}, None, 40.0)
+    assert (late.leader, late.closed) == (False, True)
+    member = await join("d1", r2.id, "e2", {"n": 2}, None, 10.0)  # a member's retried join
+    assert (member.leader, member.closed) == (False, False)
+    assert await stores.runs.close_digest("d1") == events  # the late run was not added
+    assert await stores.runs.close_digest("unknown") == []
+
+
+async def test_concurrent_joins_elect_one_leader(stores: Stores) -> None:
+    joins = await asyncio.gather(
+        *(
+            stores.runs.join_digest("d", f"r{i}", f"e{i}", {"i": i}, None, float(i))
+            for i in range(20)
+        )
+    )
+    assert sum(j.leader for j in joins) == 1
+    assert not any(j.closed for j in joins)
+    events = await stores.runs.close_digest("d")
+    assert [e[0] for e in events] == [f"e{i}" for i in range(20)]
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+async def test_update_message_merges_statuses_and_writes_together(stores: Stores) -> None:
+    t = stores.clock.now()
+    a = run()
+    await stores.runs.create_runs([a])
+    m = message(a, at=t, statuses={"queued": t})
+    await stores.runs.commit([RunWrite(a, messages=[m])])
+    wake = NewJob("notify.run", {"run": a.id}, dedupe_key="wake:a:sent")
+    sent = await stores.runs.update_message(
+        m.id,
+        status="sent",
+        statuses={"sent": t + 5},
+        provider="smtp",
+        provider_id="p-1",
+        attempts=1,
+        at=t + 5,
+        trail=[entry(a, "delivery", t + 5, status="sent")],
+        jobs=[wake],
+    )
+    assert sent == dataclasses.replace(
+        m,
+        status="sent",
+        statuses={"queued": t, "sent": t + 5},
+        provider="smtp",
+        provider_id="p-1",
+        attempts=1,
+        updated_at=t + 5,
+    )
+    later = await stores.runs.update_message(
+        m.id, statuses={"sent": t + 9, "delivered": t + 3, "read": t + 9}, at=t + 9
+    )
+    assert later is not None
+    assert later.statuses == {"queued": t, "sent": t + 5, "delivered": t + 3, "read": t + 9}
+    assert (later.status, later.provider, later.attempts, later.error) == ("sent", "smtp", 1, None)
+    assert later.updated_at == t + 9
+    failed = await stores.runs.update_message(m.id, status="failed", error="bounce", at=t + 10)
+    assert failed is not None and (failed.status, failed.error) == ("failed", "bounce")
+    assert await stores.runs.message(m.id) == failed
+    trail = await stores.runs.trail_for_event("e1", after=0, limit=10)
+    assert [x.data for x in trail] == [{"status": "sent"}]
+    stores.clock.advance(5)  # the job is due from the report's instant
+    [job] = await stores.jobs.claim("w", BOTH, 10, 30.0)
+    assert (job.kind, job.payload) == ("notify.run", {"run": a.id})
+    # The same report again: its job's key is taken, the rest is written.
+    await stores.runs.update_message(m.id, statuses={"sent": t + 20}, at=t + 20, jobs=[wake])
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+
+
+async def test_update_message_of_an_unknown_message_writes_nothing(stores: Stores) -> None:
+    a = run()
+    found = await stores.runs.update_message(
+        "missing",
+        status="sent",
+        at=1.0,
+        trail=[entry(a)],
+        jobs=[NewJob("notify.run", {})],
+    )
+    assert found is None
+    assert await stores.runs.message("missing") is None
+    assert await stores.runs.trail_for_event("e1", after=0, limit=10) == []
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+
+
+async def test_update_message_is_all_or_nothing(stores: Stores) -> None:
+    a = run()
+    await stores.runs.create_runs([a])
+    m = message(a, statuses={"queued": 1.0})
+    await stores.runs.commit([RunWrite(a, messages=[m])])
+    with pytest.raises(FAILED_WRITE):
+        await stores.runs.update_message(
+            m.id,
+            status="sent",
+            statuses={"sent": 2.0},
+            at=2.0,
+            trail=[entry(a)],
+            jobs=[NewJob("notify.run", {}), NewJob("notify.run", {"x": object()})],
+        )
+    assert await stores.runs.message(m.id) == m
+    assert await stores.runs.trail_for_event("e1", after=0, limit=10) == []
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+
+
+async def test_messages_list_by_event_and_newest_first_by_recipient(stores: Stores) -> None:
+    runs = [run(f"e{i}", "alice", at=float(i)) for i in (1, 2, 3)]
+    bob = run("e1", "bob", at=1.0)
+    await stores.runs.create_runs([*runs, bob])
+    mine = [message(r, at=r.created_at) for r in runs]
+    sms = message(runs[0], "sms", channel="sms", at=5.0)
+    theirs = message(bob, at=0.5)
+    await stores.runs.commit(
+        [RunWrite(r, messages=[m]) for r, m in zip(runs, mine, strict=True)]
+        + [RunWrite(runs[0], messages=[sms]), RunWrite(bob, messages=[theirs])]
+    )
+    newest = await stores.runs.messages_for_recipient("alice", before=None, limit=10)
+    assert newest == [sms, mine[2], mine[1], mine[0]]
+    assert await stores.runs.messages_for_recipient("alice", before=None, limit=2) == [
+        sms,
+        mine[2],
+    ]
+    assert await stores.runs.messages_for_recipient("alice", before=3.0, limit=10) == [
+        mine[1],
+        mine[0],
+    ]
+    assert await stores.runs.messages_for_recipient("alice", before=1.0, limit=10) == []
+    assert await stores.runs.messages_for_recipient("carol", before=None, limit=10) == []
+    assert await stores.runs.messages_for_event("e1") == [theirs, mine[0], sms]
+    assert await stores.runs.messages_for_event("e4") == []
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+async def test_workflow_put_bumps_the_revision(stores: Stores) -> None:
+    store = stores.workflows
+    definition = {"steps": [{"id": "email", "channel": "email"}], "critical": False}
+    first = await store.put("welcome", definition, 10.0)
+    assert (first.key, first.definition, first.revision, first.source, first.updated_at) == (
+        "welcome",
+        definition,
+        1,
+        "api",
+        10.0,
+    )
+    changed = {"steps": [], "critical": True}
+    second = await store.put("welcome", changed, 20.0)
+    assert (second.revision, second.definition, second.updated_at) == (2, changed, 20.0)
+    assert await store.get("welcome") == second
+    assert await store.get("missing") is None
+
+
+async def test_workflows_list_by_key_and_delete(stores: Stores) -> None:
+    store = stores.workflows
+    assert await store.all() == []
+    b = await store.put("b-flow", {"steps": []}, 1.0)
+    a = await store.put("a-flow", {"steps": [{"id": "x"}]}, 2.0)
+    assert await store.all() == [a, b]
+    assert await store.delete("a-flow") is True
+    assert await store.delete("a-flow") is False
+    assert await store.get("a-flow") is None
+    assert await store.all() == [b]
+    again = await store.put("a-flow", {"steps": []}, 3.0)
+    assert again.revision == 1  # a new workflow under an old key
+
+
+async def test_concurrent_puts_each_bump_the_revision(stores: Stores) -> None:
+    store = stores.workflows
+    records = await asyncio.gather(*(store.put("w", {"n": i}, float(i)) for i in range(5)))
+    assert sorted(r.revision for r in records) == [1, 2, 3, 4, 5]
+    stored = await store.get("w")
+    assert stored is not None and stored.revision == 5

@@ -1,0 +1,364 @@
+"""The notification orchestrator end to end on the embedded runtime (SQLite, memory broker)
+with a controllable clock, a real SMTP server (aiosmtpd) and real webhook receivers: fanout,
+decisions and their trail, escalation, digests, quiet hours, retries, dead letters, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import make_settings
+from tests.integration.test_smtp_delivery import Server, Sink, free_port
+from tidings.adapters.clock import ManualClock
+from tidings.config import NotifySettings, SmtpSettings, WorkerSettings
+from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hours
+from tidings.core.notify.types import Channel
+from tidings.errors import InvalidInput
+from tidings.ports.inbox import Mark
+from tidings.ports.subscribers import Subscriber, Topic
+from tidings.services.ingest import EventInput
+from tidings.types import JobState, Priority
+from tidings.wiring import Runtime, build_runtime, migrate
+
+WORKFLOWS = """
+workflows:
+  - key: comment.created
+    steps:
+      - id: inapp
+        type: in_app
+        content:
+          title: "{{ payload.author }} commented"
+          body: "{{ payload.text }}"
+      - id: email
+        type: email
+        content:
+          subject: "New comment from {{ payload.author }}"
+          text: "{{ payload.text }}"
+        wait_for: {step: inapp, status: seen, timeout: 10m}
+  - key: likes
+    steps:
+      - {id: batch, type: digest, window: 1h}
+      - id: inapp
+        type: in_app
+        content:
+          title: "{{ digest.count }} likes"
+          body: "first: event {{ digest.events[0].payload.n }}"
+  - key: news
+    steps:
+      - id: email
+        type: email
+        content: {subject: "News", text: "{{ payload.text }}"}
+  - key: alert
+    critical: true
+    steps:
+      - id: email
+        type: email
+        content: {subject: "Alert", text: "now"}
+"""
+
+
+@dataclass
+class Env:
+    runtime: Runtime
+    clock: ManualClock
+    smtp: Sink
+
+    async def drain(self, rounds: int = 100) -> int:
+        """Run due jobs until none is left; returns how many ran."""
+        total = 0
+        pool = self.runtime.pools[-1]
+        for _ in range(rounds):
+            ran = await pool.run_once(500)
+            total += ran
+            if not ran:
+                return total
+        raise AssertionError("jobs keep coming")
+
+    async def send(self, type_: str, **kwargs: Any) -> str:
+        result = await self.runtime.services.ingest.ingest(
+            EventInput(type=type_, payload=kwargs.pop("payload", {}), **kwargs)
+        )
+        return result.event.id
+
+    async def subscriber(self, sid: str, **fields: Any) -> None:
+        await self.runtime.services.subscribers.store.put(Subscriber(id=sid, **fields))
+
+    @property
+    def notify(self) -> Any:
+        return self.runtime.services.notify
+
+    async def report(self, event_id: str) -> dict[str, Any]:
+        report: dict[str, Any] = await self.notify.event_report(event_id)
+        return report
+
+    def mails(self) -> list[email.message.EmailMessage]:
+        return [
+            email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[misc]
+            for _, _, raw in self.smtp.messages
+        ]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
+    sink = Sink()
+    server = Server(sink, free_port())
+    server.start()
+    clock = ManualClock()
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/notify.db",
+        smtp=SmtpSettings(host="127.0.0.1", port=server.port),
+        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")], delivery_attempts=3),
+    )
+    settings.worker = WorkerSettings(enabled=False, lease_seconds=30.0)
+    migrate(settings)
+    runtime = build_runtime(settings, clock=clock)
+    await runtime.start()
+    try:
+        yield Env(runtime, clock, sink)
+    finally:
+        await runtime.stop()
+        server.stop()
+
+
+def decisions(report: dict[str, Any], recipient: str, step: str) -> list[tuple[str, str, str]]:
+    """The decisions recorded for `step` of `recipient`'s run, in order."""
+    return [
+        (d["stage"], d["kind"], d["reason"])
+        for t in report["trail"]
+        if t["type"] == "step" and t["recipient"] == recipient and t["step"] == step
+        for d in t.get("decisions", ())
+    ]
+
+
+async def test_topic_and_ids_fan_out_once_each_with_a_trail(env: Env) -> None:
+    for sid in ("ann", "bob", "cy"):
+        await env.subscriber(sid, email=f"{sid}@example.com")
+    await env.runtime.services.subscribers.topics.create(Topic("team", "Team"))
+    await env.runtime.services.subscribers.topics.add_members("team", ["bob", "cy"], 0.0)
+    event_id = await env.send(
+        "comment.created",
+        recipients=("ann", "bob"),
+        topic="team",
+        payload={"author": "Dee", "text": "Nice <b>work</b>"},
+    )
+    await env.drain()
+    inbox = env.runtime.services.inbox.store
+    for sid in ("ann", "bob", "cy"):
+        [item] = await inbox.feed(sid, limit=10)
+        assert item.title == "Dee commented"
+        assert item.body == "Nice <b>work</b>"  # in-app text is not HTML-escaped
+        assert item.event_id == event_id and item.step == "inapp"
+    report = await env.report(event_id)
+    assert sorted(r["recipient"] for r in report["runs"]) == ["ann", "bob", "cy"]
+    assert decisions(report, "ann", "inapp") == [
+        ("preferences", "send", "allowed"),
+        ("address", "send", "reachable"),
+        ("schedule", "send", "in_send_time"),
+        ("frequency_cap", "send", "under_cap"),
+        ("suppression", "send", "not_suppressed"),
+        ("idempotency", "send", "first_effect"),
+    ]
+    inapp = [m for m in report["messages"] if m["channel"] == "in_app"]
+    assert {m["status"] for m in inapp} == {"delivered"}
+    # every run now waits for its in-app message to be seen before the email
+    assert {r["state"] for r in report["runs"]} == {"waiting"}
+    assert env.smtp.messages == []
+    record = await env.runtime.services.ingest.get(event_id)
+    assert record is not None
+    assert any(o.kind == "notify" and o.status == "fanned_out" for o in record.outcomes)
+
+
+async def test_escalation_sends_email_only_to_whom_did_not_see_in_app(env: Env) -> None:
+    await env.subscriber("ann", email="ann@example.com")
+    await env.subscriber("bob", email="bob@example.com")
+    event_id = await env.send(
+        "comment.created", recipients=("ann", "bob"), payload={"author": "Dee", "text": "hi"}
+    )
+    await env.drain()
+    env.clock.advance(120)
+    [item] = await env.runtime.services.inbox.store.feed("ann", limit=1)
+    await env.runtime.services.inbox.mark_one("ann", item.id, Mark.SEEN)
+    env.clock.advance(7 * 60)
+    assert await env.drain() == 0  # nothing is due before the deadline (10 min after send)
+    env.clock.advance(61)
+    await env.drain()
+    mails = env.mails()
+    assert [m["To"] for m in mails] == ["bob@example.com"]
+    assert mails[0]["Subject"] == "New comment from Dee"
+    report = await env.report(event_id)
+    [ann_email] = [
+        t
+        for t in report["trail"]
+        if t["recipient"] == "ann" and t["step"] == "email" and t["type"] == "step"
+    ]
+    assert ann_email["outcome"] == "not_needed"
+    assert ann_email["reason"] == "inapp_seen"
+    bob_mail = [
+        m for m in report["messages"] if m["recipient"] == "bob" and m["channel"] == "email"
+    ]
+    assert bob_mail[0]["status"] == "sent"
+    assert bob_mail[0]["template_version"].startswith("inline-")
+    assert {r["state"] for r in report["runs"]} == {"done"}
+
+
+async def test_preferences_quiet_hours_and_missing_address_are_recorded(env: Env) -> None:
+    await env.subscriber("optout", email="o@example.com")
+    await env.subscriber("night", email="n@example.com", timezone="Asia/Tokyo")
+    await env.subscriber("noaddr")
+    prefs = env.notify.preferences
+    await prefs.put(
+        "optout",
+        Preferences(workflows={"news": WorkflowPreference(channels={Channel.EMAIL: False})}),
+        0.0,
+    )
+    # 1_700_000_000 is 07:13 on a Wednesday in Tokyo: quiet until 09:00 local
+    await prefs.put(
+        "night",
+        Preferences(
+            quiet_hours=(
+                parse_quiet_hours({"start": "22:00", "end": "09:00", "channels": ["email"]}),
+            )
+        ),
+        0.0,
+    )
+    event_id = await env.send(
+        "news", recipients=("optout", "night", "noaddr"), payload={"text": "t"}
+    )
+    await env.drain()
+    report = await env.report(event_id)
+    assert decisions(report, "optout", "email")[-1] == (
+        "preferences",
+        "suppress",
+        "channel_opt_out",
+    )
+    assert decisions(report, "noaddr", "email")[-1] == ("address", "fail", "no_address")
+    held = decisions(report, "night", "email")[-1]
+    assert held == ("schedule", "hold", "quiet_hours")
+    assert env.smtp.messages == []  # held, never dropped
+    env.clock.advance(106 * 60)  # 08:59 Tokyo
+    await env.drain()
+    assert env.smtp.messages == []
+    env.clock.advance(2 * 60)
+    await env.drain()
+    assert [m["To"] for m in env.mails()] == ["n@example.com"]
+
+
+async def test_critical_workflow_overrides_opt_out(env: Env) -> None:
+    await env.subscriber("ann", email="ann@example.com")
+    await env.notify.preferences.put("ann", Preferences(enabled=False), 0.0)
+    await env.send("alert", recipients=("ann",))
+    await env.drain()
+    assert [m["To"] for m in env.mails()] == ["ann@example.com"]
+
+
+async def test_digest_window_gives_exactly_one_digest_under_concurrent_events(env: Env) -> None:
+    await env.subscriber("ann")
+    ids = await asyncio.gather(
+        *(env.send("likes", recipients=("ann",), payload={"n": i}) for i in range(8))
+    )
+    pool = env.runtime.pools[-1]
+    # run the batch jobs concurrently: every run races for the digest
+    jobs = await pool.claim(100)
+    await asyncio.gather(*(pool.execute(j) for j in jobs))
+    await env.drain()
+    assert await env.runtime.services.inbox.store.feed("ann", limit=10) == []
+    env.clock.advance(3600)
+    await env.drain()
+    items = await env.runtime.services.inbox.store.feed("ann", limit=10)
+    assert [i.title for i in items] == ["8 likes"]
+    assert items[0].body.startswith("first: event ")
+    outcomes = []
+    for event_id in ids:
+        report = await env.report(event_id)
+        outcomes.extend(r["outcome"] for r in report["runs"])
+    assert sorted(outcomes) == ["completed"] + ["merged"] * 7
+
+
+async def test_trigger_refuses_an_unknown_topic_and_records_a_missing_workflow(env: Env) -> None:
+    with pytest.raises(InvalidInput) as topic:
+        await env.send("news", topic="nobody")
+    assert topic.value.field == "topic"
+    event_id = await env.send("no.such.workflow", recipients=("ann",))
+    await env.drain()
+    record = await env.runtime.services.ingest.get(event_id)
+    assert record is not None
+    assert [(o.kind, o.status, o.detail) for o in record.outcomes] == [
+        ("notify", "not_sent", "no workflow for event type 'no.such.workflow'")
+    ]
+
+
+async def test_transient_failures_retry_then_dead_letter_then_replay(env: Env) -> None:
+    await env.subscriber("ann", email="later@example.com")  # the sink answers 451
+    event_id = await env.send("news", recipients=("ann",), payload={"text": "t"})
+    for _ in range(5):
+        await env.drain()
+        env.clock.advance(3600)
+    dead = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver")
+    assert len(dead) == 1
+    report = await env.report(event_id)
+    [message] = report["messages"]
+    assert message["status"] == "failed"
+    attempts = [t for t in report["trail"] if t["type"] == "delivery"]
+    assert [a["status"] for a in attempts] == ["retrying", "retrying", "failed", "dead_lettered"]
+    assert all(a.get("class") in (None, "transient") for a in attempts)
+    # the address is fixed; replaying the dead letter sends it
+    await env.subscriber("ann", email="ann@example.com")
+    await env.runtime.services.jobs.replay(dead[0].id)
+    await env.drain()
+    assert [m["To"] for m in env.mails()] == ["ann@example.com"]
+    message = (await env.report(event_id))["messages"][0]
+    assert message["status"] == "sent"
+
+
+async def test_hard_bounce_suppresses_the_address_for_later_messages(env: Env) -> None:
+    await env.subscriber("ann", email="unknown@example.com")  # the sink answers 550 5.1.1
+    first = await env.send("news", recipients=("ann",), payload={"text": "1"})
+    await env.drain()
+    assert (await env.report(first))["messages"][0]["status"] == "bounced"
+    second = await env.send("news", recipients=("ann",), payload={"text": "2"})
+    await env.drain()
+    assert decisions(await env.report(second), "ann", "email")[-1] == (
+        "suppression",
+        "suppress",
+        "hard_bounced",
+    )
+    assert await env.runtime.services.jobs.list_dead(10) == []
+
+
+async def test_a_worker_dying_mid_delivery_sends_once(env: Env) -> None:
+    await env.subscriber("ann", email="ann@example.com")
+    await env.send("news", recipients=("ann",), payload={"text": "t"})
+    pool = env.runtime.pools[-1]
+    while True:  # run dispatch and the batch, leave the delivery job claimed and abandoned
+        jobs = await pool.claim(10)
+        deliver = [j for j in jobs if j.kind == "notify.deliver"]
+        for job in jobs:
+            if job.kind != "notify.deliver":
+                await pool.execute(job)
+        if deliver:
+            break
+    assert env.smtp.messages == []
+    env.clock.advance(31)  # the lease ran out: the worker is presumed dead
+    await env.drain()
+    assert len(env.smtp.messages) == 1
+    job = await env.runtime.services.jobs.get(deliver[0].id)
+    assert job is not None and job.state is JobState.DONE
+
+
+async def test_bulk_lane_runs_carry_the_events_priority(env: Env) -> None:
+    await env.subscriber("ann", email="ann@example.com")
+    event_id = await env.send(
+        "news", recipients=("ann",), payload={"text": "t"}, priority=Priority.BULK
+    )
+    await env.drain()
+    report = await env.report(event_id)
+    assert {r["lane"] for r in report["runs"]} == {"bulk"}
+    assert {m["lane"] for m in report["messages"]} == {"bulk"}

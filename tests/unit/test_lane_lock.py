@@ -1,0 +1,78 @@
+"""The SQLite writer lock: one holder; transactional waiters go before bulk waiters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tidings.adapters.sql.engine import LaneLock
+from tidings.types import Priority
+
+TX, BULK = Priority.TRANSACTIONAL, Priority.BULK
+
+
+async def test_transactional_waiters_overtake_queued_bulk_waiters() -> None:
+    lock = LaneLock(burst=10)
+    order: list[str] = []
+
+    async def work(name: str, lane: Priority) -> None:
+        await lock.acquire(lane)
+        order.append(name)
+        await asyncio.sleep(0)
+        lock.release()
+
+    await lock.acquire(BULK)  # a bulk write in progress
+    tasks = [asyncio.create_task(work(f"b{i}", BULK)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(work(f"t{i}", TX)) for i in range(2)]
+    await asyncio.sleep(0)
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["t0", "t1", "b0", "b1", "b2"]
+
+
+async def test_one_holder_at_a_time_and_cancelled_waiters_do_not_wedge_it() -> None:
+    lock = LaneLock()
+    inside = 0
+    most = 0
+
+    async def work(lane: Priority) -> None:
+        nonlocal inside, most
+        await lock.acquire(lane)
+        try:
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.001)
+        finally:
+            inside -= 1
+            lock.release()
+
+    await lock.acquire(TX)
+    doomed = asyncio.create_task(work(BULK))
+    await asyncio.sleep(0)
+    lock.release()  # hands the lock to `doomed`...
+    doomed.cancel()  # ...which is cancelled before it runs: it must pass the lock on
+    tasks = [asyncio.create_task(work(TX if i % 2 else BULK)) for i in range(20)]
+    await asyncio.gather(*tasks)
+    assert most == 1
+    await asyncio.wait_for(lock.acquire(BULK), 1)  # free again
+    lock.release()
+
+
+async def test_a_steady_transactional_stream_does_not_starve_bulk() -> None:
+    lock = LaneLock(burst=2)
+    order: list[str] = []
+
+    async def work(name: str, lane: Priority) -> None:
+        await lock.acquire(lane)
+        order.append(name)
+        await asyncio.sleep(0)
+        lock.release()
+
+    await lock.acquire(TX)
+    tasks = [asyncio.create_task(work("b0", BULK))]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(work(f"t{i}", TX)) for i in range(5)]
+    await asyncio.sleep(0)
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["t0", "t1", "b0", "t2", "t3", "t4"]
