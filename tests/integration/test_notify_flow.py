@@ -55,6 +55,12 @@ workflows:
       - id: email
         type: email
         content: {subject: "News", text: "{{ payload.text }}"}
+  - key: morning
+    steps:
+      - {id: wait, type: delay, at_local: "09:00"}
+      - id: inapp
+        type: in_app
+        content: {title: "Good morning", body: "{{ payload.text }}"}
   - key: alert
     critical: true
     steps:
@@ -362,3 +368,22 @@ async def test_bulk_lane_runs_carry_the_events_priority(env: Env) -> None:
     report = await env.report(event_id)
     assert {r["lane"] for r in report["runs"]} == {"bulk"}
     assert {m["lane"] for m in report["messages"]} == {"bulk"}
+
+
+async def test_send_at_local_time_uses_the_recipients_zone_when_the_step_runs(env: Env) -> None:
+    # 1_700_000_000 is 07:13 in Tokyo and 22:13 (the day before) in Lisbon
+    await env.subscriber("tokyo", timezone="Asia/Tokyo")
+    await env.subscriber("mover", timezone="Asia/Tokyo")
+    await env.send("morning", recipients=("tokyo", "mover"), payload={"text": "hi"})
+    await env.drain()
+    # the second recipient moves to Lisbon before 09:00 Tokyo time
+    await env.subscriber("mover", timezone="Europe/Lisbon")
+    env.clock.advance(106 * 60 + 41)  # 09:00 Tokyo
+    await env.drain()
+    inbox = env.runtime.services.inbox.store
+    assert [i.title for i in await inbox.feed("tokyo", limit=5)] == ["Good morning"]
+    # the woken run re-reads the zone: Lisbon's 09:00 is still hours away
+    assert await inbox.feed("mover", limit=5) == []
+    env.clock.advance(10 * 3600)  # 09:00 in Lisbon (UTC+0 in November) is 19:00 Tokyo
+    await env.drain()
+    assert [i.title for i in await inbox.feed("mover", limit=5)] == ["Good morning"]

@@ -110,7 +110,7 @@ MAX_ACTIONS_PER_STEP = 3
 ENGAGEMENT = ("seen", "read", "clicked", "archived")
 DELIVERY_REPORTS = ("delivered", "bounced", "failed")
 QUEUED = DeliveryStatus.QUEUED.value
-YIELD_EVERY = 8  # runs advanced between yields to the event loop
+YIELD_EVERY = 16  # runs advanced between yields to the event loop
 INLINE_RECIPIENTS = 20  # explicit recipients run in the dispatch job itself, without a batch
 # Template roots that make a rendering personal (never shared between recipients).
 PERSONAL_ROOTS = frozenset({"subscriber", "steps", "*"})
@@ -316,7 +316,6 @@ class Orchestrator:
         self._enqueue = enqueue
         self._on_enqueue = on_enqueue
         self._active = active
-        self._bulk_gate = asyncio.Semaphore(1)
 
     # -- at ingest -----------------------------------------------------------------------
 
@@ -437,13 +436,7 @@ class Orchestrator:
         workflow = await self.workflows.get(key)
         if workflow is None:
             raise PermanentJobError(f"workflow {key} no longer exists")
-        if event.priority is Priority.BULK:
-            # One bulk batch at a time per process: the event loop interleaves it with
-            # transactional work instead of with more bulk work.
-            async with self._bulk_gate:
-                await self._run_batch(event, workflow, recipients)
-        else:
-            await self._run_batch(event, workflow, recipients)
+        await self._run_batch(event, workflow, recipients)
 
     async def _run_batch(
         self, event: EventRecord, workflow: Workflow, recipients: Sequence[str]
@@ -843,6 +836,15 @@ class Orchestrator:
         if cached is None:
             if step.template is not None:
                 found = await self.templates.resolve(step.template)
+                if (
+                    step.channel is not Channel.WEBHOOK
+                    and found.channel.value != step.channel.value
+                ):
+                    raise InvalidInput(
+                        f"template {step.template} is for {found.channel.value}; "
+                        f"the step sends {step.channel.value}",
+                        field="template",
+                    )
                 cached = (f"{step.template}@{found.version}", found, step.template)
             else:
                 cached = (step.content_version() or "default", _inline(p.workflow, step), "")
@@ -922,18 +924,9 @@ class Orchestrator:
         context: Mapping[str, Any],
         shared: dict[tuple[Any, ...], Rendered] | None = None,
     ) -> InboxItem:
-        if template is None:  # no content given: the payload's own title/body
-            payload = event.payload
-            title = str(payload.get("title") or event.type)
-            body = str(payload.get("body") or "")
-            action_url = payload.get("action_url")
-            fields: Mapping[str, str] = {
-                "title": title,
-                "body": body,
-                **({"action_url": str(action_url)} if action_url else {}),
-            }
-        else:
-            fields = self._render(template, message, recipient, context, shared).fields
+        if template is None:  # a definition always has content for in-app; guard anyway
+            raise RenderError("the step has no in-app content", field="content")
+        fields = self._render(template, message, recipient, context, shared).fields
         small = len(orjson.dumps(event.payload)) <= self.inbox.max_data_bytes
         return InboxItem(
             id=message.id,
@@ -1092,15 +1085,12 @@ class Orchestrator:
             return DeliveryResult.failed(
                 FailureClass.POLICY, "subscriber has no email address", attempted=False
             ), "smtp"
-        if template is None:
-            subject = str(event.payload.get("subject") or event.type)
-            text = str(event.payload.get("body") or "")
-            html: str | None = None
-        else:
-            rendered = self._render(template, message, recipient, context)
-            subject = rendered.fields.get("subject", event.type)
-            text = rendered.fields.get("text", "")
-            html = rendered.fields.get("html")
+        if template is None:  # a definition always has content for email; guard anyway
+            raise RenderError("the step has no email content", field="content")
+        rendered = self._render(template, message, recipient, context)
+        subject = rendered.fields.get("subject", event.type)
+        text = rendered.fields.get("text", "")
+        html = rendered.fields.get("html")
         email = EmailMessage(
             sender=self.config.sender,
             to=recipient.email,

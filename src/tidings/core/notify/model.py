@@ -29,7 +29,7 @@ from tidings.core.notify.conditions import (
     step_references,
 )
 from tidings.core.notify.durations import parse_duration
-from tidings.core.notify.schedule import SendWindow
+from tidings.core.notify.schedule import SendWindow, parse_clock
 from tidings.core.notify.types import Channel, Engagement
 from tidings.errors import InvalidInput
 
@@ -89,12 +89,15 @@ class ChannelStep:
 @dataclass(frozen=True, slots=True)
 class DelayStep:
     """Wait ``duration`` seconds after the previous step, or until the instant in the payload
-    field ``until`` (epoch seconds or an ISO 8601 date-time with offset)."""
+    field ``until`` (epoch seconds or an ISO 8601 date-time with offset), or until the
+    recipient's wall clock next shows ``at_local`` (minutes after midnight; their time zone
+    as it is when the step runs; DST as in :mod:`tidings.core.sendtime`)."""
 
     id: str
     duration: float | None = None
     until: tuple[str, ...] | None = None
     condition: Condition = TRUE
+    at_local: int | None = None
     kind: str = field(default="delay", init=False)
 
 
@@ -200,6 +203,7 @@ class Workflow:
         duration: str | int | None = None,
         *,
         until: str | None = None,
+        at_local: str | None = None,
         id: str | None = None,
         if_: Any = None,
     ) -> Workflow:
@@ -212,6 +216,7 @@ class Workflow:
                 else parse_duration(duration, f"{where}.duration"),
                 until=None if until is None else parse_path(until, f"{where}.until"),
                 condition=TRUE if if_ is None else parse_condition(if_, f"{where}.if"),
+                at_local=None if at_local is None else parse_clock(at_local, f"{where}.at_local"),
             )
         )
 
@@ -334,8 +339,13 @@ def _validate_step(step: Step, where: str, earlier: dict[str, Step]) -> None:
     if isinstance(step, ChannelStep):
         _validate_channel_step(step, where, earlier)
     elif isinstance(step, DelayStep):
-        if (step.duration is None) == (step.until is None):
-            raise InvalidInput("a delay needs exactly one of duration and until", field=where)
+        given = [x for x in (step.duration, step.until, step.at_local) if x is not None]
+        if len(given) != 1:
+            raise InvalidInput(
+                "a delay needs exactly one of duration, until and at_local", field=where
+            )
+        if step.at_local is not None and not 0 <= step.at_local < 24 * 60:
+            raise InvalidInput("must be a time of day, HH:MM", field=f"{where}.at_local")
         if step.until is not None and step.until[0] not in ("payload", "subscriber"):
             raise InvalidInput(
                 "until must be a payload or subscriber field", field=f"{where}.until"

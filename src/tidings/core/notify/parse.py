@@ -26,7 +26,7 @@ from tidings.core.notify.model import (
     default_step_id,
     parse_wait_for,
 )
-from tidings.core.notify.schedule import parse_send_window
+from tidings.core.notify.schedule import parse_clock, parse_send_window
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
 
@@ -42,7 +42,7 @@ _CHANNEL_FIELDS: Final = _COMMON | {
     "endpoint",
 }
 _FIELDS: Final[dict[str, frozenset[str]]] = {
-    "delay": _COMMON | {"duration", "until"},
+    "delay": _COMMON | {"duration", "until", "at_local"},
     "digest": _COMMON | {"window", "key", "max_events"},
     "throttle": _COMMON | {"limit", "window", "key"},
 }
@@ -148,6 +148,9 @@ def _step(spec: Any, where: str, taken: set[str]) -> Step:
             ),
             until=_path(spec["until"], f"{where}.until") if "until" in spec else None,
             condition=condition,
+            at_local=(
+                parse_clock(spec["at_local"], f"{where}.at_local") if "at_local" in spec else None
+            ),
         )
     if kind == "digest":
         return DigestStep(

@@ -28,8 +28,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from tidings.core.notify.conditions import evaluate, resolve
 from tidings.core.notify.decisions import DecisionKind, Verdict
@@ -48,7 +49,9 @@ from tidings.core.notify.model import (
     ThrottleStep,
     Workflow,
 )
+from tidings.core.notify.schedule import zone
 from tidings.core.notify.types import DeliveryStatus, Recipient, Trigger
+from tidings.core.sendtime import resolve_local
 
 
 class StepOutcome(enum.StrEnum):
@@ -363,6 +366,9 @@ def _wait_gate(
 def _delay(step: DelayStep, ctx: Mapping[str, Any], anchor: float, now: float) -> Action:
     if step.duration is not None:
         release = anchor + step.duration
+    elif step.at_local is not None:
+        tz = zone(ctx["subscriber"].get("timezone"))
+        release = next_local(anchor, time(step.at_local // 60, step.at_local % 60), tz)
     else:
         assert step.until is not None
         instant = parse_instant(resolve(step.until, ctx))
@@ -380,6 +386,18 @@ def _delay(step: DelayStep, ctx: Mapping[str, Any], anchor: float, now: float) -
     if now < release:
         return WaitUntil(step.id, release, "delay")
     return Record(StepResult(step.id, StepOutcome.DELAYED, release))
+
+
+def next_local(anchor: float, at: time, tz: tzinfo) -> float:
+    """The first instant at or after ``anchor`` at which the wall clock in ``tz`` shows
+    ``at`` (a time in a DST gap moves to the jump, an ambiguous one takes the first)."""
+    zone_info = tz if isinstance(tz, ZoneInfo) else ZoneInfo("UTC")
+    day = datetime.fromtimestamp(anchor, zone_info).date()
+    for offset in range(3):
+        release = resolve_local(day + timedelta(days=offset), at, zone_info).timestamp()
+        if release >= anchor:
+            return release
+    raise AssertionError("a wall-clock time recurs within three days")  # pragma: no cover
 
 
 def parse_instant(value: Any) -> float | None:

@@ -249,3 +249,24 @@ def test_example_workflows_load() -> None:
     assert weekly.commercial and weekly.send_windows[0].channels == frozenset({Channel.EMAIL})
     liked = workflows["post.liked"].steps[0]
     assert isinstance(liked, DigestStep) and liked.max_events == 20
+
+
+def test_delay_at_local_is_a_time_of_day_and_excludes_the_other_forms() -> None:
+    wf = parse_workflow(
+        {
+            "key": "k",
+            "steps": [
+                {"type": "delay", "at_local": "18:30"},
+                {"type": "in_app", "template": "t"},
+            ],
+        }
+    )
+    assert wf.steps[0].at_local == 18 * 60 + 30  # type: ignore[union-attr]
+    with pytest.raises(InvalidInput) as bad:
+        parse_workflow({"key": "k", "steps": [{"type": "delay", "at_local": "25:00"}]})
+    assert bad.value.field == "steps[0].at_local"
+    with pytest.raises(InvalidInput) as both:
+        parse_workflow(
+            {"key": "k", "steps": [{"type": "delay", "at_local": "09:00", "duration": "1h"}]}
+        )
+    assert "exactly one of duration, until and at_local" in both.value.message

@@ -4,9 +4,13 @@ answered, a controllable clock (plain floats)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.core.notify import (
     Channel,
@@ -37,7 +41,7 @@ from tidings.core.notify import (
     parse_workflow,
     throttle_result,
 )
-from tidings.core.notify.runner import Action, parse_instant
+from tidings.core.notify.runner import Action, next_local, parse_instant
 from tidings.core.notify.types import DeliveryStatus
 
 T0 = 1_717_408_800.0  # 2024-06-03 10:00 UTC, a Monday
@@ -256,6 +260,65 @@ def test_delay_until_invalid_fails_the_run_with_reason(bad: Any) -> None:
     assert isinstance(done, Done) and done.outcome is RunOutcome.FAILED
     assert done.reason.startswith("delay_until_invalid: payload.remind_at")
     assert svc.sent == []
+
+
+def test_delay_at_local_waits_for_the_recipients_wall_clock() -> None:
+    wf = Workflow("digest.daily").delay(at_local="09:00").email("t")
+    tokyo = replace(ALICE, timezone="Asia/Tokyo")  # T0 is 19:00 in Tokyo
+    svc = Service(wf, recipient=tokyo)
+    nine = datetime(2024, 6, 4, 9, 0, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+    assert svc.run(trigger(at=T0), T0) == WaitUntil("delay", nine, "delay")
+    assert svc.run(trigger(at=T0), nine) == Done(RunOutcome.COMPLETED)
+    assert svc.sent == [("email", nine)]
+    # the zone is the recipient's when the step runs: they moved to Lisbon (11:00 there)
+    lisbon = Service(wf, recipient=replace(ALICE, timezone="Europe/Lisbon"))
+    nine_lisbon = datetime(2024, 6, 4, 9, 0, tzinfo=ZoneInfo("Europe/Lisbon")).timestamp()
+    assert lisbon.run(trigger(at=T0), T0) == WaitUntil("delay", nine_lisbon, "delay")
+    # exactly at the time: no wait
+    at_nine = Service(wf, recipient=tokyo)
+    assert at_nine.run(trigger(at=nine), nine) == Done(RunOutcome.COMPLETED)
+
+
+def test_next_local_across_dst() -> None:
+    ny = ZoneInfo("America/New_York")
+    # 2024-03-10 02:30 does not exist in New York: the jump (03:00 EDT = 07:00 UTC)
+    before = datetime(2024, 3, 10, 0, 0, tzinfo=ny).timestamp()
+    gap = next_local(before, time(2, 30), ny)
+    assert gap == datetime(2024, 3, 10, 7, 0, tzinfo=UTC).timestamp()
+    # 2024-11-03 01:30 happens twice: the first (EDT, 05:30 UTC)
+    before = datetime(2024, 11, 3, 0, 0, tzinfo=ny).timestamp()
+    twice = next_local(before, time(1, 30), ny)
+    assert twice == datetime(2024, 11, 3, 5, 30, tzinfo=UTC).timestamp()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    anchor=st.floats(min_value=1.6e9, max_value=1.9e9),
+    minutes=st.integers(min_value=0, max_value=24 * 60 - 1),
+    tz=st.sampled_from(
+        [
+            "UTC",
+            "Europe/Lisbon",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "Asia/Kolkata",
+            "Pacific/Apia",
+            "America/Santiago",
+        ]
+    ),
+)
+def test_next_local_is_the_first_matching_instant_not_before_the_anchor(
+    anchor: float, minutes: int, tz: str
+) -> None:
+    zone = ZoneInfo(tz)
+    at = time(minutes // 60, minutes % 60)
+    release = next_local(anchor, at, zone)
+    assert anchor <= release < anchor + 2 * 86400 + 3600
+    shown = datetime.fromtimestamp(release, zone)
+    # the wall clock shows the time, or the time fell into a gap and the release is the jump
+    if (shown.hour, shown.minute) != (at.hour, at.minute):
+        just_before = datetime.fromtimestamp(release - 1, zone)
+        assert just_before.utcoffset() != shown.utcoffset()
 
 
 def test_parse_instant() -> None:

@@ -1,0 +1,111 @@
+"""The notification API over HTTP: workflows defined through the API, the trail of an event
+and of a subscriber, message reports; errors as problem+json naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.api.conftest import Api
+
+WORKFLOW: dict[str, Any] = {
+    "name": "Order shipped",
+    "steps": [
+        {
+            "id": "inapp",
+            "type": "in_app",
+            "content": {"title": "Order {{ payload.order }} shipped", "body": "On its way"},
+        },
+        {
+            "id": "email",
+            "type": "email",
+            "content": {"subject": "Shipped", "text": "On its way"},
+            "wait_for": {"step": "inapp", "status": "read", "timeout": "1h"},
+        },
+    ],
+}
+
+
+async def settle(api: Api, event_id: str, states: set[str]) -> dict[str, Any]:
+    """The event's notification report once every run is in one of `states`."""
+    for _ in range(200):
+        r = await api.client.get(f"/v1/events/{event_id}/notifications", headers=api.auth())
+        assert r.status_code == 200, r.text
+        report: dict[str, Any] = r.json()
+        if report["runs"] and {run["state"] for run in report["runs"]} <= states:
+            return report
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"runs did not reach {states}: {report}")
+
+
+async def test_define_trigger_and_explain(api: Api) -> None:
+    h = api.auth()
+    r = await api.client.put("/v1/workflows/order.shipped", json=WORKFLOW, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["revision"] == 1
+    again = await api.client.put("/v1/workflows/order.shipped", json=WORKFLOW, headers=h)
+    assert again.json()["revision"] == 2
+    listed = await api.client.get("/v1/workflows", headers=h)
+    assert [w["key"] for w in listed.json()["items"]] == ["order.shipped"]
+
+    await api.client.put("/v1/subscribers/ana", json={"email": "ana@example.com"}, headers=h)
+    r = await api.client.post(
+        "/v1/events",
+        json={"type": "order.shipped", "recipients": ["ana"], "payload": {"order": 42}},
+        headers=h,
+    )
+    assert r.status_code == 202, r.text
+    event_id = r.json()["id"]
+    report = await settle(api, event_id, {"waiting"})
+    [run] = report["runs"]
+    assert run["recipient"] == "ana" and run["wake_at"] is not None
+    [message] = report["messages"]
+    assert message["channel"] == "in_app" and message["status"] == "delivered"
+    [step] = [t for t in report["trail"] if t["type"] == "step"]
+    assert step["step"] == "inapp" and step["outcome"] == "sent"
+    assert [d["stage"] for d in step["decisions"]] == [
+        "preferences",
+        "address",
+        "schedule",
+        "frequency_cap",
+        "suppression",
+        "idempotency",
+    ]
+    feed = await api.client.get("/v1/subscribers/ana/inbox", headers=h)
+    assert feed.json()["items"][0]["title"] == "Order 42 shipped"
+
+    # a click reported for the in-app message: the email is not needed any more
+    r = await api.client.post(
+        f"/v1/messages/{message['id']}/status", json={"status": "clicked"}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert "clicked" in r.json()["engagement"]
+    report = await settle(api, event_id, {"done"})
+    email = [t for t in report["trail"] if t["type"] == "step" and t["step"] == "email"]
+    assert email[0]["outcome"] == "not_needed"
+
+    mine = await api.client.get("/v1/subscribers/ana/notifications", headers=h)
+    assert [m["id"] for m in mine.json()["messages"]] == [message["id"]]
+
+
+async def test_bad_definitions_and_reports_are_problems_naming_the_field(api: Api) -> None:
+    h = api.auth()
+    bad = {"steps": [{"id": "a", "type": "email", "content": {"subject": "s"}, "wait_for": 3}]}
+    r = await api.client.put("/v1/workflows/x", json=bad, headers=h)
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "steps[0].wait_for" in r.text
+    mismatch = await api.client.put("/v1/workflows/x", json={"key": "y", **WORKFLOW}, headers=h)
+    assert mismatch.status_code == 422 and "key" in mismatch.text
+    assert (await api.client.get("/v1/workflows/nope", headers=h)).status_code == 404
+    assert (await api.client.delete("/v1/workflows/nope", headers=h)).status_code == 404
+    assert (await api.client.get("/v1/messages/nope", headers=h)).status_code == 404
+    r = await api.client.post("/v1/messages/nope/status", json={"status": "opened"}, headers=h)
+    assert r.status_code == 422 and "status" in r.text
+    r = await api.client.get("/v1/events/nope/notifications", headers=h)
+    assert r.status_code == 404
+    r = await api.client.post(
+        "/v1/events", json={"type": "order.shipped", "topic": "nobody"}, headers=h
+    )
+    assert r.status_code == 422 and "topic" in r.text
+    assert (await api.client.get("/v1/workflows")).status_code == 401
