@@ -1,0 +1,91 @@
+"""Webhook steps of a workflow end to end: the orchestrator signs per Standard Webhooks, a
+real HTTP receiver (uvicorn) checks every signature with the reference `standardwebhooks`
+library, retries keep the same `webhook-id`, and a run's message goes out once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.api.conftest import make_settings
+from tests.integration.test_webhook_delivery import Receiver, receiver
+from tidings.adapters.clock import ManualClock
+from tidings.config import NotifySettings, WorkerSettings
+from tidings.services.ingest import EventInput
+from tidings.wiring import Runtime, build_runtime, migrate
+
+__all__ = ["receiver"]  # the fixture, used by name
+
+WORKFLOWS = """
+workflows:
+  - key: invoice.paid
+    steps:
+      - {id: hook, type: webhook}
+"""
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[tuple[Runtime, ManualClock]]:
+    (tmp_path / "w.yaml").write_text(WORKFLOWS)
+    clock = ManualClock(start=time.time())  # the reference verifier checks the timestamp
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/hooks.db",
+        notify=NotifySettings(workflows=[str(tmp_path / "w.yaml")]),
+    )
+    settings.worker = WorkerSettings(enabled=False)
+    migrate(settings)
+    rt = build_runtime(settings, clock=clock)
+    await rt.start()
+    try:
+        yield rt, clock
+    finally:
+        await rt.stop()
+
+
+async def drain(rt: Runtime) -> None:
+    for _ in range(50):
+        if not await rt.pools[-1].run_once(100):
+            return
+
+
+async def test_signed_verified_retried_with_the_same_id_and_sent_once(
+    runtime: tuple[Runtime, ManualClock], receiver: Receiver
+) -> None:
+    rt, clock = runtime
+    endpoint = await rt.services.webhooks.create(receiver.url, event_types=("invoice.paid",))
+    other = await rt.services.webhooks.create(receiver.url, event_types=("something.else",))
+    receiver.answers = [(503, {})]  # the first attempt fails
+    event = await rt.services.ingest.ingest(
+        EventInput(type="invoice.paid", payload={"invoice": 7}, recipients=("ann", "bob"))
+    )
+    await drain(rt)
+    clock.advance(2)  # past the first backoff (full jitter, at most 1 s)
+    await drain(rt)
+    clock.advance(60)
+    await drain(rt)  # nothing left: a delivered message is not sent again
+
+    assert len(receiver.requests) == 3  # one refused, then one per recipient
+    ids = [headers["webhook-id"] for headers, _ in receiver.requests]
+    assert ids[0] in ids[1:]  # the retry carries the refused attempt's id
+    assert len(set(ids)) == 2
+    recipients = set()
+    for headers, body in receiver.requests:
+        envelope = Webhook(endpoint.secret).verify(body, headers)
+        assert envelope["type"] == "invoice.paid"
+        data = envelope["data"]
+        assert data["event"]["id"] == event.event.id
+        assert data["payload"] == {"invoice": 7}
+        recipients.add(data["recipient"]["id"])
+    assert recipients == {"ann", "bob"}
+    # the endpoint that does not take the event type heard nothing: every request verified
+    # with the first endpoint's secret above
+    assert other.secret != endpoint.secret
+
+    report = await rt.services.notify.event_report(event.event.id)  # type: ignore[union-attr]
+    assert sorted(m["status"] for m in report["messages"]) == ["sent", "sent"]
+    attempts = [t for t in report["trail"] if t["type"] == "delivery"]
+    assert sorted(a["status"] for a in attempts) == ["retrying", "sent", "sent"]
