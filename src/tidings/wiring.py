@@ -58,14 +58,7 @@ from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
 from tidings.services.inbox import InboxService
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
-from tidings.services.notify import (
-    BATCH_JOB,
-    DELIVER_JOB,
-    RUN_JOB,
-    NotifyConfig,
-    Orchestrator,
-    WorkflowRegistry,
-)
+from tidings.services.notify import BATCH_JOB, DELIVER_JOB, RUN_JOB, NotifyConfig, Orchestrator
 from tidings.services.online import GatewayPresence, OnlineService
 from tidings.services.preferences import PreferenceService
 from tidings.services.providers import (
@@ -80,6 +73,7 @@ from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
 from tidings.services.testsend import TemplateTestSender
 from tidings.services.worker import WorkerPool
+from tidings.services.workflows import WorkflowRegistry
 from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
 from tidings.types import Priority
