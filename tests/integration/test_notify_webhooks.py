@@ -12,13 +12,11 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from tests.api.conftest import make_settings
-from tests.integration.test_webhook_delivery import Receiver, receiver
+from tests.integration.test_webhook_delivery import Receiver
 from tidings.adapters.clock import ManualClock
 from tidings.config import NotifySettings, WorkerSettings
 from tidings.services.ingest import EventInput
 from tidings.wiring import Runtime, build_runtime, migrate
-
-__all__ = ["receiver"]  # the fixture, used by name
 
 WORKFLOWS = """
 workflows:

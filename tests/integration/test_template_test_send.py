@@ -5,19 +5,16 @@ is checked with the reference `standardwebhooks` library."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import email
 import email.message
 import email.policy
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from standardwebhooks.webhooks import Webhook
 
 from tests.api.conftest import Api, make_settings, open_api
@@ -72,23 +69,6 @@ async def api(tmp_path: Path, smtp: Server) -> AsyncIterator[Api]:
     )
     async for a in open_api(settings):
         yield a
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    r.port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(r, log_config=None, access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield r
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def post(api: Api, path: str, body: object) -> tuple[int, Any]:
