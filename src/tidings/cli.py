@@ -1,4 +1,4 @@
-"""The `tidings` command: serve, migrate, API keys, dead letters."""
+"""The `tidings` command: serve, migrate, API keys, dead letters, campaigns."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tidings import __version__, logs
 from tidings.config import Settings, load_settings
 from tidings.core.tokens import connection_claims, encode_token, subscription_claims
 from tidings.errors import InvalidInput, NotFound, TidingsError
+from tidings.ports.campaigns import FINAL_STATES, CampaignState
+from tidings.services.campaigns import CampaignService
+from tidings.services.campaigns import Progress as CampaignProgress
 from tidings.services.deadletters import DeadFilter, DeadLetters
 from tidings.services.testsend import TemplateTestResult
 from tidings.types import Scope
@@ -456,3 +460,144 @@ def template_test_send(
     if result.retry_after is not None:
         err.print(f"retry after {result.retry_after:.0f}s", highlight=False)
     raise typer.Exit(1)
+
+
+# -- campaigns -------------------------------------------------------------------------------
+
+campaign_app = typer.Typer(
+    help="Paced bulk sends to a topic: create, follow, pause, resume, cancel.",
+    no_args_is_help=True,
+)
+app.add_typer(campaign_app, name="campaign")
+
+
+def _campaigns(rt: Runtime) -> CampaignService:
+    found = rt.services.campaigns
+    if found is None:  # pragma: no cover - the runtime always builds one
+        raise NotFound("campaigns are not configured")
+    return found
+
+
+def _campaign_line(p: CampaignProgress) -> str:
+    c = p.campaign
+    total = "?" if p.total is None else f"{p.total:,}"
+    rate = "-" if p.achieved_rate is None else f"{p.achieved_rate:,.1f}/s"
+    eta = "-" if p.eta_seconds is None else f"{p.eta_seconds:,.0f}s"
+    return (
+        f"{c.id} {c.state.value}: {c.enqueued:,} of {total} handed out, {p.delivered:,} "
+        f"delivered, rate {rate} (set {c.rate:g}/s), eta {eta}"
+    )
+
+
+@campaign_app.command("create")
+def campaign_create(
+    workflow: Annotated[str, typer.Option(help="The workflow's key (its event type).")],
+    topic: Annotated[str, typer.Option(help="The topic whose members receive it.")],
+    rate: Annotated[float, typer.Option(help="Recipients per second (> 0, <= 10,000).")],
+    payload: Annotated[str, typer.Option(help="The event payload: JSON, or @file.")] = "{}",
+    start_at: Annotated[
+        str | None, typer.Option(help="ISO 8601 instant to start at (default: now).")
+    ] = None,
+    campaign_id: Annotated[
+        str | None, typer.Option("--id", help="Your id (a retry with it creates nothing new).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a campaign; the server's workers send it at the given rate."""
+    data = _json_object(payload, "--payload")
+    start: float | None = None
+    if start_at is not None:
+        try:
+            when = datetime.fromisoformat(start_at)
+        except ValueError as exc:
+            raise _fail(f"--start-at is not an ISO 8601 instant: {exc}", 2) from exc
+        start = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+    async def op(rt: Runtime) -> CampaignProgress | InvalidInput:
+        try:
+            c = await _campaigns(rt).create(
+                workflow=workflow,
+                topic=topic,
+                payload=data,
+                rate=rate,
+                start_at=start,
+                campaign_id=campaign_id,
+            )
+        except InvalidInput as exc:
+            return exc
+        return await _campaigns(rt).progress(c.id)
+
+    outcome = _with_runtime(_settings(config), op)
+    if isinstance(outcome, InvalidInput):
+        raise _fail(f"{outcome.field}: {outcome.message}", 2)
+    out.print(_campaign_line(outcome), markup=False, highlight=False)
+
+
+@campaign_app.command("progress")
+def campaign_progress(
+    campaign_id: str,
+    once: Annotated[bool, typer.Option("--once", help="Print one line and exit.")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Follow a campaign with a progress bar until it is completed or cancelled."""
+
+    async def op(rt: Runtime) -> CampaignProgress:
+        service = _campaigns(rt)
+        p = await service.progress(campaign_id)
+        if once:
+            return p
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=out,
+        ) as bar:
+            task = bar.add_task(campaign_id, total=None, detail="")
+            while True:
+                c = p.campaign
+                rate = "" if p.achieved_rate is None else f"{p.achieved_rate:,.0f}/s"
+                eta = "" if p.eta_seconds is None else f"eta {p.eta_seconds:,.0f}s"
+                bar.update(
+                    task,
+                    total=p.total,
+                    completed=p.delivered,
+                    detail=f"{c.state.value} handed out {c.enqueued:,} {rate} {eta}",
+                )
+                finished = c.state in FINAL_STATES and p.delivered >= c.enqueued
+                if finished or c.state is CampaignState.CANCELLED:
+                    return p
+                await asyncio.sleep(interval)
+                p = await service.progress(campaign_id)
+
+    p = _with_runtime(_settings(config), op)
+    out.print(_campaign_line(p), markup=False, highlight=False)
+
+
+def _campaign_action(campaign_id: str, action: str, config: str | None) -> None:
+    async def op(rt: Runtime) -> CampaignProgress:
+        service = _campaigns(rt)
+        await getattr(service, action)(campaign_id)
+        return await service.progress(campaign_id)
+
+    out.print(_campaign_line(_with_runtime(_settings(config), op)), markup=False, highlight=False)
+
+
+@campaign_app.command("pause")
+def campaign_pause(campaign_id: str, config: ConfigOpt = None) -> None:
+    """Pause: no batch after the ones already enqueued (at most one second's worth)."""
+    _campaign_action(campaign_id, "pause", config)
+
+
+@campaign_app.command("resume")
+def campaign_resume(campaign_id: str, config: ConfigOpt = None) -> None:
+    """Resume a paused campaign where it stopped."""
+    _campaign_action(campaign_id, "resume", config)
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(campaign_id: str, config: ConfigOpt = None) -> None:
+    """Cancel for good (the batches already enqueued still run)."""
+    _campaign_action(campaign_id, "cancel", config)

@@ -28,6 +28,7 @@ from tidings.adapters.memory.online import MemoryDeviceStore
 from tidings.adapters.providers import HttpWebhookProvider, SmtpConfig, SmtpProvider
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
+from tidings.adapters.sql.campaigns import SqlCampaignStore
 from tidings.adapters.sql.inbox import SqlInboxStore
 from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.online import SqlPresenceRecords
@@ -52,6 +53,7 @@ from tidings.ports.clock import Clock
 from tidings.ports.online import DeviceStore
 from tidings.ports.presence import PresenceStore
 from tidings.services.apikeys import ApiKeyService
+from tidings.services.campaigns import TICK_JOB, CampaignService
 from tidings.services.container import Services
 from tidings.services.dispatch import Dispatcher
 from tidings.services.gateway import GatewayOptions, Hub
@@ -235,6 +237,15 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
     dispatcher.notify = notify.start
     ingest.check_recipients = notify.check_trigger
+    campaigns = CampaignService(
+        SqlCampaignStore(engine),
+        ingest,
+        subscribers.topics,
+        workflows,
+        notify.runs,
+        clock,
+        on_enqueue=wake,
+    )
 
     services = Services(
         clock=clock,
@@ -262,6 +273,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         preferences=preferences,
         ready_checks={"store": store_ready},
         notify=notify,
+        campaigns=campaigns,
     )
     w = settings.worker
     handlers = {
@@ -270,6 +282,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         BATCH_JOB: notify.handle_batch,
         RUN_JOB: notify.handle_run,
         DELIVER_JOB: notify.handle_deliver,
+        TICK_JOB: campaigns.tick,
     }
     on_dead = {
         DISPATCH_JOB: dispatcher.fail,

@@ -31,7 +31,9 @@ from tidings.adapters.memory import (
     MemoryRunStore,
     MemoryWorkflowStore,
 )
+from tidings.adapters.memory.campaigns import MemoryCampaignStore
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
+from tidings.adapters.sql.campaigns import SqlCampaignStore
 from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.tables import metadata
 
@@ -53,6 +55,7 @@ class Stores:
     engines: list[AsyncEngine] = field(default_factory=list)
     runs: Any = None  # the orchestrator's RunStore, enqueueing into `jobs`
     workflows: Any = None
+    campaigns: Any = None  # the CampaignStore, enqueueing into `jobs`
 
     def engine(self) -> AsyncEngine:
         """Another engine (own pool, own connections) on the same database."""
@@ -142,6 +145,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         )
         found.runs = MemoryRunStore(clock, jobs)
         found.workflows = MemoryWorkflowStore()
+        found.campaigns = MemoryCampaignStore(jobs)
         yield found
         return
     url = await sql_url(request, backend, tmp_path)
@@ -152,6 +156,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     found.apikeys = sql.SqlApiKeyStore(engine, clock)
     found.runs = SqlRunStore(engine, clock)
     found.workflows = SqlWorkflowStore(engine)
+    found.campaigns = SqlCampaignStore(engine)
     try:
         yield found
     finally:

@@ -157,6 +157,24 @@ async def test_commit_updates_the_run_state(stores: Stores) -> None:
     assert (final.state, final.outcome, final.wake_at) == (RunState.DONE, "sent", None)
 
 
+async def test_count_runs_counts_an_events_runs_per_state(stores: Stores) -> None:
+    assert await stores.runs.count_runs("e1") == {}
+    runs = [run("e1", f"u{i}") for i in range(5)] + [run("e2", "u0")]
+    await stores.runs.create_runs(runs)
+    writes = [
+        RunWrite(run=dataclasses.replace(runs[0], state=RunState.DONE, outcome="sent")),
+        RunWrite(run=dataclasses.replace(runs[1], state=RunState.DONE, outcome="not_sent")),
+        RunWrite(run=dataclasses.replace(runs[2], state=RunState.WAITING, wake_at=9.0)),
+    ]
+    await stores.runs.commit(writes)
+    assert await stores.runs.count_runs("e1") == {
+        RunState.DONE: 2,
+        RunState.WAITING: 1,
+        RunState.ACTIVE: 2,
+    }
+    assert await stores.runs.count_runs("e2") == {RunState.ACTIVE: 1}
+
+
 async def test_commit_keeps_the_earlier_step_and_message(stores: Stores) -> None:
     a = run()
     await stores.runs.create_runs([a])

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from tidings import __version__
 from tidings.api import (
     admin,
+    campaigns,
     events,
     inbox,
     notifications,
@@ -57,6 +58,7 @@ def create_api(
     app.include_router(presence.router)
     app.include_router(templates.router)
     app.include_router(schedules.router)
+    app.include_router(campaigns.router)
     app.include_router(subscribers.router)
     app.include_router(inbox.server)
     app.include_router(inbox.browser)

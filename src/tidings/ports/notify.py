@@ -146,6 +146,8 @@ class RunStore(Protocol):
       sets the other fields given, appends `trail` and enqueues `jobs` in one transaction.
     - `messages_for_event`, `trail_for_event` and the per-recipient pages list in creation
       order (`seq`/`created_at`), cursor = the last seq seen.
+    - `count_runs(event_id)` counts the event's runs per state (states without runs are
+      left out), however many runs the event has.
     """
 
     async def create_runs(self, runs: Sequence[Run]) -> list[Run]: ...
@@ -200,6 +202,8 @@ class RunStore(Protocol):
     ) -> Message | None: ...
 
     async def runs_for_event(self, event_id: str) -> list[Run]: ...
+
+    async def count_runs(self, event_id: str) -> dict[RunState, int]: ...
 
     async def messages_for_event(self, event_id: str) -> list[Message]: ...
 

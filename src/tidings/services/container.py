@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.apikeys import ApiKeyService
+from tidings.services.campaigns import CampaignService
 from tidings.services.gateway.hub import Hub
 from tidings.services.inbox import InboxService
 from tidings.services.ingest import IngestService
@@ -41,3 +42,4 @@ class Services:
     preferences: PreferenceService
     ready_checks: dict[str, Callable[[], Awaitable[None]]]
     notify: Orchestrator | None = None
+    campaigns: CampaignService | None = None

@@ -16,6 +16,7 @@ from tidings.ports.notify import (
     DigestJoin,
     Message,
     Run,
+    RunState,
     RunWrite,
     StepRow,
     TrailEntry,
@@ -224,6 +225,13 @@ class MemoryRunStore:
         runs = [self._runs[i] for i in self._runs_by_event.get(event_id, ())]
         runs.sort(key=lambda r: (r.created_at, r.recipient))
         return runs[:_LISTED]
+
+    async def count_runs(self, event_id: str) -> dict[RunState, int]:
+        counts: dict[RunState, int] = {}
+        for run_id in self._runs_by_event.get(event_id, ()):
+            state = self._runs[run_id].state
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     async def messages_for_event(self, event_id: str) -> list[Message]:
         messages = [self._messages[i] for i in self._messages_by_event.get(event_id, ())]

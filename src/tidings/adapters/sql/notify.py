@@ -335,6 +335,13 @@ class SqlRunStore:
             )
             return [_run(r._mapping) for r in rows]
 
+    async def count_runs(self, event_id: str) -> dict[RunState, int]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(_r.state, func.count()).where(_r.event_id == event_id).group_by(_r.state)
+            )
+            return {RunState(state): int(n) for state, n in rows}
+
     async def messages_for_event(self, event_id: str) -> list[Message]:
         async with self._read.connect() as conn:
             rows = await conn.execute(

@@ -401,3 +401,25 @@ notify_workflows = Table(
     Column("revision", Integer, nullable=False),
     Column("updated_at", Epoch, nullable=False),
 )
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("topic", String(200), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("rate", Double, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("start_at", Epoch),
+    Column("total", Integer),
+    Column("cursor", String(200)),
+    Column("enqueued", Integer, nullable=False),
+    Column("ticks", Integer, nullable=False),
+    Column("resumes", Integer, nullable=False),
+    Column("started_at", Epoch),
+    Column("finished_at", Epoch),
+    Column("created_at", Epoch, nullable=False),
+    Column("updated_at", Epoch, nullable=False),
+)

@@ -1,0 +1,171 @@
+"""Campaigns in SQL: the row and the jobs it hands out are written in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.jobs import job_row
+from tidings.adapters.sql.tables import campaigns, jobs
+from tidings.errors import Conflict, NotFound
+from tidings.ports.campaigns import Campaign, CampaignState
+from tidings.types import NewJob
+
+_c = campaigns.c
+
+
+class SqlCampaignStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._read = reader(engine)
+        ins = pg_insert if is_postgres(engine) else sqlite_insert
+        # A job whose dedupe key was enqueued before is a no-op, as `NewJob` promises.
+        self._ins_job = ins(jobs).on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+
+    async def create(self, campaign: Campaign, *, then: NewJob) -> Campaign:
+        try:
+            async with writer(self._engine) as conn:
+                await conn.execute(insert(campaigns), _row(campaign))
+                await conn.execute(self._ins_job, [job_row(then, campaign.created_at)])
+        except IntegrityError:
+            raise Conflict(f"campaign {campaign.id} exists", field="id") from None
+        return await self.get(campaign.id)
+
+    async def get(self, campaign_id: str) -> Campaign:
+        async with self._read.connect() as conn:
+            found = await _get(conn, campaign_id)
+        if found is None:
+            raise NotFound(f"campaign {campaign_id} not found")
+        return found
+
+    async def page(self, *, after: str | None, limit: int) -> list[Campaign]:
+        query = select(campaigns).order_by(_c.id).limit(limit)
+        if after is not None:
+            query = query.where(_c.id > after)
+        async with self._read.connect() as conn:
+            return [_campaign(r._mapping) for r in await conn.execute(query)]
+
+    async def advance(
+        self,
+        campaign_id: str,
+        *,
+        expect: CampaignState,
+        tick: int,
+        cursor: str | None,
+        enqueued: int,
+        state: CampaignState,
+        jobs: Sequence[NewJob],
+        at: float,
+        total: int | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+    ) -> bool:
+        values: dict[str, Any] = {
+            "ticks": tick + 1,
+            "cursor": cursor,
+            "enqueued": enqueued,
+            "state": state.value,
+            "updated_at": at,
+        }
+        if total is not None:
+            values["total"] = total
+        if started_at is not None:
+            values["started_at"] = started_at
+        if finished_at is not None:
+            values["finished_at"] = finished_at
+        async with writer(self._engine) as conn:
+            result = await conn.execute(
+                update(campaigns)
+                .where(_c.id == campaign_id, _c.state == expect.value, _c.ticks == tick)
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                return False
+            if jobs:
+                await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
+        return True
+
+    async def transition(
+        self,
+        campaign_id: str,
+        *,
+        expect: Collection[CampaignState],
+        state: CampaignState,
+        at: float,
+        resumes: int | None = None,
+        finished_at: float | None = None,
+        jobs: Sequence[NewJob] = (),
+    ) -> Campaign | None:
+        values: dict[str, Any] = {"state": state.value, "updated_at": at}
+        if resumes is not None:
+            values["resumes"] = resumes
+        if finished_at is not None:
+            values["finished_at"] = finished_at
+        async with writer(self._engine) as conn:
+            result = await conn.execute(
+                update(campaigns)
+                .where(_c.id == campaign_id, _c.state.in_([s.value for s in expect]))
+                .values(**values)
+            )
+            if result.rowcount and jobs:
+                await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
+            found = await _get(conn, campaign_id)
+        if found is None:
+            raise NotFound(f"campaign {campaign_id} not found")
+        return found if result.rowcount else None
+
+
+async def _get(conn: AsyncConnection, campaign_id: str) -> Campaign | None:
+    row = (await conn.execute(select(campaigns).where(_c.id == campaign_id))).one_or_none()
+    return None if row is None else _campaign(row._mapping)
+
+
+def _row(c: Campaign) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "workflow": c.workflow,
+        "topic": c.topic,
+        "payload": c.payload,
+        "rate": c.rate,
+        "state": c.state.value,
+        "event_id": c.event_id,
+        "start_at": c.start_at,
+        "total": c.total,
+        "cursor": c.cursor,
+        "enqueued": c.enqueued,
+        "ticks": c.ticks,
+        "resumes": c.resumes,
+        "started_at": c.started_at,
+        "finished_at": c.finished_at,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    }
+
+
+def _campaign(m: Any) -> Campaign:
+    return Campaign(
+        id=m["id"],
+        workflow=m["workflow"],
+        topic=m["topic"],
+        payload=m["payload"],
+        rate=float(m["rate"]),
+        state=CampaignState(m["state"]),
+        event_id=m["event_id"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        start_at=m["start_at"],
+        total=m["total"],
+        cursor=m["cursor"],
+        enqueued=m["enqueued"],
+        ticks=m["ticks"],
+        resumes=m["resumes"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+    )
