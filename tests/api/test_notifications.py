@@ -109,3 +109,61 @@ async def test_bad_definitions_and_reports_are_problems_naming_the_field(api: Ap
     )
     assert r.status_code == 422 and "topic" in r.text
     assert (await api.client.get("/v1/workflows")).status_code == 401
+
+
+async def test_a_payload_that_breaks_a_templates_contract_is_refused_before_fanout(
+    api: Api,
+) -> None:
+    admin, h = api.auth(api.admin_key), api.auth()
+    c = api.client
+    assert (
+        await c.post(
+            "/v1/templates", json={"id": "shipped", "name": "S", "channel": "in_app"}, headers=admin
+        )
+    ).status_code == 201
+    version = {
+        "locales": {"en": {"title": "Order {{ payload.order.id }}", "body": "Shipped"}},
+        "variables": {
+            "type": "object",
+            "required": ["order"],
+            "properties": {
+                "order": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": {"type": "integer"}},
+                }
+            },
+        },
+    }
+    assert (
+        await c.post("/v1/templates/shipped/versions", json=version, headers=admin)
+    ).status_code == 201
+    assert (
+        await c.post("/v1/templates/shipped/versions/1/publish", json={}, headers=admin)
+    ).status_code == 200
+    workflow = {"steps": [{"id": "inapp", "type": "in_app", "template": "shipped"}]}
+    assert (await c.put("/v1/workflows/order.out", json=workflow, headers=h)).status_code == 200
+    await c.put("/v1/subscribers/ana", json={}, headers=h)
+
+    bad = await c.post(
+        "/v1/events",
+        json={"type": "order.out", "recipients": ["ana"], "payload": {"order": {"id": "x"}}},
+        headers=h,
+    )
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["errors"][0]["field"] == "payload.order.id"
+    assert await api.runtime.services.jobs.list_dead(10) == []
+    depth = await api.runtime.services.jobs.depth()
+    assert sum(depth.queued.values()) == 0  # no dispatch job: nothing was stored
+
+    good = await c.post(
+        "/v1/events",
+        json={"type": "order.out", "recipients": ["ana"], "payload": {"order": {"id": 7}}},
+        headers=h,
+    )
+    assert good.status_code == 202
+    await settle(api, good.json()["id"], {"done"})
+    feed = await c.get("/v1/subscribers/ana/inbox", headers=h)
+    assert [i["title"] for i in feed.json()["items"]] == ["Order 7"]
+    report = await settle(api, good.json()["id"], {"done"})
+    assert report["messages"][0]["template_version"] == "shipped@1"

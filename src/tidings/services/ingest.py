@@ -18,9 +18,9 @@ from tidings.types import JSON, EventRecord, EventState, NewEvent, NewJob, Prior
 
 DISPATCH_JOB = "event.dispatch"
 
-# (type, recipients, topic, channels) -> raises InvalidInput when the event could never be
-# delivered to its recipients
-RecipientCheck = Callable[[str, Sequence[str], str | None, Sequence[str]], Awaitable[None]]
+# (type, recipients, topic, channels, payload) -> raises InvalidInput when the event could
+# never be delivered to its recipients
+RecipientCheck = Callable[[str, Sequence[str], str | None, Sequence[str], JSON], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,9 @@ class IngestService:
                 except InvalidInput as exc:
                     raise InvalidInput(exc.message, field=f"channels.{i}") from exc
         if self.check_recipients is not None:
-            await self.check_recipients(data.type, data.recipients, data.topic, data.channels)
+            await self.check_recipients(
+                data.type, data.recipients, data.topic, data.channels, data.payload
+            )
         event_id = str(uuid.uuid4())
         key = idempotency_key or data.external_id or f"auto:{event_id}"
         new = NewEvent(

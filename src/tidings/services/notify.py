@@ -74,6 +74,7 @@ from tidings.core.templates import (
     RenderError,
     TemplateVersion,
     assign_variant,
+    check_variables,
 )
 from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
@@ -216,6 +217,7 @@ class Orchestrator:
         recipients: Sequence[str],
         topic: str | None,
         channels: Sequence[str] = (),
+        payload: Mapping[str, Any] | None = None,
     ) -> None:
         """Refuse at ingest what could never be delivered: an unknown topic, too many explicit
         recipients. An event type without a workflow is accepted (the event is the record;
@@ -233,6 +235,23 @@ class Orchestrator:
                 await self.topics.get(topic)
             except NotFound:
                 raise InvalidInput(f"unknown topic {topic!r}", field="topic") from None
+        workflow = await self.workflows.get(event_type)
+        if workflow is not None and payload is not None:
+            await self._check_contracts(workflow, payload)
+
+    async def _check_contracts(self, workflow: Workflow, payload: Mapping[str, Any]) -> None:
+        """The payload against the variable contract (JSON Schema) of every published
+        template the workflow uses: a payload that breaks one is refused before any fanout,
+        naming the path (`payload.order.id`). A template not published yet is checked when
+        the step runs (and recorded there)."""
+        for step in workflow.steps:
+            if not isinstance(step, ChannelStep) or step.template is None:
+                continue
+            try:
+                version = await self.templates.resolve(step.template)
+            except NotFound:
+                continue
+            check_variables(version, payload)
 
     # -- fanout --------------------------------------------------------------------------
 
