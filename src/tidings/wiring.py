@@ -237,6 +237,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
     dispatcher.notify = notify.start
     ingest.check_recipients = notify.check_trigger
+    ingest.on_cancel = notify.cancel
     campaigns = CampaignService(
         SqlCampaignStore(engine),
         ingest,

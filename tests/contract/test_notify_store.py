@@ -175,6 +175,38 @@ async def test_count_runs_counts_an_events_runs_per_state(stores: Stores) -> Non
     assert await stores.runs.count_runs("e2") == {RunState.ACTIVE: 1}
 
 
+async def test_cancel_runs_ends_what_is_still_going_and_its_queued_messages(
+    stores: Stores,
+) -> None:
+    done, waiting, fresh, other = run("e1", "a"), run("e1", "b"), run("e1", "c"), run("e2", "a")
+    await stores.runs.create_runs([done, waiting, fresh, other])
+    await stores.runs.commit(
+        [
+            RunWrite(
+                run=dataclasses.replace(done, state=RunState.DONE, outcome="completed"),
+                messages=[message(done, status="sent")],
+            ),
+            RunWrite(
+                run=dataclasses.replace(waiting, state=RunState.WAITING, wake_at=9.0),
+                messages=[message(waiting, status="queued", release_at=9.0)],
+            ),
+            RunWrite(run=dataclasses.replace(other, state=RunState.WAITING, wake_at=9.0)),
+        ]
+    )
+    assert await stores.runs.cancel_runs("e1", 5.0, "event cancelled") == 2
+    assert await stores.runs.cancel_runs("e1", 6.0, "event cancelled") == 0  # nothing left
+    runs = {r.recipient: r for r in await stores.runs.runs_for_event("e1")}
+    assert runs["a"].outcome == "completed"
+    assert {runs["b"].outcome, runs["c"].outcome} == {"cancelled"}
+    assert runs["b"].state is RunState.DONE and runs["b"].wake_at is None
+    messages = {m.recipient: m for m in await stores.runs.messages_for_event("e1")}
+    assert messages["a"].status == "sent"
+    assert (messages["b"].status, messages["b"].error) == ("not_sent", "event cancelled")
+    trail = await stores.runs.trail_for_event("e1", after=0, limit=10)
+    assert sorted(t.recipient for t in trail if t.data.get("outcome") == "cancelled") == ["b", "c"]
+    assert (await stores.runs.runs_for_event("e2"))[0].state is RunState.WAITING
+
+
 async def test_commit_keeps_the_earlier_step_and_message(stores: Stores) -> None:
     a = run()
     await stores.runs.create_runs([a])

@@ -20,7 +20,7 @@ from tidings.adapters.clock import ManualClock
 from tidings.config import NotifySettings, SmtpSettings, WorkerSettings
 from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hours
 from tidings.core.notify.types import Channel
-from tidings.errors import InvalidInput
+from tidings.errors import Conflict, InvalidInput
 from tidings.ports.inbox import Mark
 from tidings.ports.subscribers import Subscriber, Topic
 from tidings.services.ingest import EventInput
@@ -387,3 +387,18 @@ async def test_send_at_local_time_uses_the_recipients_zone_when_the_step_runs(en
     env.clock.advance(10 * 3600)  # 09:00 in Lisbon (UTC+0 in November) is 19:00 Tokyo
     await env.drain()
     assert [i.title for i in await inbox.feed("mover", limit=5)] == ["Good morning"]
+
+
+async def test_cancelling_a_dispatched_event_stops_its_waiting_runs(env: Env) -> None:
+    await env.subscriber("ann", timezone="Asia/Tokyo")
+    event_id = await env.send("morning", recipients=("ann",), payload={"text": "hi"})
+    await env.drain()
+    record = await env.runtime.services.ingest.cancel(event_id)
+    assert record.state.value == "cancelled"
+    env.clock.advance(3 * 3600)  # past 09:00 in Tokyo: the wake job runs and does nothing
+    await env.drain()
+    assert await env.runtime.services.inbox.store.feed("ann", limit=5) == []
+    report = await env.report(event_id)
+    assert [(r["state"], r["outcome"]) for r in report["runs"]] == [("done", "cancelled")]
+    with pytest.raises(Conflict):
+        await env.runtime.services.ingest.cancel(event_id)

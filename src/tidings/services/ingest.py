@@ -86,6 +86,7 @@ class IngestService:
         self._on_enqueue = on_enqueue
         self._check_channel = check_channel
         self.check_recipients = check_recipients
+        self.on_cancel: Callable[[str], Awaitable[object]] | None = None
 
     async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
         size = len(orjson.dumps(data.payload))
@@ -140,12 +141,21 @@ class IngestService:
         return len(pending)
 
     async def cancel(self, event_id: str) -> EventRecord:
-        """Cancel an event whose dispatch has not begun (e.g. one held by `send_at`). Its
-        dispatch job then finds it cancelled and does nothing."""
-        if not await self._events.transition(event_id, EventState.ACCEPTED, EventState.CANCELLED):
+        """Cancel an event: one whose dispatch has not begun (e.g. held by `send_at`) is
+        never dispatched; a dispatched one keeps what went out already, and its workflow runs
+        still waiting (delays, digests, escalations, held messages) end without sending
+        (`on_cancel`, the orchestrator). Conflict for a failed or cancelled event."""
+        if await self._events.transition(event_id, EventState.ACCEPTED, EventState.CANCELLED):
+            pass
+        elif await self._events.transition(event_id, EventState.DISPATCHED, EventState.CANCELLED):
+            if self.on_cancel is not None:
+                await self.on_cancel(event_id)
+        else:
             record = await self._events.get(event_id)
             state = record.state.value if record is not None else "unknown"
-            raise Conflict(f"event {event_id} is {state}; only accepted events can be cancelled")
+            raise Conflict(
+                f"event {event_id} is {state}; only accepted or dispatched events can be cancelled"
+            )
         record = await self._events.get(event_id)
         assert record is not None
         return record

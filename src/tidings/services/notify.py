@@ -96,7 +96,7 @@ from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import PermanentJobError, RetryableJobError
 from tidings.services.workflows import WorkflowRegistry
-from tidings.types import EventRecord, Job, NewJob, Outcome, Priority
+from tidings.types import EventRecord, EventState, Job, NewJob, Outcome, Priority
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +336,11 @@ class Orchestrator:
 
     # -- job handlers --------------------------------------------------------------------
 
+    async def cancel(self, event_id: str) -> int:
+        """Stop the event's runs that are still going (delays, digests, escalations, held
+        messages): they end `cancelled` and their queued messages are not sent."""
+        return await self.runs.cancel_runs(event_id, self._now(), "event cancelled")
+
     async def handle_batch(self, job: Job) -> None:
         event_id = str(job.payload.get("event_id", ""))
         key = str(job.payload.get("workflow", ""))
@@ -343,6 +348,8 @@ class Orchestrator:
         event = await self.events.get(event_id)
         if event is None:
             raise PermanentJobError(f"event {event_id} not found")
+        if event.state is EventState.CANCELLED:
+            return
         workflow = await self.workflows.get(key)
         if workflow is None:
             raise PermanentJobError(f"workflow {key} no longer exists")
@@ -382,6 +389,8 @@ class Orchestrator:
         workflow = await self.workflows.get(run.workflow)
         if event is None or workflow is None:
             raise PermanentJobError(f"run {rid}: its event or workflow is gone")
+        if event.state is EventState.CANCELLED:
+            return
         await self._advance(event, workflow, [loaded[rid]])
 
     # -- advancing runs ------------------------------------------------------------------

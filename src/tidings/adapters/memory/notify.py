@@ -226,6 +226,43 @@ class MemoryRunStore:
         runs.sort(key=lambda r: (r.created_at, r.recipient))
         return runs[:_LISTED]
 
+    async def cancel_runs(self, event_id: str, at: float, reason: str) -> int:
+        ended: list[Run] = []
+        for run_id in self._runs_by_event.get(event_id, ()):
+            run = self._runs[run_id]
+            if run.state is not RunState.DONE:
+                ended.append(run)
+                self._runs[run_id] = dataclasses.replace(
+                    run,
+                    state=RunState.DONE,
+                    outcome="cancelled",
+                    reason=reason,
+                    wake_at=None,
+                    updated_at=at,
+                )
+        for message_id in self._messages_by_event.get(event_id, ()):
+            m = self._messages[message_id]
+            if m.status == "queued":
+                self._messages[message_id] = dataclasses.replace(
+                    m, status="not_sent", error=reason, updated_at=at
+                )
+        self._append(
+            [
+                TrailEntry(
+                    r.id,
+                    r.event_id,
+                    r.recipient,
+                    r.workflow,
+                    None,
+                    "run",
+                    at,
+                    {"state": "done", "outcome": "cancelled", "reason": reason},
+                )
+                for r in ended
+            ]
+        )
+        return len(ended)
+
     async def count_runs(self, event_id: str) -> dict[RunState, int]:
         counts: dict[RunState, int] = {}
         for run_id in self._runs_by_event.get(event_id, ()):

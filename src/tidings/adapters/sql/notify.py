@@ -325,6 +325,48 @@ class SqlRunStore:
 
     # -- reading the trail -----------------------------------------------------------------
 
+    async def cancel_runs(self, event_id: str, at: float, reason: str) -> int:
+        async with writer(self._engine) as conn:
+            ended = (
+                await conn.execute(
+                    update(notify_runs)
+                    .where(_r.event_id == event_id, _r.state != RunState.DONE.value)
+                    .values(
+                        state=RunState.DONE.value,
+                        outcome="cancelled",
+                        reason=reason,
+                        wake_at=None,
+                        updated_at=at,
+                    )
+                    .returning(_r.id, _r.recipient, _r.workflow)
+                )
+            ).all()
+            await conn.execute(
+                update(notify_messages)
+                .where(_m.event_id == event_id, _m.status == "queued")
+                .values(status="not_sent", error=reason, updated_at=at)
+            )
+            if ended:
+                await conn.execute(
+                    self._ins_trail,
+                    [
+                        _trail_row(
+                            TrailEntry(
+                                row.id,
+                                event_id,
+                                row.recipient,
+                                row.workflow,
+                                None,
+                                "run",
+                                at,
+                                {"state": "done", "outcome": "cancelled", "reason": reason},
+                            )
+                        )
+                        for row in ended
+                    ],
+                )
+        return len(ended)
+
     async def runs_for_event(self, event_id: str) -> list[Run]:
         async with self._read.connect() as conn:
             rows = await conn.execute(
