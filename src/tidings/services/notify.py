@@ -111,6 +111,8 @@ YIELD_EVERY = 16  # runs advanced between yields to the event loop
 INLINE_RECIPIENTS = 20  # explicit recipients run in the dispatch job itself, without a batch
 # Template roots that make a rendering personal (never shared between recipients).
 PERSONAL_ROOTS = frozenset({"subscriber", "steps", "*"})
+# Template roots that need the run's stored step results to render.
+RUN_ROOTS = frozenset({"steps", "digest", "*"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -926,18 +928,25 @@ class Orchestrator:
             raise PermanentJobError(f"message {mid}: step {message.step_id} is gone")
         subscriber = await self._subscriber(message.recipient)
         recipient = to_recipient(message.recipient, subscriber)
-        loaded = await self.runs.load_many([message.run_id])
+        template = await self._version(workflow, step, message)
         results: dict[str, StepResult] = {}
-        if message.run_id in loaded:
-            _, rows, msgs = loaded[message.run_id]
-            results = {s: await self._result(r, msgs.get(s), recipient.id) for s, r in rows.items()}
+        if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
+            # only a template that reads earlier steps or the digest needs the run loaded
+            loaded = await self.runs.load_many([message.run_id])
+            if message.run_id in loaded:
+                _, rows, msgs = loaded[message.run_id]
+                results = {
+                    s: await self._result(r, msgs.get(s), recipient.id) for s, r in rows.items()
+                }
         trigger = Trigger(
             event.id, event.type, event.payload, event.send_at or event.created_at, event.actor
         )
         context = condition_context(trigger, recipient, results)
         attempt = message.attempts + 1
         try:
-            result, provider = await self._send(event, workflow, step, message, recipient, context)
+            result, provider = await self._send(
+                event, workflow, step, message, recipient, context, template
+            )
         except RenderError as exc:
             await self._settle(
                 message,
@@ -964,8 +973,8 @@ class Orchestrator:
         message: Message,
         recipient: Recipient,
         context: Mapping[str, Any],
+        template: TemplateVersion | None,
     ) -> tuple[DeliveryResult, str]:
-        template = await self._version(workflow, step, message)
         if message.channel == Channel.WEBHOOK.value:
             endpoint = (message.provider or "webhook:").split(":", 1)[1]
             data = {
