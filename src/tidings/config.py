@@ -187,12 +187,20 @@ class NotifySettings(BaseModel):
         default="Tidings <notifications@localhost>", description="From: of email messages."
     )
     batch_size: int = Field(default=500, ge=1, le=5000)
-    bulk_batch_size: int = Field(
+    bulk_batch_size: int = Field(default=500, ge=1, le=5000)
+    bulk_commit_size: int = Field(
         default=100,
         ge=1,
         le=5000,
-        description="Recipients per batch of a bulk event: smaller transactions keep the "
-        "waits of transactional work behind them short.",
+        description="Runs per write transaction of a bulk batch: smaller transactions keep "
+        "the waits of transactional writers behind them short.",
+    )
+    bulk_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Bulk batches one process runs at once; default 1 on SQLite (one writer: "
+        "more only queue in front of transactional work), 4 on PostgreSQL.",
     )
     max_recipients: int = Field(default=1000, ge=1, le=100_000)
     frequency_caps: list[FrequencyCapSettings] = Field(default_factory=list)

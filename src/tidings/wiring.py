@@ -60,6 +60,7 @@ from tidings.services.gateway import GatewayOptions, Hub
 from tidings.services.gcpolicy import GcPolicy
 from tidings.services.inbox import InboxService
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
+from tidings.services.lanes import LaneGate
 from tidings.services.notify import BATCH_JOB, DELIVER_JOB, RUN_JOB, NotifyConfig, Orchestrator
 from tidings.services.online import GatewayPresence, OnlineService
 from tidings.services.preferences import PreferenceService
@@ -214,6 +215,9 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     workflows = WorkflowRegistry(SqlWorkflowStore(engine), clock, settings.notify.workflow_refresh)
     workflows.load_files(settings.notify.workflows)
 
+    gate = LaneGate()  # transactional jobs go first on the event loop too
+    inbox.pause = gate.pause
+
     async def active(user: str) -> bool:
         return bool(await online.reachable(user))
 
@@ -234,6 +238,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         enqueue=jobs.enqueue,
         on_enqueue=wake,
         active=active,
+        gate=gate,
     )
     dispatcher.notify = notify.start
     ingest.check_recipients = notify.check_trigger
@@ -312,6 +317,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
                 lease_seconds=w.lease_seconds,
                 poll_interval=w.poll_interval,
                 name=name,
+                gate=gate,
             )
         )
     return Runtime(
@@ -399,6 +405,9 @@ def notify_config(settings: Settings) -> NotifyConfig:
         sender=n.sender,
         batch_size=n.batch_size,
         bulk_batch_size=n.bulk_batch_size,
+        bulk_commit_size=n.bulk_commit_size,
+        bulk_concurrency=n.bulk_concurrency
+        or (1 if settings.database_url.startswith("sqlite") else 4),
         max_recipients=n.max_recipients,
         caps=tuple(
             FrequencyCap(

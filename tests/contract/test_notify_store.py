@@ -157,6 +157,29 @@ async def test_commit_updates_the_run_state(stores: Stores) -> None:
     assert (final.state, final.outcome, final.wake_at) == (RunState.DONE, "sent", None)
 
 
+async def test_commit_inserts_a_run_never_created(stores: Stores) -> None:
+    a, b = run("e1", "alice", at=1.0), run("e1", "bob", at=2.0)
+    await stores.runs.create_runs([b])
+    assert await stores.runs.get_runs([a.id, b.id, "nope"]) == {
+        b.id: dataclasses.replace(b, updated_at=2.0)
+    }
+    stores.clock.advance(30)
+    done = dataclasses.replace(a, state=RunState.DONE, outcome="completed", lane=Priority.BULK)
+    still = dataclasses.replace(b, state=RunState.WAITING, wake_at=50.0, reason="delay")
+    await stores.runs.commit([RunWrite(done, steps=[step(a, "inapp")]), RunWrite(still)])
+    got = await stores.runs.get_runs([a.id, b.id])
+    assert got[a.id] == dataclasses.replace(done, updated_at=stores.clock.now())
+    assert (got[b.id].state, got[b.id].wake_at, got[b.id].created_at) == (
+        RunState.WAITING,
+        50.0,
+        2.0,
+    )
+    assert [r.id for r in await stores.runs.runs_for_event("e1")] == [a.id, b.id]
+    _, steps, _ = (await stores.runs.load_many([a.id]))[a.id]
+    assert list(steps) == ["inapp"]
+    assert await stores.runs.count_runs("e1") == {RunState.DONE: 1, RunState.WAITING: 1}
+
+
 async def test_count_runs_counts_an_events_runs_per_state(stores: Stores) -> None:
     assert await stores.runs.count_runs("e1") == {}
     runs = [run("e1", f"u{i}") for i in range(5)] + [run("e2", "u0")]
@@ -279,13 +302,6 @@ async def test_commit_is_all_or_nothing(stores: Stores) -> None:
     assert await stores.runs.trail_for_event("e1", after=0, limit=10) == []
     assert await stores.runs.effects_done([message(a).id], {}) == set()
     assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
-
-
-async def test_a_write_for_an_unknown_run_is_not_loaded(stores: Stores) -> None:
-    ghost = run("e9", "nobody")
-    await stores.runs.commit([RunWrite(ghost, steps=[step(ghost, "s")], messages=[message(ghost)])])
-    assert await stores.runs.load_many([ghost.id]) == {}
-    assert await stores.runs.runs_for_event("e9") == []
 
 
 # -- the trail -------------------------------------------------------------------------------

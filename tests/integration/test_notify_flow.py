@@ -5,6 +5,7 @@ decisions and their trail, escalation, digests, quiet hours, retries, dead lette
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 from collections.abc import AsyncIterator
@@ -402,3 +403,51 @@ async def test_cancelling_a_dispatched_event_stops_its_waiting_runs(env: Env) ->
     assert [(r["state"], r["outcome"]) for r in report["runs"]] == [("done", "cancelled")]
     with pytest.raises(Conflict):
         await env.runtime.services.ingest.cancel(event_id)
+
+
+async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite one bulk batch runs at a time (a second would only queue in front of
+    transactional work); a batch is written in transactions of `bulk_commit_size` runs."""
+    members = [f"m{i:03d}" for i in range(250)]
+    for m in members:
+        await env.subscriber(m)
+    topics = env.runtime.services.subscribers.topics
+    await topics.create(Topic("crowd", "Crowd"))
+    await topics.add_members("crowd", members, env.clock.now())
+    assert env.notify.config.bulk_concurrency == 1
+    assert env.notify.config.bulk_commit_size == 100
+    monkeypatch.setattr(
+        env.notify, "config", dataclasses.replace(env.notify.config, bulk_batch_size=125)
+    )
+    running, most, commits = 0, 0, []
+    run_batch, commit = env.notify._run_batch, env.notify.runs.commit
+
+    async def tracked_batch(*args: Any) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.01)
+            await run_batch(*args)
+        finally:
+            running -= 1
+
+    async def tracked_commit(writes: Any, jobs: Any = ()) -> None:
+        commits.append(len(writes))
+        await commit(writes, jobs)
+
+    monkeypatch.setattr(env.notify, "_run_batch", tracked_batch)
+    monkeypatch.setattr(env.notify.runs, "commit", tracked_commit)
+    event_id = await env.send("news", topic="crowd", payload={"text": "t"}, priority=Priority.BULK)
+    pool = env.runtime.pools[-1]
+    assert await pool.run_once(1) == 1  # the dispatch: two batch jobs of 125
+    batches = await pool.claim(10)
+    assert len(batches) == 2
+    await asyncio.gather(*(pool.execute(job) for job in batches))  # both at once
+    assert most == 1
+    assert sorted(commits) == [25, 25, 100, 100]
+    report = await env.report(event_id)
+    assert len(report["runs"]) == 250
+    assert {r["state"] for r in report["runs"]} == {"done"}

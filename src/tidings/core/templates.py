@@ -22,6 +22,7 @@ validation (pure: no I/O; the template store and the delivery steps call in).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import html as html_lib
 import re
@@ -144,6 +145,7 @@ def pick_locale(available: Mapping[str, Any], requested: str | None, default: st
     return default
 
 
+@functools.lru_cache(maxsize=512)
 def _babel_locale(tag: str) -> Locale:
     try:
         return Locale.parse(tag.replace("-", "_"))
@@ -217,12 +219,19 @@ class Renderer:
         # serves every locale and zone.
         self._compiled: OrderedDict[tuple[bool, str], Template] = OrderedDict()
         self._roots: dict[str, frozenset[str]] = {}
+        self._filters_for: dict[int, tuple[Locale, ZoneInfo]] = {}
 
     @staticmethod
     def _env(*, autoescape: bool) -> SandboxedEnvironment:
         return SandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
 
     def _filters(self, env: SandboxedEnvironment, locale: Locale, tz: ZoneInfo) -> None:
+        """Point the formatting filters at the recipient's locale and zone (kept while the
+        next rendering uses the same ones)."""
+        if self._filters_for.get(id(env)) == (locale, tz):
+            return
+        self._filters_for[id(env)] = (locale, tz)
+
         def as_datetime(value: Any) -> datetime:
             if isinstance(value, datetime):
                 return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -126,12 +126,14 @@ class RunStore(Protocol):
       stored, in input order; repeating it changes nothing. A run's step rows and messages
       are written only by `commit`, which moves the run out of ACTIVE in the same
       transaction: a run still ACTIVE has none.
+    - `get_runs` returns the stored runs among the ids (by id); unknown ids are left out.
     - `load_many` returns, per existing run id, the run with its step rows (by step id) and
       its messages (by step id). Unknown ids are left out.
     - `commit` writes every `RunWrite` and enqueues `jobs` in ONE transaction: step rows
       and messages are insert-if-absent (an earlier attempt's row wins) except step rows
       marked `replace`, which overwrite the stored row of their step; trail entries are
-      appended, runs are updated to the given state. A crash before it leaves nothing of it.
+      appended, runs are written in the given state (inserted when absent, so a batch of new
+      runs needs no `create_runs` first). A crash before it leaves nothing of it.
     - `effects_done(keys, exclude_run)` returns the keys that some message of another run
       holds (the idempotency stage).
     - `recent_sends(recipients, since)` returns per recipient and channel the `release_at`
@@ -151,6 +153,8 @@ class RunStore(Protocol):
     """
 
     async def create_runs(self, runs: Sequence[Run]) -> list[Run]: ...
+
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]: ...
 
     async def load_many(
         self, run_ids: Sequence[str]

@@ -73,6 +73,8 @@ class InboxService:
         self.publish = publish
         self.namespace = namespace
         self.max_data_bytes = max_data_bytes
+        # A yield point for long loops (the lane gate's `pause` when wired).
+        self.pause: Callable[[], Awaitable[None]] = _yield
 
     def channel(self, subscriber: str) -> str:
         """The subscriber's personal channel: user-limited to that subscriber."""
@@ -247,7 +249,7 @@ class InboxService:
                     await self._send(channel, data, _item_key(stored.id), subscriber, "item")
                     sent += 1
                     if sent % _YIELD_EVERY == 0:
-                        await asyncio.sleep(0)  # let the counts read take its next step
+                        await self.pause()  # let the counts read take its next step
             try:
                 found = await counts
             except Exception:
@@ -351,3 +353,7 @@ def _iso(at: float | None) -> str | None:
 
 def _seq(cursor: str, field: str) -> int:
     return int(decode_cursor(cursor, {"seq": int}, field)["seq"])
+
+
+async def _yield() -> None:
+    await asyncio.sleep(0)

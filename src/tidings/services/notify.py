@@ -92,6 +92,7 @@ from tidings.ports.notify import (
 from tidings.ports.preferences import PreferenceStore, SuppressionStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, TopicStore
 from tidings.services.inbox import InboxService
+from tidings.services.lanes import LaneGate
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import PermanentJobError, RetryableJobError
@@ -119,7 +120,9 @@ RUN_ROOTS = frozenset({"steps", "digest", "*"})
 class NotifyConfig:
     sender: str = "Tidings <notifications@localhost>"
     batch_size: int = 500
-    bulk_batch_size: int = 100  # smaller bulk transactions keep transactional waits short
+    bulk_batch_size: int = 500
+    bulk_commit_size: int = 100  # runs per write transaction of a bulk batch
+    bulk_concurrency: int = 1  # bulk batches at once in one process
     max_recipients: int = 1000  # explicit ids per event; topics have no limit
     caps: tuple[FrequencyCap, ...] = ()
     delivery_attempts: int = 8
@@ -193,6 +196,7 @@ class Orchestrator:
         enqueue: Callable[[NewJob], Awaitable[str]],
         on_enqueue: Callable[[], None] | None = None,
         active: ReachableFn | None = None,
+        gate: LaneGate | None = None,
     ) -> None:
         self.runs = runs
         self.workflows = workflows
@@ -210,6 +214,10 @@ class Orchestrator:
         self._enqueue = enqueue
         self._on_enqueue = on_enqueue
         self._active = active
+        self._gate = gate
+        # Bulk batches at once in this process: more only queue on the event loop (and on
+        # SQLite's writer) in front of transactional work.
+        self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
 
     # -- at ingest -----------------------------------------------------------------------
 
@@ -355,27 +363,30 @@ class Orchestrator:
         workflow = await self.workflows.get(key)
         if workflow is None:
             raise PermanentJobError(f"workflow {key} no longer exists")
-        await self._run_batch(event, workflow, recipients)
+        if event.priority is Priority.BULK:
+            async with self._bulk_slots:
+                await self._run_batch(event, workflow, recipients)
+        else:
+            await self._run_batch(event, workflow, recipients)
 
     async def _run_batch(
         self, event: EventRecord, workflow: Workflow, recipients: Sequence[str]
     ) -> None:
         key = workflow.key
         now = self._now()
-        runs = await self.runs.create_runs(
-            [
-                Run(run_id(event.id, key, r), event.id, key, r, event.priority, created_at=now)
-                for r in recipients
-            ]
-        )
-        # Step results and messages are only written by a commit, which also moves the run
-        # out of ACTIVE: an active run has none, so only waiting runs need loading.
-        waiting = [r.id for r in runs if r.state is RunState.WAITING]
+        fresh = [
+            Run(run_id(event.id, key, r), event.id, key, r, event.priority, created_at=now)
+            for r in recipients
+        ]
+        # A run is stored by the commit that moves it out of ACTIVE, with its step results
+        # and messages: an unknown run is new, a stored one is waiting (load it) or done.
+        stored = await self.runs.get_runs([r.id for r in fresh])
+        waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         loaded = await self.runs.load_many(waiting) if waiting else {}
         items = [
-            loaded.get(r.id, (r, {}, {}))
-            for r in runs
-            if r.state is RunState.ACTIVE or r.id in loaded
+            loaded[r.id] if r.id in loaded else (stored.get(r.id, r), {}, {})
+            for r in fresh
+            if r.id not in stored or r.id in loaded or stored[r.id].state is RunState.ACTIVE
         ]
         await self._advance(event, workflow, items)
 
@@ -421,15 +432,33 @@ class Orchestrator:
             prefs=await self.preferences.get_many(ids),
             recent=await self.runs.recent_sends(ids, now - caps_window) if caps_window else {},
         )
+        # Bulk batches commit in slices: a write transaction of a few dozen runs keeps the
+        # waits of transactional writers behind it (one SQLite writer) short.
+        per_commit = self.config.bulk_commit_size if event.priority is Priority.BULK else len(items)
         for n, (run, steps, messages) in enumerate(items, 1):
             p.writes.append(await self._advance_run(p, run, steps, messages))
+            if len(p.writes) >= per_commit:
+                await self._flush(p)
             if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let other work (a transactional event) run
+                await self._pause()  # transactional work in flight goes first
+        await self._flush(p)
+
+    async def _flush(self, p: _Pass) -> None:
+        """Write what the pass produced so far: inbox items (idempotent by id) first, then
+        the runs with their steps, messages, trail and jobs in one transaction."""
         if p.inbox:
             await self.inbox.add_many(p.inbox)
-        await self.runs.commit(p.writes, p.jobs)
+        if p.writes:
+            await self.runs.commit(p.writes, p.jobs)
         if p.jobs and self._on_enqueue is not None:
             self._on_enqueue()
+        p.inbox, p.writes, p.jobs = [], [], []
+
+    async def _pause(self) -> None:
+        if self._gate is not None:
+            await self._gate.pause()
+        else:
+            await asyncio.sleep(0)
 
     async def _advance_run(
         self, p: _Pass, run: Run, steps: dict[str, StepRow], messages: dict[str, Message]

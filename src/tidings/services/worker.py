@@ -20,6 +20,7 @@ from tidings.core.retry import FailureClass, RetryPolicy, decide
 from tidings.errors import LeaseLost
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
+from tidings.services.lanes import LaneGate
 from tidings.types import CURRENT_LANE, Job, Priority
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class WorkerPool:
         poll_interval: float = 0.2,
         policy: RetryPolicy | None = None,
         name: str = "worker",
+        gate: LaneGate | None = None,
     ) -> None:
         self._jobs = jobs
         self._clock = clock
@@ -75,6 +77,7 @@ class WorkerPool:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._gate = gate
 
     def notify(self) -> None:
         """Wake the claim loop now (new work was enqueued in this process)."""
@@ -143,8 +146,14 @@ class WorkerPool:
             return
         keeper = asyncio.create_task(self._keep_lease(job.id, token))
         lane = CURRENT_LANE.set(job.lane)
+        urgent = (
+            self._gate.urgent()
+            if self._gate is not None and job.lane is Priority.TRANSACTIONAL
+            else contextlib.nullcontext()
+        )
         try:
-            await handler(job)
+            with urgent:
+                await handler(job)
         except PermanentJobError as exc:
             await self._dead(job, token, f"permanent: {exc}")
         except asyncio.CancelledError:

@@ -71,6 +71,9 @@ class MemoryRunStore:
                 self._runs_by_event.setdefault(run.event_id, []).append(run.id)
         return [self._runs[r.id] for r in runs]
 
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
+        return {i: self._runs[i] for i in run_ids if i in self._runs}
+
     async def load_many(
         self, run_ids: Sequence[str]
     ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]:
@@ -106,15 +109,16 @@ class MemoryRunStore:
         self._append(trail)
         for w in writes:
             current = self._runs.get(w.run.id)
-            if current is not None:
-                self._runs[w.run.id] = dataclasses.replace(
-                    current,
-                    state=w.run.state,
-                    outcome=w.run.outcome,
-                    reason=w.run.reason,
-                    wake_at=w.run.wake_at,
-                    updated_at=now,
-                )
+            if current is None:
+                self._runs_by_event.setdefault(w.run.event_id, []).append(w.run.id)
+            self._runs[w.run.id] = dataclasses.replace(
+                current or w.run,
+                state=w.run.state,
+                outcome=w.run.outcome,
+                reason=w.run.reason,
+                wake_at=w.run.wake_at,
+                updated_at=now,
+            )
         await _enqueue(queue, new_jobs)
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:

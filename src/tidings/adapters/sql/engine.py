@@ -15,6 +15,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tidings.adapters.sql import sqlite_driver
 from tidings.types import CURRENT_LANE, Priority
 
 BUSY_TIMEOUT_MS = 5000
@@ -46,8 +47,9 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
-            pool_size=4,
+            pool_size=8,
             max_overflow=0,
+            module=sqlite_driver.dbapi(),
             json_serializer=_json_text,
             json_deserializer=orjson.loads,
         )

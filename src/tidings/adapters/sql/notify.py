@@ -48,6 +48,14 @@ class SqlRunStore:
         self._clock = clock
         ins = pg_insert if is_postgres(engine) else sqlite_insert
         self._ins_run = ins(notify_runs).on_conflict_do_nothing(index_elements=[_r.id])
+        upsert = ins(notify_runs)
+        self._put_run = upsert.on_conflict_do_update(
+            index_elements=[_r.id],
+            set_={
+                c: upsert.excluded[c]
+                for c in ("state", "outcome", "reason", "wake_at", "updated_at")
+            },
+        )
         self._ins_step = ins(notify_steps).on_conflict_do_nothing(
             index_elements=[_s.run_id, _s.step_id]
         )
@@ -73,17 +81,6 @@ class SqlRunStore:
                 result=bindparam("b_result"),
             )
         )
-        self._upd_run = (
-            update(notify_runs)
-            .where(_r.id == bindparam("b_id"))
-            .values(
-                state=bindparam("b_state"),
-                outcome=bindparam("b_outcome"),
-                reason=bindparam("b_reason"),
-                wake_at=bindparam("b_wake_at"),
-                updated_at=bindparam("b_updated_at"),
-            )
-        )
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -94,6 +91,10 @@ class SqlRunStore:
             await conn.execute(self._ins_run, [_run_row(r) for r in runs])
             stored = await _runs(conn, [r.id for r in runs])
         return [stored[r.id] for r in runs]
+
+    async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
+        async with self._read.connect() as conn:
+            return await _runs(conn, run_ids)
 
     async def load_many(
         self, run_ids: Sequence[str]
@@ -137,17 +138,7 @@ class SqlRunStore:
         ]
         messages = [_message_row(m) for w in writes for m in w.messages]
         trail = [_trail_row(t) for w in writes for t in w.trail]
-        runs = [
-            {
-                "b_id": w.run.id,
-                "b_state": w.run.state.value,
-                "b_outcome": w.run.outcome,
-                "b_reason": w.run.reason,
-                "b_wake_at": w.run.wake_at,
-                "b_updated_at": now,
-            }
-            for w in writes
-        ]
+        runs = [{**_run_row(w.run), "updated_at": now} for w in writes]
         async with writer(self._engine) as conn:
             if steps:
                 await conn.execute(self._ins_step, steps)
@@ -158,7 +149,7 @@ class SqlRunStore:
             if trail:
                 await conn.execute(self._ins_trail, trail)
             if runs:
-                await conn.execute(self._upd_run, runs)
+                await conn.execute(self._put_run, runs)
             if jobs:
                 await conn.execute(self._ins_job, [job_row(j, now) for j in jobs])
 

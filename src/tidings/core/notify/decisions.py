@@ -19,6 +19,7 @@ bounce lists); nothing here reads a clock or a store.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class Decision:
         return out
 
 
+@functools.lru_cache(maxsize=256)  # decisions are immutable: the common ones are shared
 def _send(stage: Stage, reason: Reason, detail: str = "") -> Decision:
     return Decision(stage, DecisionKind.SEND, reason, detail)
 

@@ -1,0 +1,105 @@
+"""SQLAlchemy's aiosqlite driver with one thread hop per statement.
+
+aiosqlite runs every call on its connection's thread, and SQLAlchemy's adapter makes three or
+four such calls per statement (create the cursor, execute, fetch the rows, close). Each hop
+waits for the event loop to come round, so under load a transaction of six statements
+queued behind a busy loop some twenty times while holding SQLite's only write lock. Here a
+statement's execute, fetch and close run as one call on the connection's thread; the rows,
+description, rowcount and lastrowid come back together.
+
+Server-side (streaming) cursors keep SQLAlchemy's own implementation.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, cast
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util.concurrency import await_
+
+_Outcome = tuple[Any, int, int | None, list[Any] | None]
+
+
+class _Finished:
+    """What a statement left: the parts of a DB-API cursor SQLAlchemy reads afterwards."""
+
+    __slots__ = ("arraysize", "description", "lastrowid", "rowcount")
+
+    def __init__(self, description: Any = None, rowcount: int = -1, lastrowid: Any = None):
+        self.description = description
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+        self.arraysize = 1
+
+    def close(self) -> None:
+        """Nothing to release: the sqlite3 cursor was closed on its thread."""
+
+
+def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
+    cursor = conn.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        else:
+            cursor.execute(operation, () if parameters is None else parameters)
+        rows = cursor.fetchall() if cursor.description else None
+        return cursor.description, cursor.rowcount, cursor.lastrowid, rows
+    finally:
+        cursor.close()
+
+
+class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
+    __slots__ = ()
+    _awaitable_cursor_close = False
+
+    def _make_new_cursor(self, connection: Any) -> Any:
+        return _Finished()
+
+    def _aenter_cursor(self, cursor: Any) -> Any:
+        return cursor
+
+    async def _call(self, operation: Any, parameters: Any, many: bool) -> None:
+        connection: Any = self._connection  # an aiosqlite.Connection
+        async with self._adapt_connection._execute_mutex:
+            outcome: _Outcome = await connection._execute(
+                _run, connection._conn, operation, parameters, many
+            )
+        description, rowcount, lastrowid, rows = outcome
+        self._cursor = _Finished(description, rowcount, lastrowid)  # type: ignore[assignment]
+        if rows is not None:
+            self._rows = collections.deque(rows)
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        await self._call(operation, parameters, many=False)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+        await self._call(operation, seq_of_parameters, many=True)
+
+
+class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = OneHopCursor
+
+
+class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """Pass as `module=` to `create_async_engine` for a `sqlite+aiosqlite` URL."""
+
+    def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+        connection = aiosqlite.connect(*arg, **kw)
+        connection._thread.daemon = True
+        return OneHopConnection(self, cast(Any, await_(connection)))
+
+
+def dbapi() -> OneHopDBAPI:
+    return OneHopDBAPI(aiosqlite, sqlite3)
+
+
+__all__: Sequence[str] = ("OneHopDBAPI", "dbapi")

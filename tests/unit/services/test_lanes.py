@@ -1,0 +1,68 @@
+"""The lane gate: bulk work at a yield point waits for transactional work in flight, for at
+most the horizon per urgent section; other work passes at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tidings.services.lanes import LaneGate
+from tidings.types import CURRENT_LANE, Priority
+
+
+async def bulk_steps(gate: LaneGate, log: list[str], n: int) -> None:
+    CURRENT_LANE.set(Priority.BULK)
+    for i in range(n):
+        log.append(f"bulk{i}")
+        await gate.pause()
+
+
+async def test_bulk_waits_until_the_transactional_section_ends() -> None:
+    gate = LaneGate(horizon=5.0)
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def tx() -> None:
+        with gate.urgent():
+            log.append("tx-start")
+            await release.wait()
+            log.append("tx-end")
+
+    t = asyncio.create_task(tx())
+    await asyncio.sleep(0)
+    b = asyncio.create_task(bulk_steps(gate, log, 3))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert log == ["tx-start", "bulk0"]  # bulk stopped at its first yield point
+    release.set()
+    await asyncio.gather(t, b)
+    assert log == ["tx-start", "bulk0", "tx-end", "bulk1", "bulk2"]
+    assert gate.waits == 1
+
+
+async def test_a_long_transactional_section_holds_bulk_back_only_for_the_horizon() -> None:
+    gate = LaneGate(horizon=0.05)
+    log: list[str] = []
+    stuck = asyncio.Event()
+
+    async def slow_tx() -> None:
+        with gate.urgent():
+            await stuck.wait()  # a provider that never answers
+
+    t = asyncio.create_task(slow_tx())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(bulk_steps(gate, log, 3), 2.0)
+    waited = loop.time() - began
+    assert log == ["bulk0", "bulk1", "bulk2"]
+    assert 0.04 <= waited < 1.0  # held once for about the horizon, then free to go
+    stuck.set()
+    await t
+
+
+async def test_transactional_work_never_waits_at_the_gate() -> None:
+    gate = LaneGate(horizon=5.0)
+    with gate.urgent():
+        CURRENT_LANE.set(Priority.TRANSACTIONAL)
+        await asyncio.wait_for(gate.pause(), 0.5)
+    assert gate.waits == 0
