@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 
 from tests.api.conftest import Api
@@ -136,7 +137,14 @@ async def test_cancel_an_event_held_for_later(api: Api) -> None:
     assert r.status_code == 409 and "is cancelled" in r.json()["detail"]
     assert (await c.post("/v1/events/nope/cancel", headers=h)).status_code == 404
     # the dispatch job, when it comes, finds the event cancelled and publishes nothing
-    dispatcher_job = Job(
+    await run_dispatch_job(api, event_id)
+    got = (await c.get(f"/v1/events/{event_id}", headers=h)).json()
+    assert got["state"] == "cancelled" and got["outcomes"] == []
+
+
+async def run_dispatch_job(api: Api, event_id: str) -> None:
+    """Run the event's dispatch job now, as the worker would when `send_at` comes."""
+    job = Job(
         id="j",
         kind="event.dispatch",
         payload={"event_id": event_id},
@@ -151,6 +159,107 @@ async def test_cancel_an_event_held_for_later(api: Api) -> None:
         last_error=None,
         created_at=0.0,
     )
-    await Dispatcher(api.runtime.services.ingest._events, api.runtime.hub).handle(dispatcher_job)
+    await Dispatcher(api.runtime.services.ingest._events, api.runtime.hub).handle(job)
+
+
+HELD = {
+    "type": "reminder",
+    "channels": ["orders:held"],
+    "payload": {"order": 7},
+    "send_at": "2099-01-01T09:00:00Z",
+}
+
+
+async def test_cancel_by_idempotency_key_stops_a_held_event(api: Api) -> None:
+    c, h = api.client, api.auth()
+    r = await c.post("/v1/events", json=HELD, headers={**h, "Idempotency-Key": "txn-held-1"})
+    assert r.status_code == 202, r.text
+    event_id = r.json()["id"]
+    r = await c.post("/v1/events/cancel", json={"idempotency_key": "txn-held-1"}, headers=h)
+    assert r.status_code == 200, r.text
+    cancelled = r.json()
+    assert cancelled["id"] == event_id and cancelled["idempotency_key"] == "txn-held-1"
+    assert cancelled["state"] == "cancelled" and cancelled["outcomes"] == []
+    assert cancelled["payload"] == {"order": 7}
+    await run_dispatch_job(api, event_id)
     got = (await c.get(f"/v1/events/{event_id}", headers=h)).json()
     assert got["state"] == "cancelled" and got["outcomes"] == []
+    history = await api.runtime.broker.history("orders:held", limit=-1)
+    assert history.publications == ()
+
+
+async def test_cancel_by_key_accepts_the_body_id(api: Api) -> None:
+    c, h = api.client, api.auth()
+    r = await c.post("/v1/events", json={**HELD, "id": "ext-held"}, headers=h)
+    event_id = r.json()["id"]
+    r = await c.post("/v1/events/cancel", json={"idempotency_key": "ext-held"}, headers=h)
+    assert r.status_code == 200 and r.json()["id"] == event_id
+    assert r.json()["state"] == "cancelled"
+
+
+async def test_cancel_by_key_cancels_only_that_event(api: Api) -> None:
+    c, h = api.client, api.auth()
+    a = await c.post("/v1/events", json=HELD, headers={**h, "Idempotency-Key": "txn-a"})
+    b = await c.post("/v1/events", json=HELD, headers={**h, "Idempotency-Key": "txn-b"})
+    r = await c.post("/v1/events/cancel", json={"idempotency_key": "txn-a"}, headers=h)
+    assert r.json()["id"] == a.json()["id"]
+    other = (await c.get(f"/v1/events/{b.json()['id']}", headers=h)).json()
+    assert other["state"] == "accepted"
+
+
+async def test_cancel_by_unknown_key_is_404_problem(api: Api) -> None:
+    r = await api.client.post(
+        "/v1/events/cancel", json={"idempotency_key": "txn-nope"}, headers=api.auth()
+    )
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["status"] == 404 and "txn-nope" in problem["detail"]
+
+
+async def test_cancel_by_key_twice_is_409(api: Api) -> None:
+    c, h = api.client, api.auth()
+    r = await c.post("/v1/events", json=HELD, headers={**h, "Idempotency-Key": "txn-twice"})
+    event_id = r.json()["id"]
+    first = await c.post("/v1/events/cancel", json={"idempotency_key": "txn-twice"}, headers=h)
+    assert first.status_code == 200
+    again = await c.post("/v1/events/cancel", json={"idempotency_key": "txn-twice"}, headers=h)
+    assert again.status_code == 409
+    assert again.headers["content-type"] == "application/problem+json"
+    assert f"event {event_id} is cancelled" in again.json()["detail"]
+    by_id = await c.post(f"/v1/events/{event_id}/cancel", headers=h)
+    assert by_id.status_code == 409
+
+
+async def test_cancel_by_key_of_a_dispatched_event_keeps_what_went_out(api: Api) -> None:
+    c, h = api.client, api.auth()
+    r = await c.post("/v1/events", json=EVENT, headers={**h, "Idempotency-Key": "txn-sent"})
+    event_id = r.json()["id"]
+    await wait_state(api, event_id, "dispatched")
+    r = await c.post("/v1/events/cancel", json={"idempotency_key": "txn-sent"}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["state"] == "cancelled"
+    assert [(o["target"], o["status"]) for o in body["outcomes"]] == [("orders:u1", "published")]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "idempotency_key"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+        ({"idempotency_key": "k" * 256}, "idempotency_key"),
+        ({"idempotency_key": 7}, "idempotency_key"),
+        ({"idempotency_key": "k", "transaction_id": "k"}, "transaction_id"),
+    ],
+)
+async def test_cancel_by_key_with_a_bad_body_is_422(api: Api, body: dict, field: str) -> None:
+    r = await api.client.post("/v1/events/cancel", json=body, headers=api.auth())
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert field in [e["field"] for e in r.json()["errors"]]
+
+
+async def test_cancel_by_key_needs_an_api_key(api: Api) -> None:
+    r = await api.client.post("/v1/events/cancel", json={"idempotency_key": "k"})
+    assert r.status_code == 401

@@ -221,3 +221,28 @@ async def test_transition_is_a_compare_and_set(stores: Stores) -> None:
         stores.events.transition(other.id, EventState.ACCEPTED, EventState.DISPATCHED),
     )
     assert sorted(results) == [False, True]  # exactly one wins
+
+
+async def test_get_by_key_finds_the_event_stored_under_it(stores: Stores) -> None:
+    a, _ = await stores.events.append(new_event("order-42"))
+    b, _ = await stores.events.append(new_event("order-43", body_hash="h2"))
+    await stores.events.add_outcome(a.id, Outcome("channel", "orders:u1", "published"))
+    await stores.events.set_state(a.id, EventState.DISPATCHED)
+    got = await stores.events.get_by_key("order-42")
+    assert got == await stores.events.get(a.id)
+    assert got is not None and got.id == a.id and got.state == EventState.DISPATCHED
+    assert [o.target for o in got.outcomes] == ["orders:u1"]
+    other = await stores.events.get_by_key("order-43")
+    assert other is not None and other.id == b.id and other.body_hash == "h2"
+    assert await stores.events.get_by_key("order-44") is None
+    assert await stores.events.get_by_key(a.id) is None  # an event id is not a key
+    assert await stores.events.get_by_key("ORDER-42") is None  # keys match exactly
+
+
+async def test_a_replay_leaves_the_key_on_the_original(stores: Stores) -> None:
+    first, _ = await stores.events.append(new_event("once"))
+    await stores.events.append(new_event("once"))
+    with pytest.raises(IdempotencyConflict):
+        await stores.events.append(new_event("once", body_hash="h2"))
+    got = await stores.events.get_by_key("once")
+    assert got is not None and got.id == first.id and got.body_hash == "h1"

@@ -1,4 +1,4 @@
-"""POST /v1/events (exactly-once ingest) and GET /v1/events/{id}."""
+"""POST /v1/events (exactly-once ingest), GET /v1/events/{id} and cancellation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from tidings.api.auth import require, services
-from tidings.api.schemas import EventAccepted, EventIn, EventOut
+from tidings.api.schemas import EventAccepted, EventCancelIn, EventIn, EventOut
 from tidings.errors import NotFound
 from tidings.services.ingest import EventInput
 from tidings.types import ApiKey, Scope
@@ -85,6 +85,20 @@ async def get_event(
     if event is None:
         raise NotFound(f"event {event_id} not found")
     return EventOut.of(event)
+
+
+@router.post(
+    "/cancel",
+    response_model=EventOut,
+    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+    summary="Cancel the event sent with an idempotency key",
+)
+async def cancel_event_by_key(
+    request: Request,
+    body: EventCancelIn,
+    _key: Annotated[ApiKey, Depends(require(Scope.PUBLISH))],
+) -> EventOut:
+    return EventOut.of(await services(request).ingest.cancel_by_key(body.idempotency_key))
 
 
 @router.post(

@@ -50,6 +50,19 @@ class EventIn(BaseModel):
         return self
 
 
+class EventCancelIn(BaseModel):
+    """Cancel the event stored under an idempotency key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str = Field(
+        min_length=1,
+        max_length=255,
+        description="The event's idempotency key: the `Idempotency-Key` header it was sent "
+        "with, else its body `id`; the same value as `idempotency_key` in the event.",
+    )
+
+
 class OutcomeOut(BaseModel):
     kind: str
     target: str

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tidings.core.idempotency import fingerprint
-from tidings.errors import Conflict, InvalidInput
+from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
 from tidings.ports.jobs import JobQueue
@@ -159,6 +159,15 @@ class IngestService:
         record = await self._events.get(event_id)
         assert record is not None
         return record
+
+    async def cancel_by_key(self, idempotency_key: str) -> EventRecord:
+        """`cancel` for the event stored under this idempotency key (the caller's transaction
+        id: the `Idempotency-Key` header or the body `id` it was sent with). NotFound when no
+        event has that key."""
+        record = await self._events.get_by_key(idempotency_key)
+        if record is None:
+            raise NotFound(f"no event has idempotency key {idempotency_key!r}")
+        return await self.cancel(record.id)
 
     async def get(self, event_id: str) -> EventRecord | None:
         return await self._events.get(event_id)

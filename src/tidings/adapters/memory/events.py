@@ -40,6 +40,10 @@ class MemoryEventStore:
     async def get(self, event_id: str) -> EventRecord | None:
         return self._by_id.get(event_id)
 
+    async def get_by_key(self, idempotency_key: str) -> EventRecord | None:
+        event_id = self._by_key.get(idempotency_key)
+        return self._by_id[event_id] if event_id is not None else None
+
     def _require(self, event_id: str) -> EventRecord:
         record = self._by_id.get(event_id)
         if record is None:

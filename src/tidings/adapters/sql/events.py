@@ -62,6 +62,17 @@ class SqlEventStore:
                 return None
             return (await _with_outcomes(conn, [_record(row._mapping)]))[0]
 
+    async def get_by_key(self, idempotency_key: str) -> EventRecord | None:
+        async with self._read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(events).where(events.c.idempotency_key == idempotency_key)
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            return (await _with_outcomes(conn, [_record(row._mapping)]))[0]
+
     async def add_outcome(self, event_id: str, outcome: Outcome) -> None:
         async with writer(self._engine) as conn:
             exists = (
