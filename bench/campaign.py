@@ -25,11 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from sqlalchemy import insert
-
-from tidings.adapters.sql import create_engine
-from tidings.adapters.sql.tables import subscribers, topic_members, topics
+from notify import migrate, seed  # the notification benchmark's schema and subscribers
 
 WORKFLOWS = """
 workflows:
@@ -43,38 +41,9 @@ workflows:
 """
 
 
-async def seed(url: str, n: int) -> None:
-    engine = create_engine(url)
-    now = time.time()
-    async with engine.begin() as conn:
-        await conn.execute(insert(topics), [{"key": "all", "name": "All", "created_at": now}])
-        for start in range(0, n, 5000):
-            ids = [f"s{i:07d}" for i in range(start, min(n, start + 5000))]
-            await conn.execute(
-                insert(subscribers),
-                [
-                    {
-                        "id": i,
-                        "email": f"{i}@example.com",
-                        "locale": "en",
-                        "timezone": "UTC",
-                        "data": {},
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for i in ids
-                ],
-            )
-            await conn.execute(
-                insert(topic_members),
-                [{"topic_key": "all", "subscriber_id": i, "created_at": now} for i in ids],
-            )
-    await engine.dispose()
-
-
 async def run(n: int, rate: float, workdir: Path) -> dict[str, Any]:
     from tidings.config import NotifySettings, Settings, WorkerSettings
-    from tidings.wiring import build_runtime, migrate
+    from tidings.wiring import build_runtime
 
     (workdir / "workflows.yaml").write_text(WORKFLOWS)
     url = f"sqlite+aiosqlite:///{workdir}/campaign.db"
@@ -85,7 +54,7 @@ async def run(n: int, rate: float, workdir: Path) -> dict[str, Any]:
         notify=NotifySettings(workflows=[str(workdir / "workflows.yaml")]),
         worker=WorkerSettings(poll_interval=0.05),
     )
-    migrate(settings)
+    migrate(url)
     await seed(url, n)
     runtime = build_runtime(settings)
     await runtime.start()

@@ -13,7 +13,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from tidings import __version__, logs
@@ -465,7 +472,7 @@ def template_test_send(
 # -- campaigns -------------------------------------------------------------------------------
 
 campaign_app = typer.Typer(
-    help="Paced bulk sends to a topic: create, follow, pause, resume, cancel.",
+    help="Paced bulk sends to a topic or a segment: create, follow, pause, resume, cancel.",
     no_args_is_help=True,
 )
 app.add_typer(campaign_app, name="campaign")
@@ -478,22 +485,53 @@ def _campaigns(rt: Runtime) -> CampaignService:
     return found
 
 
+def _campaign_pace(p: CampaignProgress) -> str:
+    c = p.campaign
+    parts = [] if c.rate is None else [f"{c.rate:g} recipients/s"]
+    parts += [f"{ch} {r:g}/s" for ch, r in sorted((c.rates or {}).items())]
+    return ", ".join(parts)
+
+
+def _campaign_channels(p: CampaignProgress) -> str:
+    return ", ".join(
+        f"{ch} {x.achieved_rate:,.1f}/s" + ("" if x.rate is None else f" of {x.rate:g}")
+        for ch, x in (p.channels or {}).items()
+        if x.achieved_rate is not None
+    )
+
+
 def _campaign_line(p: CampaignProgress) -> str:
     c = p.campaign
     total = "?" if p.total is None else f"{p.total:,}"
     rate = "-" if p.achieved_rate is None else f"{p.achieved_rate:,.1f}/s"
     eta = "-" if p.eta_seconds is None else f"{p.eta_seconds:,.0f}s"
+    channels = _campaign_channels(p)
     return (
         f"{c.id} {c.state.value}: {c.enqueued:,} of {total} handed out, {p.delivered:,} "
-        f"delivered, rate {rate} (set {c.rate:g}/s), eta {eta}"
+        f"delivered, rate {rate} (set {_campaign_pace(p)}), eta {eta}"
+        + (f"; messages {channels}" if channels else "")
     )
 
 
 @campaign_app.command("create")
 def campaign_create(
     workflow: Annotated[str, typer.Option(help="The workflow's key (its event type).")],
-    topic: Annotated[str, typer.Option(help="The topic whose members receive it.")],
-    rate: Annotated[float, typer.Option(help="Recipients per second (> 0, <= 10,000).")],
+    topic: Annotated[
+        str | None, typer.Option(help="The topic whose members receive it (or --segment).")
+    ] = None,
+    segment: Annotated[
+        str | None, typer.Option(help="The segment whose subscribers receive it.")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Recipients per second (> 0, <= 10,000).")
+    ] = None,
+    channel_rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channel-rate",
+            help="Messages per second on a channel, CHANNEL=RATE (email=100); repeatable.",
+        ),
+    ] = None,
     payload: Annotated[str, typer.Option(help="The event payload: JSON, or @file.")] = "{}",
     start_at: Annotated[
         str | None, typer.Option(help="ISO 8601 instant to start at (default: now).")
@@ -503,8 +541,16 @@ def campaign_create(
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create a campaign; the server's workers send it at the given rate."""
+    """Create a campaign; the server's workers send it at the given pace."""
     data = _json_object(payload, "--payload")
+    rates: dict[str, float] | None = None
+    for item in channel_rate or []:
+        channel, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise _fail(f"--channel-rate takes CHANNEL=RATE, not {item!r}", 2) from None
+        rates = {**(rates or {}), channel.strip(): number}
     start: float | None = None
     if start_at is not None:
         try:
@@ -518,8 +564,10 @@ def campaign_create(
             c = await _campaigns(rt).create(
                 workflow=workflow,
                 topic=topic,
+                segment=segment,
                 payload=data,
                 rate=rate,
+                rates=rates,
                 start_at=start,
                 campaign_id=campaign_id,
             )
@@ -551,6 +599,7 @@ def campaign_progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TaskProgressColumn(),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=out,
@@ -558,13 +607,15 @@ def campaign_progress(
             task = bar.add_task(campaign_id, total=None, detail="")
             while True:
                 c = p.campaign
-                rate = "" if p.achieved_rate is None else f"{p.achieved_rate:,.0f}/s"
-                eta = "" if p.eta_seconds is None else f"eta {p.eta_seconds:,.0f}s"
+                rate = "" if p.achieved_rate is None else f" {p.achieved_rate:,.1f}/s"
+                eta = "" if p.eta_seconds is None else f" eta {p.eta_seconds:,.0f}s"
+                channels = _campaign_channels(p)
                 bar.update(
                     task,
                     total=p.total,
                     completed=p.delivered,
-                    detail=f"{c.state.value} handed out {c.enqueued:,} {rate} {eta}",
+                    detail=f"{c.state.value} handed out {c.enqueued:,}{rate}{eta}"
+                    + (f" ({channels})" if channels else ""),
                 )
                 finished = c.state in FINAL_STATES and p.delivered >= c.enqueued
                 if finished or c.state is CampaignState.CANCELLED:

@@ -34,6 +34,7 @@ from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.online import SqlPresenceRecords
 from tidings.adapters.sql.preferences import SqlPreferenceStore, SqlSuppressionStore
 from tidings.adapters.sql.schedules import SqlScheduleStore
+from tidings.adapters.sql.segments import SqlAudiences, SqlSegmentStore
 from tidings.adapters.sql.subscribers import SqlSubscriberStore, SqlTopicStore
 from tidings.adapters.sql.templates import SqlTemplateStore
 from tidings.adapters.sql.webhooks import SqlWebhookEndpointStore
@@ -71,6 +72,7 @@ from tidings.services.providers import (
     WebhookService,
 )
 from tidings.services.schedules import FIRE_JOB, ScheduleService
+from tidings.services.segments import SegmentService
 from tidings.services.subscriber_auth import SubscriberAuth
 from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
@@ -243,6 +245,9 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     dispatcher.notify = notify.start
     ingest.check_recipients = notify.check_trigger
     ingest.on_cancel = notify.cancel
+    segments = SegmentService(
+        SqlSegmentStore(engine), SqlAudiences(engine), subscribers.topics, clock
+    )
     campaigns = CampaignService(
         SqlCampaignStore(engine),
         ingest,
@@ -251,6 +256,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         notify.runs,
         clock,
         on_enqueue=wake,
+        audiences=segments.audiences,
+        segments=segments.store,
     )
 
     services = Services(
@@ -280,6 +287,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         ready_checks={"store": store_ready},
         notify=notify,
         campaigns=campaigns,
+        segments=segments,
     )
     w = settings.worker
     handlers = {

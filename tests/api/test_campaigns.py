@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
 from tests.api.conftest import Api, make_settings, open_api
+from tidings import cli as cli_module
+from tidings.cli import app as cli
 from tidings.config import NotifySettings
 
 WORKFLOWS = """
@@ -101,7 +107,51 @@ async def test_errors_name_the_field(api: Api) -> None:
     assert await field({**BODY, "payload": {"text": "x" * 5000}}) == "payload"
     assert await field({**BODY, "extra": 1}) == "extra"
     assert await field({k: v for k, v in BODY.items() if k != "topic"}) == "topic"
+    assert await field({**BODY, "segment": "some"}) == "topic"  # a topic or a segment
+    no_topic = {k: v for k, v in BODY.items() if k != "topic"}
+    assert await field({**no_topic, "segment": "nope"}) == "segment"
+    assert await field({k: v for k, v in BODY.items() if k != "rate"}) == "rate"
+    assert await field({**BODY, "rates": {"emial": 100}}) == "rates.emial"
+    assert await field({**BODY, "rates": {"email": 0}}) == "rates.email"
+    assert await field({**BODY, "rates": {"email": 100_001}}) == "rates.email"
+    assert await field({**BODY, "rates": {"email": "fast"}}) == "rates.email"
+    # `promo` sends in-app only: an email rate alone bounds nothing
+    assert await field({**no_topic, "topic": "news", "rate": None, "rates": {"email": 5}}) == (
+        "rates"
+    )
     assert (await c.get("/v1/campaigns/nope", headers=h)).status_code == 404
     assert (await c.post("/v1/campaigns/nope/pause", headers=h)).status_code == 404
     assert (await c.post("/v1/campaigns", json=BODY)).status_code == 401
     assert (await c.get("/v1/campaigns", headers=h)).json() == []
+
+
+async def test_cli_progress_draws_a_bar_until_the_campaign_is_done(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, h = api.client, api.auth()
+    r = await c.post("/v1/campaigns", json={**BODY, "id": "slow", "rate": 2}, headers=h)
+    assert r.status_code == 201, r.text
+    screen = io.StringIO()  # a terminal 120 columns wide: the bar redraws as it moves
+    monkeypatch.setattr(cli_module, "out", Console(file=screen, force_terminal=True, width=120))
+    env = {
+        "TIDINGS_DATABASE_URL": api.runtime.settings.database_url,
+        "TIDINGS_TOKEN_SECRET": "t" * 64,
+    }
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["campaign", "progress", "slow", "--interval", "0.1"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    frames = [
+        (int(done), int(total), int(pct), state, int(handed))
+        for done, total, pct, state, handed in re.findall(
+            r"slow ━[━╺╸ ]* (\d+)/(\d+) +(\d+)% (\w+) handed out (\d+)", text
+        )
+    ]
+    assert frames, text
+    assert frames[-1] == (5, 5, 100, "completed", 5)
+    assert any(pct < 100 and state == "running" for _, _, pct, state, _ in frames), text
+    for done, total, pct, _, handed in frames:
+        assert pct == round(100 * done / total) and done <= handed <= total
+    assert [f[0] for f in frames] == sorted(f[0] for f in frames)  # it only moves forward
+    assert "slow completed: 5 of 5 handed out, 5 delivered" in text

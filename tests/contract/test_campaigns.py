@@ -71,6 +71,39 @@ async def test_create_stores_the_campaign_with_its_first_tick(stores: Stores) ->
         await stores.campaigns.get("nope")
 
 
+async def test_a_campaign_to_a_segment_paced_per_channel_round_trips(stores: Stores) -> None:
+    c = dataclasses.replace(
+        campaign("seg"),
+        topic=None,
+        rate=None,
+        segment="de-pro",
+        filter={"subscriber.locale": "de", "subscriber.data.orders": {"gte": 3}},
+        rates={"email": 100.0, "in_app": 5000.0},
+    )
+    assert await stores.campaigns.create(c, then=tick("seg", 0)) == c
+    stored = await stores.campaigns.get("seg")
+    assert stored == c and stored.messages == {}
+    assert await stores.campaigns.advance(
+        "seg",
+        expect=RUNNING,
+        tick=0,
+        cursor="u9",
+        enqueued=50,
+        state=RUNNING,
+        jobs=[],
+        at=2.0,
+        messages={"email": 100, "in_app": 50},
+    )
+    assert (await stores.campaigns.get("seg")).messages == {"email": 100, "in_app": 50}
+    # an advance without messages keeps them
+    assert await stores.campaigns.advance(
+        "seg", expect=RUNNING, tick=1, cursor="u9", enqueued=50, state=RUNNING, jobs=[], at=3.0
+    )
+    after = await stores.campaigns.get("seg")
+    assert (after.ticks, after.messages) == (2, {"email": 100, "in_app": 50})
+    assert (after.segment, after.filter, after.rates) == (c.segment, c.filter, c.rates)
+
+
 async def test_page_lists_by_id(stores: Stores) -> None:
     for cid in ("c3", "c1", "c2"):
         await stores.campaigns.create(campaign(cid), then=tick(cid, 0))

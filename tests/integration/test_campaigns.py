@@ -1,6 +1,11 @@
 """Campaigns end to end on the embedded runtime (SQLite) with a manual clock: the workers run
 due jobs with `run_once`, the clock moves one second at a time, so the tick schedule is the
-only thing that paces the send."""
+only thing that paces the send.
+
+The 1,000 subscribers u00000..u00999 have profiles derived from their number `i`: locale `de`
+when i % 4 == 0 (else `en`), an email address when i is even, and data
+`{"plan": "pro" if i % 5 == 0 else "free", "orders": i % 10, "tags": ["vip"] if i % 7 == 0
+else []}`."""
 
 from __future__ import annotations
 
@@ -8,16 +13,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from tests.api.conftest import make_settings
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.sql.tables import inbox_items, jobs, subscribers, topic_members, topics
 from tidings.config import NotifySettings, WorkerSettings
 from tidings.ports.campaigns import Campaign, CampaignState
+from tidings.services import campaigns as campaigns_module
 from tidings.services.campaigns import TICK_JOB, CampaignService
+from tidings.services.segments import SegmentService
 from tidings.types import Job, JobState, Priority
 from tidings.wiring import Runtime, build_runtime, migrate
 
@@ -28,8 +36,31 @@ workflows:
       - id: inapp
         type: in_app
         content: {title: "Sale", body: "{{ payload.text }}"}
+  - key: mixed
+    steps:
+      - id: inapp
+        type: in_app
+        content: {title: "Sale", body: "{{ payload.text }}"}
+      - id: mail
+        type: email
+        content: {subject: "Sale", text: "{{ payload.text }}"}
+      - id: reminder
+        type: email
+        content: {subject: "Still on", text: "{{ payload.text }}"}
 """
 MEMBERS = 1000
+
+
+def profile(i: int) -> dict[str, Any]:
+    return {
+        "locale": "de" if i % 4 == 0 else "en",
+        "email": f"u{i}@example.com" if i % 2 == 0 else None,
+        "data": {
+            "plan": "pro" if i % 5 == 0 else "free",
+            "orders": i % 10,
+            "tags": ["vip"] if i % 7 == 0 else [],
+        },
+    }
 
 
 @dataclass
@@ -42,6 +73,20 @@ class Env:
         found = self.runtime.services.campaigns
         assert found is not None
         return found
+
+    @property
+    def segments(self) -> SegmentService:
+        found = self.runtime.services.segments
+        assert found is not None
+        return found
+
+    async def recipients(self) -> list[str]:
+        """Subscribers with an in-app item, each as often as they have one."""
+        async with self.runtime.engine.connect() as conn:
+            rows = await conn.execute(
+                select(inbox_items.c.subscriber_id).order_by(inbox_items.c.subscriber_id)
+            )
+            return [r[0] for r in rows]
 
     async def drain(self) -> int:
         """Run every due job (and the jobs they make due) until none is left."""
@@ -93,8 +138,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await conn.execute(
             insert(subscribers),
             [
-                {"id": i, "data": {}, "created_at": now, "updated_at": now}
-                for i in ids  # the other columns are nullable
+                {"id": sid, **profile(i), "created_at": now, "updated_at": now}
+                for i, sid in enumerate(ids)  # phone and timezone stay NULL
             ],
         )
         await conn.execute(
@@ -215,3 +260,169 @@ async def test_a_fractional_rate_and_a_late_start(env: Env) -> None:
     await env.seconds(6)  # ticks at +10 .. +15: one member every other second
     assert await env.items() == (3, 3)
     assert (await env.campaigns.get(c.id)).state is CampaignState.RUNNING
+
+
+def tick_job(c: Campaign, n: int, at: float) -> Job:
+    return Job(
+        id=f"replayed-{n}",
+        kind=TICK_JOB,
+        payload={"campaign": c.id, "tick": n, "at": at},
+        lane=Priority.BULK,
+        state=JobState.RUNNING,
+        run_at=at,
+        attempts=1,
+        max_attempts=10,
+        dedupe_key=None,
+        lease_token="t",
+        locked_until=None,
+        last_error=None,
+        created_at=at,
+    )
+
+
+async def test_a_segment_campaign_reaches_exactly_its_subscribers_once(env: Env) -> None:
+    spec = {"subscriber.locale": "de", "subscriber.data.plan": "pro"}
+    seg, created = await env.segments.put("de-pro", name="German pros", topic="all", filter=spec)
+    assert created and seg.filter == spec
+    chosen = [f"u{i:05d}" for i in range(MEMBERS) if i % 20 == 0]  # de and pro
+    assert await env.segments.count("de-pro") == len(chosen) == 50
+    c = await env.campaigns.create(
+        workflow="promo", segment="de-pro", payload={"text": "for you"}, rate=20
+    )
+    assert (c.topic, c.segment, c.filter) == ("all", "de-pro", spec)
+    await env.seconds(1)
+    first = await env.campaigns.get(c.id)
+    assert (first.total, first.enqueued, first.cursor) == (50, 20, chosen[19])
+    assert await env.recipients() == chosen[:20]
+    # The walk reads profiles as it reaches them: u00500 leaves the segment before it is
+    # reached, and editing the segment changes nothing for the campaign (it took a copy).
+    async with env.runtime.engine.begin() as conn:
+        await conn.execute(
+            update(subscribers).where(subscribers.c.id == "u00500").values(locale="en")
+        )
+    await env.segments.put("de-pro", name=None, topic=None, filter={"subscriber.locale": "en"})
+    await env.seconds(5)
+    done = await env.campaigns.progress(c.id)
+    assert done.campaign.state is CampaignState.COMPLETED
+    assert (done.total, done.campaign.enqueued, done.delivered) == (50, 49, 49)
+    assert await env.recipients() == [i for i in chosen if i != "u00500"]
+
+
+async def test_a_sparse_segment_is_walked_a_bounded_number_per_tick(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(campaigns_module, "SCAN_PAGE", 50)
+    monkeypatch.setattr(campaigns_module, "MAX_EXAMINE", 100)
+    # `contains` on a data list is evaluated in Python, page by page
+    await env.segments.put(
+        "vips", name=None, topic=None, filter={"subscriber.data.tags": {"contains": "vip"}}
+    )
+    chosen = [f"u{i:05d}" for i in range(MEMBERS) if i % 7 == 0]
+    c = await env.campaigns.create(
+        workflow="promo", segment="vips", payload={"text": "hi"}, rate=100
+    )
+    assert c.topic is None
+    await env.seconds(1)
+    first = await env.campaigns.get(c.id)
+    # at most 100 subscribers looked at: u00000..u00099, of whom 15 are VIPs
+    assert (first.total, first.enqueued, first.cursor) == (len(chosen), 15, "u00099")
+    await env.seconds(10)
+    done = await env.campaigns.get(c.id)
+    assert done.state is CampaignState.COMPLETED and done.enqueued == len(chosen) == 143
+    assert await env.recipients() == chosen
+
+
+async def test_rates_per_channel_pace_by_the_tightest_channel(env: Env) -> None:
+    # `mixed` sends one in-app message and two emails per recipient: 250 emails/s allow 125
+    # recipients/s, 5,000 in-app/s would allow 5,000.
+    c = await env.campaigns.create(
+        workflow="mixed",
+        topic="all",
+        payload={"text": "sale"},
+        rates={"email": 250, "in_app": 5000},
+    )
+    assert c.rate is None and c.rates == {"email": 250.0, "in_app": 5000.0}
+    handed = []
+    for _ in range(8):
+        await env.seconds(1)
+        stored = await env.campaigns.get(c.id)
+        handed.append(stored.enqueued)
+        assert stored.messages == {"in_app": stored.enqueued, "email": 2 * stored.enqueued}
+    assert handed == [125 * k for k in range(1, 9)]
+    p = await env.campaigns.progress(c.id)
+    assert p.pace == 125.0 and p.eta_seconds == 0.0
+    await env.seconds(1)  # the tick that finds no one left
+    p = await env.campaigns.progress(c.id)
+    assert p.campaign.state is CampaignState.COMPLETED and p.achieved_rate == 125.0
+    assert p.channels is not None
+    email, inapp = p.channels["email"], p.channels["in_app"]
+    assert (email.rate, email.per_recipient, email.messages) == (250.0, 2, 2 * MEMBERS)
+    assert (inapp.rate, inapp.per_recipient, inapp.messages) == (5000.0, 1, MEMBERS)
+    assert email.achieved_rate == 250.0 and inapp.achieved_rate == 125.0
+    assert await env.items() == (MEMBERS, MEMBERS)
+
+
+async def test_a_slow_channel_hands_out_one_recipient_at_a_time(env: Env) -> None:
+    # 3.2 emails/s at two emails a recipient: 1.6 recipients/s, one every 0.625 s
+    c = await env.campaigns.create(
+        workflow="mixed", topic="all", payload={"text": "hi"}, rates={"email": 3.2}, rate=1000
+    )
+    handed = []
+    for _ in range(6):
+        await env.drain()
+        handed.append((await env.campaigns.get(c.id)).enqueued)
+        env.clock.advance(1.0)
+    assert handed == [1, 2, 4, 5, 7, 9]  # floor(1.6 t) + 1 after t seconds
+    stored = await env.campaigns.get(c.id)
+    assert stored.messages == {"in_app": 9, "email": 18}
+
+
+async def test_a_replayed_segment_tick_adds_nobody(env: Env) -> None:
+    await env.segments.put(
+        "de",
+        name=None,
+        topic=None,
+        filter={"subscriber.locale": "de", "subscriber.email": {"exists": True}},
+    )
+    c = await env.campaigns.create(
+        workflow="mixed", segment="de", payload={"text": "hi"}, rates={"email": 40, "in_app": 1000}
+    )
+    replay = tick_job(c, 0, env.clock.now())
+    await asyncio.gather(env.campaigns.tick(replay), env.campaigns.tick(replay))
+    await env.campaigns.tick(replay)
+    stored = await env.campaigns.get(c.id)
+    assert (stored.ticks, stored.enqueued, stored.cursor) == (1, 20, "u00076")
+    assert stored.messages == {"in_app": 20, "email": 40}
+    await env.drain()  # the original tick 0 finds it done
+    assert await env.recipients() == [f"u{i:05d}" for i in range(0, 80, 4)]
+    async with env.runtime.engine.connect() as conn:
+        ticks = (
+            await conn.execute(
+                select(func.count()).where(
+                    jobs.c.kind == TICK_JOB, jobs.c.payload["campaign"].as_string() == c.id
+                )
+            )
+        ).scalar_one()
+    assert ticks == 2  # tick 0 and tick 1, once each
+    await env.seconds(14)
+    done = await env.campaigns.get(c.id)
+    assert done.state is CampaignState.COMPLETED and done.enqueued == 250
+    assert await env.recipients() == [f"u{i:05d}" for i in range(0, MEMBERS, 4)]
+
+
+async def test_a_tick_that_finds_the_workflow_gone_pauses_the_campaign(env: Env) -> None:
+    workflows = env.runtime.services.notify
+    assert workflows is not None
+    await workflows.workflows.put(
+        "short-lived",
+        {"steps": [{"id": "inapp", "type": "in_app", "content": {"title": "t", "body": "b"}}]},
+    )
+    c = await env.campaigns.create(
+        workflow="short-lived", topic="all", payload={"text": "hi"}, rate=100
+    )
+    await env.seconds(1)
+    assert (await env.campaigns.get(c.id)).enqueued == 100
+    await workflows.workflows.delete("short-lived")
+    await env.seconds(3)
+    paused = await env.campaigns.get(c.id)
+    assert (paused.state, paused.enqueued) == (CampaignState.PAUSED, 100)

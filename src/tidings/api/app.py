@@ -21,6 +21,7 @@ from tidings.api import (
     problems,
     realtime,
     schedules,
+    segments,
     subscribers,
     templates,
     webhooks,
@@ -59,6 +60,7 @@ def create_api(
     app.include_router(templates.router)
     app.include_router(schedules.router)
     app.include_router(campaigns.router)
+    app.include_router(segments.router)
     app.include_router(subscribers.router)
     app.include_router(inbox.server)
     app.include_router(inbox.browser)

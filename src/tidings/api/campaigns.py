@@ -1,5 +1,5 @@
-"""Campaigns API (scope `publish`): paced bulk sends of a workflow to a topic, with progress,
-pause, resume and cancel."""
+"""Campaigns API (scope `publish`): paced bulk sends of a workflow to a topic or a segment,
+with progress, pause, resume and cancel."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.api.auth import require, services
 from tidings.errors import NotFound
 from tidings.ports.campaigns import Campaign
-from tidings.services.campaigns import MAX_RATE, CampaignService, Progress
+from tidings.services.campaigns import (
+    MAX_CHANNEL_RATE,
+    MAX_RATE,
+    CampaignService,
+    ChannelProgress,
+    Progress,
+)
 from tidings.types import Scope
 
 router = APIRouter(
@@ -27,18 +33,31 @@ class CampaignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: Key | None = Field(None, description="Your id; a retry with it creates nothing new.")
     workflow: Key = Field(description="The key of a defined workflow (its event type).")
-    topic: Key
+    topic: Key | None = Field(None, description="Every member of this topic; or give `segment`.")
+    segment: Key | None = Field(
+        None, description="A segment's key: its topic and filter are copied into the campaign."
+    )
     payload: dict[str, Any] = Field(default_factory=dict)
-    rate: Annotated[float, Field(gt=0, le=MAX_RATE, description="Recipients per second.")]
+    rate: Annotated[float, Field(gt=0, le=MAX_RATE)] | None = Field(
+        None, description="Recipients per second."
+    )
+    rates: dict[str, Annotated[float, Field(gt=0, le=MAX_CHANNEL_RATE)]] | None = Field(
+        None,
+        description="Messages per second per channel (in_app, email, sms, push, webpush, "
+        "webhook); a recipient costs one message per channel step of the workflow.",
+    )
     start_at: float | None = Field(None, description="Epoch seconds; default now.")
 
 
 class CampaignOut(BaseModel):
     id: str
     workflow: str
-    topic: str
+    topic: str | None
+    segment: str | None
+    filter: Any = Field(description="The segment's filter as it was when the campaign began.")
     payload: Any
-    rate: float
+    rate: float | None
+    rates: dict[str, float] | None
     state: str
     event_id: str
     total: int | None
@@ -56,8 +75,11 @@ class CampaignOut(BaseModel):
             id=c.id,
             workflow=c.workflow,
             topic=c.topic,
+            segment=c.segment,
+            filter=c.filter,
             payload=c.payload,
             rate=c.rate,
+            rates=None if c.rates is None else dict(c.rates),
             state=c.state.value,
             event_id=c.event_id,
             total=c.total,
@@ -71,12 +93,32 @@ class CampaignOut(BaseModel):
         )
 
 
+class ChannelOut(BaseModel):
+    rate: float | None = Field(description="The set messages per second; null: not limited.")
+    per_recipient: int = Field(description="Messages a recipient costs: the channel steps.")
+    messages: int = Field(description="Messages handed out: recipients x per_recipient.")
+    achieved_rate: float | None = Field(description="Messages handed out per second.")
+
+    @classmethod
+    def of(cls, p: ChannelProgress) -> ChannelOut:
+        return cls(
+            rate=p.rate,
+            per_recipient=p.per_recipient,
+            messages=p.messages,
+            achieved_rate=p.achieved_rate,
+        )
+
+
 class ProgressOut(BaseModel):
     total: int | None
     enqueued: int
     delivered: int = Field(description="Runs of the campaign's event that are done.")
     runs: dict[str, int] = Field(description="Runs of the campaign's event per state.")
     achieved_rate: float | None = Field(description="Recipients handed out per second.")
+    pace: float | None = Field(description="Recipients per second the rates allow.")
+    channels: dict[str, ChannelOut] = Field(
+        description="Per channel of the workflow: its rate, cost and achieved rate."
+    )
     eta_seconds: float | None
 
     @classmethod
@@ -87,6 +129,8 @@ class ProgressOut(BaseModel):
             delivered=p.delivered,
             runs=p.runs,
             achieved_rate=p.achieved_rate,
+            pace=p.pace,
+            channels={ch: ChannelOut.of(x) for ch, x in (p.channels or {}).items()},
             eta_seconds=p.eta_seconds,
         )
 
@@ -107,8 +151,10 @@ async def create(request: Request, body: CampaignIn) -> CampaignOut:
     c = await campaigns(request).create(
         workflow=body.workflow,
         topic=body.topic,
+        segment=body.segment,
         payload=body.payload,
         rate=body.rate,
+        rates=body.rates,
         start_at=body.start_at,
         campaign_id=body.id,
     )

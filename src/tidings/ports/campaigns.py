@@ -1,10 +1,10 @@
-"""Port of campaigns: paced bulk sends of one workflow to the members of a topic."""
+"""Port of campaigns: paced bulk sends of one workflow to a topic or a segment."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tidings.types import JSON, NewJob
@@ -26,16 +26,23 @@ FINAL_STATES = frozenset({CampaignState.CANCELLED, CampaignState.COMPLETED})
 class Campaign:
     """A campaign as stored.
 
-    `cursor` is the last member id handed to a batch (members are walked in id order),
-    `enqueued` how many members were handed to batches, `ticks` how many ticks have advanced
-    it (the next tick's number), `resumes` how many times it was resumed (the dedupe key of
-    a resume's tick). `total` is the topic's member count at the first tick."""
+    The audience is the members of `topic` (every subscriber when None) for whom `filter`
+    holds; a campaign to a segment copies the segment's topic and filter when it is created
+    (`segment` names it). The pace is `rate` recipients per second and/or `rates`, messages
+    per second per channel; at least one is set.
+
+    `cursor` is the last subscriber id the walk looked at (recipients are walked in id
+    order), `enqueued` how many recipients were handed to batches, `messages` how many
+    messages per channel those recipients cost (channel steps of the workflow), `ticks` how
+    many ticks have advanced it (the next tick's number), `resumes` how many times it was
+    resumed (the dedupe key of a resume's tick). `total` is the audience's size at the first
+    tick."""
 
     id: str
     workflow: str
-    topic: str
+    topic: str | None
     payload: JSON
-    rate: float  # recipients per second
+    rate: float | None  # recipients per second
     state: CampaignState
     event_id: str
     created_at: float
@@ -48,6 +55,10 @@ class Campaign:
     resumes: int = 0
     started_at: float | None = None  # the first tick
     finished_at: float | None = None  # completed or cancelled
+    segment: str | None = None
+    filter: JSON | None = None
+    rates: Mapping[str, float] | None = None  # channel -> messages per second
+    messages: Mapping[str, int] = field(default_factory=dict)  # channel -> handed out
 
 
 class CampaignStore(Protocol):
@@ -58,8 +69,8 @@ class CampaignStore(Protocol):
     - `get` raises `NotFound` for an unknown id; `page` lists by id ascending after `after`.
     - `advance` is a compare-and-set: it writes only if the stored campaign is still in
       state `expect` with `ticks == tick`, and then, in ONE transaction, sets `ticks` to
-      `tick + 1`, `cursor`, `enqueued`, `state` (and `total`, `started_at`, `finished_at`
-      when given) and enqueues `jobs` (a job whose dedupe key was enqueued before is a
+      `tick + 1`, `cursor`, `enqueued`, `state` (and `messages`, `total`, `started_at`,
+      `finished_at` when given) and enqueues `jobs` (a job whose dedupe key was enqueued before is a
       no-op). Returns whether it wrote; when it did not, nothing was written or enqueued.
     - `transition` is a compare-and-set on the state: when the stored state is in `expect`
       it sets `state` (and `resumes`, `finished_at` when given) and enqueues `jobs` in ONE
@@ -84,6 +95,7 @@ class CampaignStore(Protocol):
         state: CampaignState,
         jobs: Sequence[NewJob],
         at: float,
+        messages: Mapping[str, int] | None = None,
         total: int | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,

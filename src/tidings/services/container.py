@@ -17,6 +17,7 @@ from tidings.services.online import OnlineService
 from tidings.services.preferences import PreferenceService
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.schedules import ScheduleService
+from tidings.services.segments import SegmentService
 from tidings.services.subscriber_auth import SubscriberAuth
 from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
@@ -43,3 +44,4 @@ class Services:
     ready_checks: dict[str, Callable[[], Awaitable[None]]]
     notify: Orchestrator | None = None
     campaigns: CampaignService | None = None
+    segments: SegmentService | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from tidings.adapters.memory.jobs import MemoryJobQueue
@@ -25,7 +25,13 @@ class MemoryCampaignStore:
     async def create(self, campaign: Campaign, *, then: NewJob) -> Campaign:
         if campaign.id in self._items:
             raise Conflict(f"campaign {campaign.id} exists", field="id")
-        stored = dataclasses.replace(campaign, payload=_json(campaign.payload))
+        stored = dataclasses.replace(
+            campaign,
+            payload=_json(campaign.payload),
+            filter=_json(campaign.filter),
+            rates=_json(campaign.rates),
+            messages=_json(campaign.messages),
+        )
         job = dataclasses.replace(then, payload=_json(then.payload))
         self._items[campaign.id] = stored
         await self._jobs.enqueue(job)
@@ -52,6 +58,7 @@ class MemoryCampaignStore:
         state: CampaignState,
         jobs: Sequence[NewJob],
         at: float,
+        messages: Mapping[str, int] | None = None,
         total: int | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
@@ -67,6 +74,7 @@ class MemoryCampaignStore:
             enqueued=enqueued,
             state=state,
             updated_at=at,
+            messages=c.messages if messages is None else _json(messages),
             total=c.total if total is None else total,
             started_at=c.started_at if started_at is None else started_at,
             finished_at=c.finished_at if finished_at is None else finished_at,

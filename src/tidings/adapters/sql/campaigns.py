@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -63,6 +63,7 @@ class SqlCampaignStore:
         state: CampaignState,
         jobs: Sequence[NewJob],
         at: float,
+        messages: Mapping[str, int] | None = None,
         total: int | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
@@ -74,6 +75,8 @@ class SqlCampaignStore:
             "state": state.value,
             "updated_at": at,
         }
+        if messages is not None:
+            values["messages"] = dict(messages)
         if total is not None:
             values["total"] = total
         if started_at is not None:
@@ -146,6 +149,10 @@ def _row(c: Campaign) -> dict[str, Any]:
         "finished_at": c.finished_at,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
+        "segment": c.segment,
+        "filter": c.filter,
+        "rates": None if c.rates is None else dict(c.rates),
+        "messages": dict(c.messages),
     }
 
 
@@ -155,7 +162,7 @@ def _campaign(m: Any) -> Campaign:
         workflow=m["workflow"],
         topic=m["topic"],
         payload=m["payload"],
-        rate=float(m["rate"]),
+        rate=None if m["rate"] is None else float(m["rate"]),
         state=CampaignState(m["state"]),
         event_id=m["event_id"],
         created_at=m["created_at"],
@@ -168,4 +175,8 @@ def _campaign(m: Any) -> Campaign:
         resumes=m["resumes"],
         started_at=m["started_at"],
         finished_at=m["finished_at"],
+        segment=m["segment"],
+        filter=m["filter"],
+        rates=m["rates"],
+        messages=m["messages"] or {},
     )

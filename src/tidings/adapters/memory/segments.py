@@ -1,0 +1,88 @@
+"""In-process segments and audience walks (reference for the contract suite): every candidate
+is read and the filter is evaluated in Python."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from tidings.adapters.memory.subscribers import MemorySubscriberStore, MemoryTopicStore
+from tidings.core import segments as rules
+from tidings.errors import NotFound
+from tidings.ports.segments import Audience, Scan, Segment
+from tidings.ports.subscribers import Subscriber
+
+COUNT_PAGE = 1000
+
+
+class MemorySegmentStore:
+    def __init__(self) -> None:
+        self._items: dict[str, Segment] = {}
+
+    async def put(self, segment: Segment) -> tuple[Segment, bool]:
+        old = self._items.get(segment.key)
+        stored = dataclasses.replace(segment, filter=_json(segment.filter))
+        if old is not None:
+            stored = dataclasses.replace(stored, created_at=old.created_at)
+        self._items[segment.key] = stored
+        return stored, old is None
+
+    async def get(self, key: str) -> Segment:
+        found = self._items.get(key)
+        if found is None:
+            raise NotFound(f"segment {key} not found")
+        return found
+
+    async def page(self, *, after: str | None, limit: int) -> list[Segment]:
+        keys = sorted(k for k in self._items if after is None or k > after)
+        return [self._items[k] for k in keys[:limit]]
+
+    async def delete(self, key: str) -> None:
+        if self._items.pop(key, None) is None:
+            raise NotFound(f"segment {key} not found")
+
+
+class MemoryAudiences:
+    def __init__(self, subscribers: MemorySubscriberStore, topics: MemoryTopicStore) -> None:
+        self._subscribers = subscribers
+        self._topics = topics
+
+    async def scan(
+        self, audience: Audience, *, after: str | None, limit: int, examine: int
+    ) -> Scan:
+        if audience.topic is not None:
+            ids = await self._topics.members(audience.topic, after=after, limit=examine)
+            by_id = {s.id: s for s in await self._subscribers.get_many(ids)}
+            candidates = [(i, by_id.get(i)) for i in ids]
+        else:
+            candidates = [
+                (s.id, s) for s in await self._subscribers.page(after=after, limit=examine)
+            ]
+        found: list[str] = []
+        for n, (sid, s) in enumerate(candidates, 1):
+            if s is not None and rules.matches(audience.where, _context(s)):
+                found.append(sid)
+                if len(found) == limit:
+                    return Scan(found, sid, n, False)
+        last = candidates[-1][0] if candidates else None
+        return Scan(found, last, len(candidates), len(candidates) < examine)
+
+    async def count(self, audience: Audience) -> int:
+        n, after = 0, None
+        while True:
+            step = await self.scan(audience, after=after, limit=COUNT_PAGE, examine=COUNT_PAGE)
+            n += len(step.ids)
+            if step.done:
+                return n
+            after = step.last
+
+
+def _context(s: Subscriber) -> dict[str, Any]:
+    return rules.context(
+        s.id, email=s.email, phone=s.phone, locale=s.locale, timezone=s.timezone, data=s.data
+    )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
