@@ -62,6 +62,9 @@ workflows:
       - id: inapp
         type: in_app
         content: {title: "Good morning", body: "{{ payload.text }}"}
+  - key: shipped
+    steps:
+      - {id: inapp, type: in_app, template: shipped}
   - key: alert
     critical: true
     steps:
@@ -451,3 +454,38 @@ async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
     report = await env.report(event_id)
     assert len(report["runs"]) == 250
     assert {r["state"] for r in report["runs"]} == {"done"}
+
+
+async def test_a_payload_breaking_a_contract_published_after_ingest_fails_the_step(
+    env: Env,
+) -> None:
+    """The template is published (with a contract) after the event was accepted: the step
+    fails for each recipient with the path that breaks it, checked once per batch; the
+    batch job itself completes and nothing reaches the inbox."""
+    for sid in ("ann", "bob"):
+        await env.subscriber(sid)
+    event_id = await env.send("shipped", recipients=("ann", "bob"), payload={"order": {}})
+    templates = env.runtime.services.templates
+    await templates.create("shipped", "Shipped", "in_app")
+    await templates.add_version(
+        "shipped",
+        {
+            "locales": {"en": {"title": "Order {{ payload.order.id }}", "body": "Shipped"}},
+            "variables": {
+                "type": "object",
+                "properties": {"order": {"type": "object", "required": ["id"]}},
+            },
+        },
+    )
+    await templates.publish("shipped", 1)
+    await env.drain()
+    report = await env.report(event_id)
+    assert {r["recipient"]: r["state"] for r in report["runs"]} == {"ann": "done", "bob": "done"}
+    steps = [t for t in report["trail"] if t["type"] == "step"]
+    assert sorted(t["recipient"] for t in steps) == ["ann", "bob"]
+    for entry in steps:
+        assert entry["outcome"] == "failed"
+        assert entry["reason"] == "payload_invalid: payload.order: 'id' is a required property"
+    assert report["messages"] == []
+    assert (await env.runtime.services.inbox.store.counts("ann")).unread == 0
+    assert await env.runtime.services.jobs.list_dead(10) == []

@@ -170,11 +170,17 @@ def assign_variant(template: str, recipient: str, weights: Mapping[str, int]) ->
     return None  # pragma: no cover
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(schema: bytes) -> jsonschema.Draft202012Validator:
+    """Compiled validators by schema (building one costs far more than validating)."""
+    return jsonschema.Draft202012Validator(orjson.loads(schema))
+
+
 def check_variables(version: TemplateVersion, payload: Mapping[str, Any]) -> None:
     """Refuse a payload that breaks the version's variable contract, naming the path."""
     if version.variables is None:
         return
-    validator = jsonschema.Draft202012Validator(dict(version.variables))
+    validator = _validator(orjson.dumps(version.variables, option=orjson.OPT_SORT_KEYS))
     errors = sorted(validator.iter_errors(dict(payload)), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
@@ -273,11 +279,15 @@ class Renderer:
         recipient: Mapping[str, Any] | None = None,
         variant: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        checked: bool = False,
     ) -> Rendered:
         """Render and validate `version` for one recipient; raises `RenderError`. `extra`
         adds roots to the template context (a workflow's `digest`, `actor`, `event`,
-        `steps`); it cannot replace `payload`, `subscriber`, `locale` or `rtl`."""
-        check_variables(version, payload)
+        `steps`); it cannot replace `payload`, `subscriber`, `locale` or `rtl`. `checked`:
+        the caller has checked `payload` against the version's contract already (a fanout
+        checks an event's payload once, not per recipient)."""
+        if not checked:
+            check_variables(version, payload)
         source = version.locales
         if variant is not None and variant in version.variants:
             source = version.variants[variant]

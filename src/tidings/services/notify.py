@@ -153,6 +153,16 @@ def to_recipient(subscriber_id: str, s: Subscriber | None) -> Recipient:
 
 
 @dataclass
+class _Shared:
+    """What a batch's recipients have in common, worked out once: renderings that do not
+    depend on the recipient, whether a version refers to the recipient, the item data."""
+
+    rendered: dict[tuple[Any, ...], Rendered] = field(default_factory=dict)
+    personal: dict[str, bool] = field(default_factory=dict)  # template ref -> personal
+    item_data: dict[str, Any] | None = None
+
+
+@dataclass
 class _Pass:
     """What one pass over a batch of runs gathers and produces."""
 
@@ -170,7 +180,8 @@ class _Pass:
     effects: dict[str, set[str]] = field(default_factory=dict)  # step id -> duplicate keys
     suppressed: dict[str, dict[str, str]] = field(default_factory=dict)  # channel -> address
     endpoints: list[str] | None = None
-    rendered: dict[tuple[Any, ...], Rendered] = field(default_factory=dict)
+    shared: _Shared = field(default_factory=lambda: _Shared())
+    broken: dict[str, str] = field(default_factory=dict)  # template ref -> contract break
 
 
 ReachableFn = Callable[[str], Awaitable[bool]]
@@ -659,6 +670,10 @@ class Orchestrator:
         except (NotFound, InvalidInput) as exc:
             note("decision", step.id, {"stage": "template", "kind": "fail", "detail": str(exc)})
             return self._failed(step, p.now, f"template_unavailable: {exc}"), []
+        broken = self._contract(p, version_ref, template)
+        if broken:
+            note("decision", step.id, {"stage": "template", "kind": "fail", "detail": broken})
+            return self._failed(step, p.now, f"payload_invalid: {broken}"), []
         key = idempotency_key(p.event.id, recipient.id, channel, version_ref)
         facts = await self._facts(p, step, recipient, results)
         duplicates = await self._duplicates(p, step, channel, version_ref)
@@ -729,7 +744,7 @@ class Orchestrator:
         if channel is Channel.IN_APP and not held:
             try:
                 item = self._inbox_item(
-                    p.event, p.now, base, template, recipient, action.context, p.rendered
+                    p.event, p.now, base, template, recipient, action.context, p.shared
                 )
             except RenderError as exc:
                 note(
@@ -801,6 +816,21 @@ class Orchestrator:
         ref, version, template_id = cached
         return ref, version, template_id or None
 
+    def _contract(self, p: _Pass, ref: str, version: TemplateVersion | None) -> str:
+        """How the event's payload breaks the version's variable contract ('' if it does
+        not): checked once per pass, and rendering in the pass does not check again."""
+        if version is None or version.variables is None:
+            return ""
+        found = p.broken.get(ref)
+        if found is None:
+            try:
+                check_variables(version, p.event.payload)
+                found = ""
+            except InvalidInput as exc:
+                found = str(exc)
+            p.broken[ref] = found
+        return found
+
     async def _duplicates(
         self, p: _Pass, step: ChannelStep, channel: Channel, ref: str
     ) -> set[str]:
@@ -871,12 +901,17 @@ class Orchestrator:
         template: TemplateVersion | None,
         recipient: Recipient,
         context: Mapping[str, Any],
-        shared: dict[tuple[Any, ...], Rendered] | None = None,
+        shared: _Shared | None = None,
     ) -> InboxItem:
         if template is None:  # a definition always has content for in-app; guard anyway
             raise RenderError("the step has no in-app content", field="content")
         fields = self._render(template, message, recipient, context, shared).fields
-        small = len(orjson.dumps(event.payload)) <= self.inbox.max_data_bytes
+        data = shared.item_data if shared is not None else None
+        if data is None:
+            small = len(orjson.dumps(event.payload)) <= self.inbox.max_data_bytes
+            data = dict(event.payload) if small else {}
+            if shared is not None:
+                shared.item_data = data
         return InboxItem(
             id=message.id,
             subscriber=recipient.id,
@@ -887,7 +922,7 @@ class Orchestrator:
             workflow=message.workflow,
             step=message.step_id,
             action_url=fields.get("action_url") or None,
-            data=dict(event.payload) if small else {},
+            data=data,
         )
 
     def _render(
@@ -896,28 +931,26 @@ class Orchestrator:
         message: Message,
         recipient: Recipient,
         context: Mapping[str, Any],
-        shared: dict[tuple[Any, ...], Rendered] | None = None,
+        shared: _Shared | None = None,
     ) -> Rendered:
-        """Render for one recipient. With `shared` (one batch), a version that does not refer
-        to the subscriber or to the run's steps is rendered once per locale, zone and
-        variant and reused."""
-        key: tuple[Any, ...] | None = None
-        if shared is not None:
-            roots = self.templates.renderer.roots(template)
-            if not roots & PERSONAL_ROOTS:
-                key = (
-                    message.template_version,
-                    message.variant,
-                    recipient.locale,
-                    recipient.timezone,
-                )
-                found = shared.get(key)
-                if found is not None:
-                    return found
-        rendered = self._render_now(template, message, recipient, context)
-        if key is not None and shared is not None:
-            shared[key] = rendered
-        return rendered
+        """Render for one recipient. With `shared` (one batch, whose payload was checked
+        against the contract), a version that does not refer to the subscriber or to the
+        run's steps is rendered once per locale, zone and variant and reused."""
+        if shared is None:
+            return self._render_now(template, message, recipient, context, checked=False)
+        ref = message.template_version
+        personal = shared.personal.get(ref)
+        if personal is None:
+            personal = bool(self.templates.renderer.roots(template) & PERSONAL_ROOTS)
+            shared.personal[ref] = personal
+        if personal:
+            return self._render_now(template, message, recipient, context, checked=True)
+        key = (ref, message.variant, recipient.locale, recipient.timezone)
+        found = shared.rendered.get(key)
+        if found is None:
+            found = self._render_now(template, message, recipient, context, checked=True)
+            shared.rendered[key] = found
+        return found
 
     def _render_now(
         self,
@@ -925,6 +958,8 @@ class Orchestrator:
         message: Message,
         recipient: Recipient,
         context: Mapping[str, Any],
+        *,
+        checked: bool,
     ) -> Rendered:
         return self.templates.renderer.render(
             template,
@@ -934,6 +969,7 @@ class Orchestrator:
             recipient=recipient.context(),
             variant=message.variant,
             extra={k: v for k, v in context.items() if k not in ("payload", "subscriber")},
+            checked=checked,
         )
 
     # -- delivery ------------------------------------------------------------------------
