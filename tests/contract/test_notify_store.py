@@ -79,34 +79,35 @@ def entry(r: Run, kind: str = "decision", at: float = 1.0, **data: Any) -> Trail
 # -- runs ------------------------------------------------------------------------------------
 
 
-async def test_create_runs_inserts_once_and_returns_the_first(stores: Stores) -> None:
+async def store(stores: Stores, runs: list[Run]) -> None:
+    """Runs as a batch's commit stores them (still ACTIVE here: the tests move them on)."""
+    await stores.runs.commit([RunWrite(r) for r in runs])
+
+
+async def test_a_commit_stores_the_first_creation_and_lists_oldest_first(stores: Stores) -> None:
     a, b = run("e1", "alice", at=10.0), run("e1", "bob", at=5.0)
-    [first] = await stores.runs.create_runs([a])
-    assert first == dataclasses.replace(a, updated_at=10.0)  # updated_at starts at created_at
-    again = dataclasses.replace(a, created_at=20.0, reason="a second try", lane=Priority.BULK)
-    assert await stores.runs.create_runs([b, again]) == [
-        dataclasses.replace(b, updated_at=5.0),
-        first,
+    await store(stores, [a])
+    again = dataclasses.replace(a, created_at=20.0, lane=Priority.BULK)
+    await store(stores, [b, again])
+    listed = await stores.runs.runs_for_event("e1")
+    assert [(r.recipient, r.created_at, r.lane) for r in listed] == [
+        ("bob", 5.0, TX),
+        ("alice", 10.0, TX),  # created_at and lane stay as first stored
     ]
-    assert await stores.runs.create_runs([]) == []
-    assert await stores.runs.runs_for_event("e1") == [
-        dataclasses.replace(b, updated_at=5.0),
-        first,
-    ]  # oldest first
     assert await stores.runs.runs_for_event("e2") == []
 
 
-async def test_concurrent_creates_store_each_run_once(stores: Stores) -> None:
+async def test_concurrent_commits_of_the_same_new_runs_store_each_once(stores: Stores) -> None:
     runs = [run("e1", f"u{i}") for i in range(5)]
-    results = await asyncio.gather(*(stores.runs.create_runs(runs) for _ in range(6)))
-    assert all(r == results[0] for r in results)
+    await asyncio.gather(*(store(stores, runs) for _ in range(6)))
     assert len(await stores.runs.runs_for_event("e1")) == 5
+    assert (await stores.runs.count_runs("e1")) == {RunState.ACTIVE: 5}
 
 
 async def test_load_many_returns_steps_and_messages_by_step_id(stores: Stores) -> None:
     a, b = run("e1", "alice"), run("e1", "bob")
     many = [run("bulk", f"u{i}") for i in range(600)]  # more than one IN list
-    await stores.runs.create_runs([a, b, *many])
+    await store(stores, [a, b, *many])
     email = message(a, "email", statuses={"queued": 1.0}, variant="B", locale="de")
     result = {"outcome": "passed", "detail": {"list": [1, "x"], "none": None}}
     await stores.runs.commit(
@@ -136,7 +137,7 @@ async def test_load_many_returns_steps_and_messages_by_step_id(stores: Stores) -
 
 async def test_commit_updates_the_run_state(stores: Stores) -> None:
     a = run("e1", "alice", at=1.0)
-    await stores.runs.create_runs([a])
+    await store(stores, [a])
     stores.clock.advance(30)
     waiting = dataclasses.replace(
         a, state=RunState.WAITING, wake_at=99.0, reason="delay", lane=Priority.BULK
@@ -157,11 +158,13 @@ async def test_commit_updates_the_run_state(stores: Stores) -> None:
     assert (final.state, final.outcome, final.wake_at) == (RunState.DONE, "sent", None)
 
 
-async def test_commit_inserts_a_run_never_created(stores: Stores) -> None:
+async def test_get_runs_and_a_commit_inserting_one_run_and_updating_another(
+    stores: Stores,
+) -> None:
     a, b = run("e1", "alice", at=1.0), run("e1", "bob", at=2.0)
-    await stores.runs.create_runs([b])
+    await store(stores, [b])
     assert await stores.runs.get_runs([a.id, b.id, "nope"]) == {
-        b.id: dataclasses.replace(b, updated_at=2.0)
+        b.id: dataclasses.replace(b, updated_at=stores.clock.now())
     }
     stores.clock.advance(30)
     done = dataclasses.replace(a, state=RunState.DONE, outcome="completed", lane=Priority.BULK)
@@ -183,7 +186,7 @@ async def test_commit_inserts_a_run_never_created(stores: Stores) -> None:
 async def test_count_runs_counts_an_events_runs_per_state(stores: Stores) -> None:
     assert await stores.runs.count_runs("e1") == {}
     runs = [run("e1", f"u{i}") for i in range(5)] + [run("e2", "u0")]
-    await stores.runs.create_runs(runs)
+    await store(stores, runs)
     writes = [
         RunWrite(run=dataclasses.replace(runs[0], state=RunState.DONE, outcome="sent")),
         RunWrite(run=dataclasses.replace(runs[1], state=RunState.DONE, outcome="not_sent")),
@@ -202,7 +205,7 @@ async def test_cancel_runs_ends_what_is_still_going_and_its_queued_messages(
     stores: Stores,
 ) -> None:
     done, waiting, fresh, other = run("e1", "a"), run("e1", "b"), run("e1", "c"), run("e2", "a")
-    await stores.runs.create_runs([done, waiting, fresh, other])
+    await store(stores, [done, waiting, fresh, other])
     await stores.runs.commit(
         [
             RunWrite(
@@ -232,7 +235,7 @@ async def test_cancel_runs_ends_what_is_still_going_and_its_queued_messages(
 
 async def test_commit_keeps_the_earlier_step_and_message(stores: Stores) -> None:
     a = run()
-    await stores.runs.create_runs([a])
+    await store(stores, [a])
     first_step = step(a, "email", reason="first", at=1.0)
     first_message = message(a, "email", status="queued", at=1.0)
     await stores.runs.commit(
@@ -260,7 +263,7 @@ async def test_commit_keeps_the_earlier_step_and_message(stores: Stores) -> None
 
 async def test_commit_enqueues_jobs_and_a_repeated_dedupe_key_is_a_no_op(stores: Stores) -> None:
     a = run()
-    await stores.runs.create_runs([a])
+    await store(stores, [a])
     deliver = NewJob("notify.deliver", {"message": "m1", "n": [1, 2]}, dedupe_key="deliver:m1")
     await stores.runs.commit([RunWrite(a, steps=[step(a, "one")])], [deliver])
     [job] = await stores.jobs.claim("w", BOTH, 10, 30.0)
@@ -282,7 +285,7 @@ async def test_commit_enqueues_jobs_and_a_repeated_dedupe_key_is_a_no_op(stores:
 
 async def test_commit_is_all_or_nothing(stores: Stores) -> None:
     a = run()
-    await stores.runs.create_runs([a])
+    await store(stores, [a])
     good = NewJob("notify.deliver", {"message": "m1"})
     bad = NewJob("notify.deliver", {"not json": object()})
     with pytest.raises(FAILED_WRITE):
@@ -309,7 +312,7 @@ async def test_commit_is_all_or_nothing(stores: Stores) -> None:
 
 async def test_trail_is_in_order_and_pages_by_cursor(stores: Stores) -> None:
     alice, bob, alice2 = run("e1", "alice"), run("e1", "bob"), run("e2", "alice")
-    await stores.runs.create_runs([alice, bob, alice2])
+    await store(stores, [alice, bob, alice2])
     m = message(alice)
     await stores.runs.commit(
         [
@@ -351,7 +354,7 @@ async def test_trail_is_in_order_and_pages_by_cursor(stores: Stores) -> None:
 
 async def test_effects_done_excludes_the_asking_run(stores: Stores) -> None:
     a, b = run("e1", "alice"), run("e1", "bob")
-    await stores.runs.create_runs([a, b])
+    await store(stores, [a, b])
     await stores.runs.commit(
         [
             RunWrite(a, messages=[message(a, id="k1")]),
@@ -368,7 +371,7 @@ async def test_effects_done_excludes_the_asking_run(stores: Stores) -> None:
 async def test_recent_sends_counts_what_went_out_after_since(stores: Stores) -> None:
     t = stores.clock.now()
     runs = [run(f"e{i}", "alice") for i in range(6)] + [run("e9", "bob")]
-    await stores.runs.create_runs(runs)
+    await store(stores, runs)
     r0, r1, r2, r3, r4, r5, rb = runs
     queued = message(r4, channel="push", status="queued", release_at=t + 4)
     await stores.runs.commit(
@@ -417,7 +420,7 @@ async def test_count_passed_counts_one_throttle_in_since_until(stores: Stores) -
     add("e6", "passed", t + 20, recipient="bob")
     add("e7", "passed", t + 20, workflow="other")
     add("e8", "passed", t + 20, step_id="throttle-2")
-    await stores.runs.create_runs([r for r, _ in rows])
+    await store(stores, [r for r, _ in rows])
     await stores.runs.commit([RunWrite(r, steps=[s]) for r, s in rows])
 
     async def count(since: float, until: float, key: str = "k1") -> int:
@@ -481,7 +484,7 @@ async def test_concurrent_joins_elect_one_leader(stores: Stores) -> None:
 async def test_update_message_merges_statuses_and_writes_together(stores: Stores) -> None:
     t = stores.clock.now()
     a = run()
-    await stores.runs.create_runs([a])
+    await store(stores, [a])
     m = message(a, at=t, statuses={"queued": t})
     await stores.runs.commit([RunWrite(a, messages=[m])])
     wake = NewJob("notify.run", {"run": a.id}, dedupe_key="wake:a:sent")
@@ -542,7 +545,7 @@ async def test_update_message_of_an_unknown_message_writes_nothing(stores: Store
 
 async def test_update_message_is_all_or_nothing(stores: Stores) -> None:
     a = run()
-    await stores.runs.create_runs([a])
+    await store(stores, [a])
     m = message(a, statuses={"queued": 1.0})
     await stores.runs.commit([RunWrite(a, messages=[m])])
     with pytest.raises(FAILED_WRITE):
@@ -562,7 +565,7 @@ async def test_update_message_is_all_or_nothing(stores: Stores) -> None:
 async def test_messages_list_by_event_and_newest_first_by_recipient(stores: Stores) -> None:
     runs = [run(f"e{i}", "alice", at=float(i)) for i in (1, 2, 3)]
     bob = run("e1", "bob", at=1.0)
-    await stores.runs.create_runs([*runs, bob])
+    await store(stores, [*runs, bob])
     mine = [message(r, at=r.created_at) for r in runs]
     sms = message(runs[0], "sms", channel="sms", at=5.0)
     theirs = message(bob, at=0.5)

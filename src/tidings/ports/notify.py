@@ -122,18 +122,16 @@ class WorkflowRecord:
 
 class RunStore(Protocol):
     """Contract:
-    - `create_runs` inserts the runs that do not exist (by id) and returns every run as
-      stored, in input order; repeating it changes nothing. A run's step rows and messages
-      are written only by `commit`, which moves the run out of ACTIVE in the same
-      transaction: a run still ACTIVE has none.
+    - A run, its step rows and messages are written only by `commit`; the orchestrator
+      commits a run when it moves out of ACTIVE, so a stored run is waiting or done.
     - `get_runs` returns the stored runs among the ids (by id); unknown ids are left out.
     - `load_many` returns, per existing run id, the run with its step rows (by step id) and
       its messages (by step id). Unknown ids are left out.
     - `commit` writes every `RunWrite` and enqueues `jobs` in ONE transaction: step rows
       and messages are insert-if-absent (an earlier attempt's row wins) except step rows
       marked `replace`, which overwrite the stored row of their step; trail entries are
-      appended, runs are written in the given state (inserted when absent, so a batch of new
-      runs needs no `create_runs` first). A crash before it leaves nothing of it.
+      appended, runs are written in the given state (inserted when absent; an existing run
+      keeps its `created_at` and lane). A crash before it leaves nothing of it.
     - `effects_done(keys, exclude_run)` returns the keys that some message of another run
       holds (the idempotency stage).
     - `recent_sends(recipients, since)` returns per recipient and channel the `release_at`
@@ -151,8 +149,6 @@ class RunStore(Protocol):
     - `count_runs(event_id)` counts the event's runs per state (states without runs are
       left out), however many runs the event has.
     """
-
-    async def create_runs(self, runs: Sequence[Run]) -> list[Run]: ...
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]: ...
 

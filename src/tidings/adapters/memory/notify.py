@@ -62,15 +62,6 @@ class MemoryRunStore:
 
     # -- runs ------------------------------------------------------------------------------
 
-    async def create_runs(self, runs: Sequence[Run]) -> list[Run]:
-        for run in runs:
-            if run.id not in self._runs:
-                self._runs[run.id] = dataclasses.replace(
-                    run, updated_at=run.updated_at or run.created_at
-                )
-                self._runs_by_event.setdefault(run.event_id, []).append(run.id)
-        return [self._runs[r.id] for r in runs]
-
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
         return {i: self._runs[i] for i in run_ids if i in self._runs}
 

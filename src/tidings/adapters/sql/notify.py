@@ -47,7 +47,6 @@ class SqlRunStore:
         self._read = reader(engine)
         self._clock = clock
         ins = pg_insert if is_postgres(engine) else sqlite_insert
-        self._ins_run = ins(notify_runs).on_conflict_do_nothing(index_elements=[_r.id])
         upsert = ins(notify_runs)
         self._put_run = upsert.on_conflict_do_update(
             index_elements=[_r.id],
@@ -83,14 +82,6 @@ class SqlRunStore:
         )
 
     # -- runs ------------------------------------------------------------------------------
-
-    async def create_runs(self, runs: Sequence[Run]) -> list[Run]:
-        if not runs:
-            return []
-        async with writer(self._engine) as conn:
-            await conn.execute(self._ins_run, [_run_row(r) for r in runs])
-            stored = await _runs(conn, [r.id for r in runs])
-        return [stored[r.id] for r in runs]
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
         async with self._read.connect() as conn:
