@@ -167,3 +167,38 @@ async def test_a_payload_that_breaks_a_templates_contract_is_refused_before_fano
     assert [i["title"] for i in feed.json()["items"]] == ["Order 7"]
     report = await settle(api, good.json()["id"], {"done"})
     assert report["messages"][0]["template_version"] == "shipped@1"
+
+
+async def test_an_events_report_pages_by_recipient(api: Api) -> None:
+    h = api.auth()
+    one_step = {"steps": [WORKFLOW["steps"][0]]}
+    assert (await api.client.put("/v1/workflows/paged", json=one_step, headers=h)).is_success
+    people = [f"p{i}" for i in range(5)]
+    for p in people:
+        await api.client.put(f"/v1/subscribers/{p}", json={}, headers=h)
+    r = await api.client.post(
+        "/v1/events",
+        json={"type": "paged", "recipients": people[::-1], "payload": {"order": 7}},
+        headers=h,
+    )
+    event_id = r.json()["id"]
+    for _ in range(200):
+        first = await api.client.get(f"/v1/events/{event_id}/notifications?limit=2", headers=h)
+        if first.json()["counts"] == {"done": 5}:
+            break
+        await asyncio.sleep(0.02)
+    seen: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        q = f"?limit=2&cursor={cursor}" if cursor else "?limit=2"
+        page = (await api.client.get(f"/v1/events/{event_id}/notifications{q}", headers=h)).json()
+        assert page["counts"] == {"done": 5}
+        names = [run["recipient"] for run in page["runs"]]
+        seen.append(names)
+        # the page explains its recipients whole, and only them
+        assert sorted(m["recipient"] for m in page["messages"]) == names
+        assert sorted({t["recipient"] for t in page["trail"]}) == names
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [["p0", "p1"], ["p2", "p3"], ["p4"]]

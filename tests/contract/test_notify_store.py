@@ -84,17 +84,55 @@ async def store(stores: Stores, runs: list[Run]) -> None:
     await stores.runs.commit([RunWrite(r) for r in runs])
 
 
-async def test_a_commit_stores_the_first_creation_and_lists_oldest_first(stores: Stores) -> None:
-    a, b = run("e1", "alice", at=10.0), run("e1", "bob", at=5.0)
+async def test_a_commit_keeps_the_first_creation_and_runs_list_by_recipient(
+    stores: Stores,
+) -> None:
+    a, b = run("e1", "bob", at=10.0), run("e1", "alice", at=5.0)
     await store(stores, [a])
     again = dataclasses.replace(a, created_at=20.0, lane=Priority.BULK)
     await store(stores, [b, again])
     listed = await stores.runs.runs_for_event("e1")
     assert [(r.recipient, r.created_at, r.lane) for r in listed] == [
-        ("bob", 5.0, TX),
-        ("alice", 10.0, TX),  # created_at and lane stay as first stored
+        ("alice", 5.0, TX),
+        ("bob", 10.0, TX),  # created_at and lane stay as first stored
     ]
     assert await stores.runs.runs_for_event("e2") == []
+
+
+async def test_an_events_runs_page_by_recipient_with_their_messages_and_trail(
+    stores: Stores,
+) -> None:
+    runs = [run("e1", f"u{i:02d}") for i in range(7)] + [run("e2", "u00")]
+    await stores.runs.commit(
+        [
+            RunWrite(r, messages=[message(r)], trail=[entry(r, n=i), entry(r, n=i + 100)])
+            for i, r in enumerate(runs)
+        ]
+    )
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = await stores.runs.runs_for_event("e1", after=after, limit=3)
+        pages.append([r.recipient for r in page])
+        if len(page) < 3:
+            break
+        after = page[-1].recipient
+    assert pages == [["u00", "u01", "u02"], ["u03", "u04", "u05"], ["u06"]]
+    second = [r for r in runs if r.recipient in ("u03", "u04") and r.event_id == "e1"]
+    messages = await stores.runs.messages_for_runs([r.id for r in second])
+    assert sorted(m.recipient for m in messages) == ["u03", "u04"]
+    trail = await stores.runs.trail_for_recipients("e1", ["u03", "u04"])
+    assert [(t.recipient, t.data["n"]) for t in trail] == [
+        ("u03", 3),
+        ("u03", 103),
+        ("u04", 4),
+        ("u04", 104),
+    ]  # by seq, only this event's entries (e2 has u00 too)
+    assert [t.event_id for t in await stores.runs.trail_for_recipients("e2", ["u00"])] == [
+        "e2",
+        "e2",
+    ]
+    assert await stores.runs.messages_for_runs([]) == []
 
 
 async def test_concurrent_commits_of_the_same_new_runs_store_each_once(stores: Stores) -> None:
@@ -225,7 +263,9 @@ async def test_cancel_runs_ends_what_is_still_going_and_its_queued_messages(
     assert runs["a"].outcome == "completed"
     assert {runs["b"].outcome, runs["c"].outcome} == {"cancelled"}
     assert runs["b"].state is RunState.DONE and runs["b"].wake_at is None
-    messages = {m.recipient: m for m in await stores.runs.messages_for_event("e1")}
+    messages = {
+        m.recipient: m for m in await stores.runs.messages_for_runs([a.id for a in (done, waiting)])
+    }
     assert messages["a"].status == "sent"
     assert (messages["b"].status, messages["b"].error) == ("not_sent", "event cancelled")
     trail = await stores.runs.trail_for_event("e1", after=0, limit=10)
@@ -562,7 +602,7 @@ async def test_update_message_is_all_or_nothing(stores: Stores) -> None:
     assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
 
 
-async def test_messages_list_by_event_and_newest_first_by_recipient(stores: Stores) -> None:
+async def test_messages_list_by_run_and_newest_first_by_recipient(stores: Stores) -> None:
     runs = [run(f"e{i}", "alice", at=float(i)) for i in (1, 2, 3)]
     bob = run("e1", "bob", at=1.0)
     await store(stores, [*runs, bob])
@@ -585,8 +625,8 @@ async def test_messages_list_by_event_and_newest_first_by_recipient(stores: Stor
     ]
     assert await stores.runs.messages_for_recipient("alice", before=1.0, limit=10) == []
     assert await stores.runs.messages_for_recipient("carol", before=None, limit=10) == []
-    assert await stores.runs.messages_for_event("e1") == [theirs, mine[0], sms]
-    assert await stores.runs.messages_for_event("e4") == []
+    assert await stores.runs.messages_for_runs([runs[0].id, bob.id]) == [theirs, mine[0], sms]
+    assert await stores.runs.messages_for_runs(["nope"]) == []
 
 
 # -- workflows -------------------------------------------------------------------------------

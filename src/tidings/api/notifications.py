@@ -87,7 +87,7 @@ async def event_notifications(
 ) -> dict[str, Any]:
     if await services(request).ingest.get(event_id) is None:
         raise NotFound(f"event {event_id} not found")
-    return await orchestrator(request).event_report(event_id, after=_cursor(cursor), limit=limit)
+    return await orchestrator(request).event_report(event_id, after=cursor, limit=limit)
 
 
 @router.get(

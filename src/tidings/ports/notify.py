@@ -144,8 +144,11 @@ class RunStore(Protocol):
       payload, at, actor); closing twice returns the same events.
     - `message`/`update_message`: `update_message` merges `statuses` (first instant wins),
       sets the other fields given, appends `trail` and enqueues `jobs` in one transaction.
-    - `messages_for_event`, `trail_for_event` and the per-recipient pages list in creation
-      order (`seq`/`created_at`), cursor = the last seq seen.
+    - `runs_for_event(event_id, after, limit)` pages the event's runs by recipient (those
+      after `after`, in recipient order); `messages_for_runs` lists the runs' messages in
+      creation order; `trail_for_recipients(event_id, recipients)` the event's trail entries
+      of those recipients by seq. `trail_for_event` and the per-recipient pages list in
+      creation order (`seq`/`created_at`), cursor = the last seq seen.
     - `count_runs(event_id)` counts the event's runs per state (states without runs are
       left out), however many runs the event has.
     """
@@ -207,11 +210,17 @@ class RunStore(Protocol):
         transaction; returns how many runs it ended."""
         ...
 
-    async def runs_for_event(self, event_id: str) -> list[Run]: ...
+    async def runs_for_event(
+        self, event_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Run]: ...
 
     async def count_runs(self, event_id: str) -> dict[RunState, int]: ...
 
-    async def messages_for_event(self, event_id: str) -> list[Message]: ...
+    async def messages_for_runs(self, run_ids: Sequence[str]) -> list[Message]: ...
+
+    async def trail_for_recipients(
+        self, event_id: str, recipients: Sequence[str]
+    ) -> list[TrailEntry]: ...
 
     async def trail_for_event(
         self, event_id: str, *, after: int, limit: int

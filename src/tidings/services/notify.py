@@ -1261,19 +1261,22 @@ class Orchestrator:
     # -- reading ---------------------------------------------------------------------------
 
     async def event_report(
-        self, event_id: str, *, after: int = 0, limit: int = 500
+        self, event_id: str, *, after: str | None = None, limit: int = 500
     ) -> dict[str, Any]:
-        """Runs, messages and the trail of one event: why each message was sent, held,
-        suppressed or failed."""
-        runs = await self.runs.runs_for_event(event_id)
-        messages = await self.runs.messages_for_event(event_id)
-        trail = await self.runs.trail_for_event(event_id, after=after, limit=limit)
+        """Why each message of one event was sent, held, suppressed or failed, a page of
+        recipients at a time (in recipient order): their runs, messages and trail whole,
+        with the count of the event's runs per state on every page."""
+        runs = await self.runs.runs_for_event(event_id, after=after, limit=limit)
+        messages = await self.runs.messages_for_runs([r.id for r in runs])
+        trail = await self.runs.trail_for_recipients(event_id, [r.recipient for r in runs])
+        counts = await self.runs.count_runs(event_id)
         return {
             "event_id": event_id,
+            "counts": {state.value: n for state, n in counts.items()},
             "runs": [run_json(r) for r in runs],
             "messages": [message_json(m) for m in messages],
             "trail": [trail_json(t) for t in trail],
-            "next_cursor": str(trail[-1].seq) if len(trail) == limit else None,
+            "next_cursor": runs[-1].recipient if len(runs) == limit else None,
         }
 
     async def recipient_report(

@@ -25,7 +25,6 @@ from tidings.ports.notify import (
 from tidings.types import NewJob
 
 SENT_STATUSES = ("sent", "delivered")
-_LISTED = 10_000  # rows per event the SQL adapter lists at most
 
 
 @dataclass(slots=True)
@@ -216,10 +215,13 @@ class MemoryRunStore:
 
     # -- reading the trail -----------------------------------------------------------------
 
-    async def runs_for_event(self, event_id: str) -> list[Run]:
+    async def runs_for_event(
+        self, event_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Run]:
         runs = [self._runs[i] for i in self._runs_by_event.get(event_id, ())]
-        runs.sort(key=lambda r: (r.created_at, r.recipient))
-        return runs[:_LISTED]
+        runs = [r for r in runs if after is None or r.recipient > after]
+        runs.sort(key=lambda r: (r.recipient, r.id))
+        return runs[:limit]
 
     async def cancel_runs(self, event_id: str, at: float, reason: str) -> int:
         ended: list[Run] = []
@@ -265,10 +267,17 @@ class MemoryRunStore:
             counts[state] = counts.get(state, 0) + 1
         return counts
 
-    async def messages_for_event(self, event_id: str) -> list[Message]:
-        messages = [self._messages[i] for i in self._messages_by_event.get(event_id, ())]
+    async def messages_for_runs(self, run_ids: Sequence[str]) -> list[Message]:
+        wanted = set(run_ids)
+        messages = [m for m in self._messages.values() if m.run_id in wanted]
         messages.sort(key=lambda m: (m.created_at, m.id))
-        return messages[:_LISTED]
+        return messages
+
+    async def trail_for_recipients(
+        self, event_id: str, recipients: Sequence[str]
+    ) -> list[TrailEntry]:
+        wanted = set(recipients)
+        return [t for t in self._trail_by_event.get(event_id, []) if t.recipient in wanted]
 
     async def trail_for_event(self, event_id: str, *, after: int, limit: int) -> list[TrailEntry]:
         return _page(self._trail_by_event.get(event_id, []), after, limit)

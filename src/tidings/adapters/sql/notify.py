@@ -349,14 +349,14 @@ class SqlRunStore:
                 )
         return len(ended)
 
-    async def runs_for_event(self, event_id: str) -> list[Run]:
+    async def runs_for_event(
+        self, event_id: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[Run]:
+        query = select(notify_runs).where(_r.event_id == event_id)
+        if after is not None:
+            query = query.where(_r.recipient > after)
         async with self._read.connect() as conn:
-            rows = await conn.execute(
-                select(notify_runs)
-                .where(_r.event_id == event_id)
-                .order_by(_r.created_at, _r.recipient)
-                .limit(10_000)
-            )
+            rows = await conn.execute(query.order_by(_r.recipient, _r.id).limit(limit))
             return [_run(r._mapping) for r in rows]
 
     async def count_runs(self, event_id: str) -> dict[RunState, int]:
@@ -366,15 +366,27 @@ class SqlRunStore:
             )
             return {RunState(state): int(n) for state, n in rows}
 
-    async def messages_for_event(self, event_id: str) -> list[Message]:
+    async def messages_for_runs(self, run_ids: Sequence[str]) -> list[Message]:
+        found: list[Message] = []
         async with self._read.connect() as conn:
-            rows = await conn.execute(
-                select(notify_messages)
-                .where(_m.event_id == event_id)
-                .order_by(_m.created_at, _m.id)
-                .limit(10_000)
-            )
-            return [_message(r._mapping) for r in rows]
+            for chunk in _chunks(run_ids):
+                rows = await conn.execute(select(notify_messages).where(_m.run_id.in_(chunk)))
+                found.extend(_message(r._mapping) for r in rows)
+        found.sort(key=lambda m: (m.created_at, m.id))
+        return found
+
+    async def trail_for_recipients(
+        self, event_id: str, recipients: Sequence[str]
+    ) -> list[TrailEntry]:
+        found: list[TrailEntry] = []
+        async with self._read.connect() as conn:
+            for chunk in _chunks(recipients):
+                rows = await conn.execute(
+                    select(notify_trail).where(_t.recipient.in_(chunk), _t.event_id == event_id)
+                )
+                found.extend(_trail(r._mapping) for r in rows)
+        found.sort(key=lambda t: t.seq)
+        return found
 
     async def trail_for_event(self, event_id: str, *, after: int, limit: int) -> list[TrailEntry]:
         return await self._trail(_t.event_id == event_id, after, limit)
