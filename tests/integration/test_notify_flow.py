@@ -489,3 +489,23 @@ async def test_a_payload_breaking_a_contract_published_after_ingest_fails_the_st
     assert report["messages"] == []
     assert (await env.runtime.services.inbox.store.counts("ann")).unread == 0
     assert await env.runtime.services.jobs.list_dead(10) == []
+
+
+async def test_a_cancel_that_comes_in_mid_dispatch_sends_nothing(env: Env) -> None:
+    """The dispatch has run the workflow (one email step: the run is done, the email queued)
+    but not yet marked the event dispatched when the cancel comes in: the email never
+    reaches the SMTP server, the message says why, and the dispatch then stops."""
+    await env.subscriber("ann", email="ann@example.com")
+    event_id = await env.send("news", recipients=("ann",), payload={"text": "t"})
+    event = await env.runtime.services.ingest.get(event_id)
+    assert event is not None and event.state.value == "accepted"
+    await env.notify.start(event)  # what the running dispatch job has done so far
+    [queued] = (await env.report(event_id))["messages"]
+    assert queued["status"] == "queued"
+    cancelled = await env.runtime.services.ingest.cancel(event_id)
+    assert cancelled.state.value == "cancelled"
+    await env.drain()
+    assert env.smtp.messages == []
+    [message] = (await env.report(event_id))["messages"]
+    assert (message["status"], message["error"]) == ("not_sent", "event cancelled")
+    assert await env.runtime.services.jobs.list_dead(10) == []

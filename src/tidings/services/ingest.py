@@ -145,9 +145,10 @@ class IngestService:
         never dispatched; a dispatched one keeps what went out already, and its workflow runs
         still waiting (delays, digests, escalations, held messages) end without sending
         (`on_cancel`, the orchestrator). Conflict for a failed or cancelled event."""
-        if await self._events.transition(event_id, EventState.ACCEPTED, EventState.CANCELLED):
-            pass
-        elif await self._events.transition(event_id, EventState.DISPATCHED, EventState.CANCELLED):
+        if await self._events.transition(
+            event_id, EventState.ACCEPTED, EventState.CANCELLED
+        ) or await self._events.transition(event_id, EventState.DISPATCHED, EventState.CANCELLED):
+            # Also when it was accepted: its dispatch may be running and have made runs.
             if self.on_cancel is not None:
                 await self.on_cancel(event_id)
         else:

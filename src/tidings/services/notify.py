@@ -414,6 +414,7 @@ class Orchestrator:
         if event is None or workflow is None:
             raise PermanentJobError(f"run {rid}: its event or workflow is gone")
         if event.state is EventState.CANCELLED:
+            await self.cancel(event.id)  # a run made while the cancel came in: end it
             return
         await self._advance(event, workflow, [loaded[rid]])
 
@@ -982,6 +983,21 @@ class Orchestrator:
         if message.status not in (QUEUED, DeliveryStatus.FAILED.value):
             return  # an earlier attempt finished it
         event = await self.events.get(message.event_id)
+        if event is not None and event.state is EventState.CANCELLED:
+            # Cancelled after this message was queued (held, delayed by quiet hours, or
+            # caught mid-dispatch): it never goes out.
+            now = self._now()
+            reason = "event cancelled"
+            await self.runs.update_message(
+                mid,
+                status=DeliveryStatus.NOT_SENT.value,
+                error=reason,
+                at=now,
+                trail=[
+                    self._trail(message, "delivery", {"status": "not_sent", "reason": reason}, now)
+                ],
+            )
+            return
         workflow = await self.workflows.get(message.workflow)
         if event is None or workflow is None:
             raise PermanentJobError(f"message {mid}: its event or workflow is gone")
