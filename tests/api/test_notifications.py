@@ -4,9 +4,11 @@ and of a subscriber, message reports; errors as problem+json naming the field.""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
-from tests.api.conftest import Api
+from tests.api.conftest import Api, make_settings, open_api
+from tidings.config import NotifySettings
 
 WORKFLOW: dict[str, Any] = {
     "name": "Order shipped",
@@ -202,3 +204,23 @@ async def test_an_events_report_pages_by_recipient(api: Api) -> None:
         if cursor is None:
             break
     assert seen == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+
+
+async def test_explicit_recipients_are_bounded_by_notify_max_recipients(tmp_path: Path) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/api.db",
+        notify=NotifySettings(max_recipients=1500),
+    )
+    async for api in open_api(settings):
+        h = api.auth()
+
+        def body(n: int) -> dict[str, Any]:
+            return {"type": "bulk.note", "recipients": [f"r{i}" for i in range(n)]}
+
+        ok = await api.client.post("/v1/events", json=body(1200), headers=h)
+        assert ok.status_code == 202, ok.text  # above the default of 1000: the setting rules
+        r = await api.client.post("/v1/events", json=body(1501), headers=h)
+        assert r.status_code == 422
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert "1501 recipients; at most 1500" in r.text
+        assert "recipients" in r.text

@@ -28,7 +28,11 @@ class EventIn(BaseModel):
     )
     type: Name = Field(description="Event type, e.g. `order.shipped`; selects workflows.")
     actor: RecipientId | None = Field(default=None, description="Who caused the event.")
-    recipients: list[RecipientId] = Field(default_factory=list, max_length=1000)
+    recipients: list[RecipientId] = Field(
+        default_factory=list,
+        max_length=100_000,  # the bound of `notify.max_recipients`, which decides (422)
+        description="Subscriber ids; at most `notify.max_recipients` (default 1000).",
+    )
     topic: Name | None = Field(default=None, description="Deliver to a topic's subscribers.")
     channels: list[ChannelName] = Field(
         default_factory=list, max_length=100, description="Real-time channels to publish to."
