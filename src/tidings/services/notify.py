@@ -132,6 +132,18 @@ class NotifyConfig:
 # -- the orchestrator ------------------------------------------------------------------------
 
 
+def batch_job(
+    event_id: str, workflow: str, recipients: Sequence[str], lane: Priority, dedupe_key: str
+) -> NewJob:
+    """A job that runs `workflow` for these recipients of the event (`handle_batch`)."""
+    return NewJob(
+        kind=BATCH_JOB,
+        payload={"event_id": event_id, "workflow": workflow, "recipients": list(recipients)},
+        lane=lane,
+        dedupe_key=dedupe_key,
+    )
+
+
 def run_id(event_id: str, workflow: str, recipient: str) -> str:
     body = orjson.dumps([event_id, workflow, recipient])
     return hashlib.sha256(body).hexdigest()[:40]
@@ -345,11 +357,12 @@ class Orchestrator:
         self, event: EventRecord, workflow: Workflow, recipients: list[str], index: int
     ) -> None:
         await self._enqueue(
-            NewJob(
-                kind=BATCH_JOB,
-                payload={"event_id": event.id, "workflow": workflow.key, "recipients": recipients},
-                lane=event.priority,
-                dedupe_key=f"notify:{event.id}:{workflow.key}:{index}",
+            batch_job(
+                event.id,
+                workflow.key,
+                recipients,
+                event.priority,
+                f"notify:{event.id}:{workflow.key}:{index}",
             )
         )
         if self._on_enqueue is not None:
