@@ -181,12 +181,14 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     async def publish_inbox(channel: str, data: bytes, key: str | None) -> None:
         await hub.publish(channel, data, idempotency_key=key)
 
+    gate = LaneGate()  # transactional jobs go first on the event loop too
     inbox = InboxService(
         SqlInboxStore(engine),
         clock,
         publish_inbox,
         namespace=settings.inbox.namespace,
         max_data_bytes=settings.inbox.max_data_bytes,
+        gate=gate,
     )
     preference_store = SqlPreferenceStore(engine)
     suppression_store = SqlSuppressionStore(engine)
@@ -216,9 +218,6 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
     workflows = WorkflowRegistry(SqlWorkflowStore(engine), clock, settings.notify.workflow_refresh)
     workflows.load_files(settings.notify.workflows)
-
-    gate = LaneGate()  # transactional jobs go first on the event loop too
-    inbox.pause = gate.pause
 
     async def active(user: str) -> bool:
         return bool(await online.reachable(user))

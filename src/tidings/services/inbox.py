@@ -34,6 +34,7 @@ from tidings.core.paging import decode_cursor, encode_cursor
 from tidings.errors import InvalidInput
 from tidings.ports.clock import Clock
 from tidings.ports.inbox import Archived, Counts, InboxItem, InboxStore, Mark, Status
+from tidings.services.lanes import LaneGate
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,14 @@ class InboxService:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         max_data_bytes: int = rules.MAX_DATA_BYTES,
+        gate: LaneGate | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.publish = publish
         self.namespace = namespace
         self.max_data_bytes = max_data_bytes
-        # A yield point for long loops (the lane gate's `pause` when wired).
-        self.pause: Callable[[], Awaitable[None]] = _yield
+        self._gate = gate or LaneGate()  # long loops yield through it
 
     def channel(self, subscriber: str) -> str:
         """The subscriber's personal channel: user-limited to that subscriber."""
@@ -114,7 +115,9 @@ class InboxService:
         await self._push_counts(subscriber)
         return stored, created
 
-    async def add_many(self, items: Sequence[InboxItem]) -> list[tuple[InboxItem, bool]]:
+    async def add_many(
+        self, items: Sequence[InboxItem], *, push: bool = True
+    ) -> list[tuple[InboxItem, bool]]:
         """Put many items in their subscribers' inboxes in one transaction, such as one event's
         in-app message to each recipient. The caller builds the items: their `id` (stable, so
         a retried batch names the same items) and `created_at` are kept; `seq` and the
@@ -125,15 +128,16 @@ class InboxService:
         created)` per item in input order, with `add`'s idempotency (see
         `InboxStore.add_many`). Then each subscriber's channel gets its items of the batch,
         stored or found stored (keyed by item id, as `add` does: a retried batch republishes
-        with the same keys), followed by one counts message."""
+        with the same keys), followed by one counts message; with `push=False` the caller
+        sends them with `push` when it chooses (after its own commit)."""
         if len(items) > MAX_BATCH:
             raise InvalidInput(f"at most {MAX_BATCH} items", field="items")
         checked = [self._checked(item, f"items.{n}.") for n, item in enumerate(items)]
         if not checked:
             return []
         results = await self.store.add_many(checked)
-        if self.publish is not None:
-            await self._push_batch(results)
+        if push:
+            await self.push(results)
         return results
 
     def _checked(self, item: InboxItem, where: str = "") -> InboxItem:
@@ -232,9 +236,12 @@ class InboxService:
         c = await self.store.counts(subscriber)
         await self._push(subscriber, {"type": "counts", "unread": c.unread, "unseen": c.unseen})
 
-    async def _push_batch(self, results: Sequence[tuple[InboxItem, bool]]) -> None:
-        """Per subscriber its items of the batch, each once, then its counts. The counts are
-        read (on SQLite in the reader's thread) while the items go out."""
+    async def push(self, results: Sequence[tuple[InboxItem, bool]]) -> None:
+        """Live updates for stored items (`add_many`'s result): per subscriber its items,
+        each once, then its counts. The counts are read (on SQLite in the reader's thread)
+        while the items go out."""
+        if self.publish is None or not results:
+            return
         by_subscriber: dict[str, dict[str, InboxItem]] = {}
         for stored, _ in results:
             by_subscriber.setdefault(stored.subscriber, {}).setdefault(stored.id, stored)
@@ -249,7 +256,7 @@ class InboxService:
                     await self._send(channel, data, _item_key(stored.id), subscriber, "item")
                     sent += 1
                     if sent % _YIELD_EVERY == 0:
-                        await self.pause()  # let the counts read take its next step
+                        await self._gate.pause()  # let the counts read take its next step
             try:
                 found = await counts
             except Exception:
@@ -353,7 +360,3 @@ def _iso(at: float | None) -> str | None:
 
 def _seq(cursor: str, field: str) -> int:
     return int(decode_cursor(cursor, {"seq": int}, field)["seq"])
-
-
-async def _yield() -> None:
-    await asyncio.sleep(0)

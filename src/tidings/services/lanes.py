@@ -29,7 +29,7 @@ class LaneGate:
         self._urgent: dict[int, float] = {}  # section -> loop time it began
         self._ids = itertools.count()
         self._changed: asyncio.Event | None = None
-        self.waits = 0  # times bulk work waited (for metrics and tests)
+        self.waits = 0  # times bulk work waited
 
     @contextlib.contextmanager
     def urgent(self) -> Iterator[None]:

@@ -237,7 +237,7 @@ class Orchestrator:
         self._enqueue = enqueue
         self._on_enqueue = on_enqueue
         self._active = active
-        self._gate = gate
+        self._gate = gate or LaneGate()
         # Bulk batches at once in this process: more only queue on the event loop (and on
         # SQLite's writer) in front of transactional work.
         self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
@@ -465,25 +465,21 @@ class Orchestrator:
             if len(p.writes) >= per_commit:
                 await self._flush(p)
             if n % YIELD_EVERY == 0:
-                await self._pause()  # transactional work in flight goes first
+                await self._gate.pause()  # transactional work in flight goes first
         await self._flush(p)
 
     async def _flush(self, p: _Pass) -> None:
         """Write what the pass produced so far: inbox items (idempotent by id) first, then
-        the runs with their steps, messages, trail and jobs in one transaction."""
-        if p.inbox:
-            await self.inbox.add_many(p.inbox)
+        the runs with their steps, messages, trail and jobs in one transaction, and their
+        jobs woken; then the items' live updates (a subscriber sees an item once its run is
+        committed)."""
+        stored = await self.inbox.add_many(p.inbox, push=False) if p.inbox else []
         if p.writes:
             await self.runs.commit(p.writes, p.jobs)
         if p.jobs and self._on_enqueue is not None:
             self._on_enqueue()
         p.inbox, p.writes, p.jobs = [], [], []
-
-    async def _pause(self) -> None:
-        if self._gate is not None:
-            await self._gate.pause()
-        else:
-            await asyncio.sleep(0)
+        await self.inbox.push(stored)  # live updates once the runs are committed
 
     async def _advance_run(
         self, p: _Pass, run: Run, steps: dict[str, StepRow], messages: dict[str, Message]

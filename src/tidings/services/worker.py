@@ -77,7 +77,7 @@ class WorkerPool:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._gate = gate
+        self._gate = gate or LaneGate()
 
     def notify(self) -> None:
         """Wake the claim loop now (new work was enqueued in this process)."""
@@ -147,9 +147,7 @@ class WorkerPool:
         keeper = asyncio.create_task(self._keep_lease(job.id, token))
         lane = CURRENT_LANE.set(job.lane)
         urgent = (
-            self._gate.urgent()
-            if self._gate is not None and job.lane is Priority.TRANSACTIONAL
-            else contextlib.nullcontext()
+            self._gate.urgent() if job.lane is Priority.TRANSACTIONAL else contextlib.nullcontext()
         )
         try:
             with urgent:

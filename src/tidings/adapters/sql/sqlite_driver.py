@@ -12,7 +12,6 @@ Server-side (streaming) cursors keep SQLAlchemy's own implementation.
 
 from __future__ import annotations
 
-import collections
 import sqlite3
 from collections.abc import Sequence
 from typing import Any, cast
@@ -72,10 +71,11 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             outcome: _Outcome = await connection._execute(
                 _run, connection._conn, operation, parameters, many
             )
-        description, rowcount, lastrowid, rows = outcome
-        self._cursor = _Finished(description, rowcount, lastrowid)  # type: ignore[assignment]
+        finished: _Finished = self._cursor  # type: ignore[assignment]
+        finished.description, finished.rowcount, finished.lastrowid, rows = outcome
+        self._rows.clear()
         if rows is not None:
-            self._rows = collections.deque(rows)
+            self._rows.extend(rows)
 
     async def _execute_async(self, operation: Any, parameters: Any) -> Any:
         await self._call(operation, parameters, many=False)
