@@ -18,7 +18,7 @@ import pytest
 from tests.api.conftest import make_settings
 from tests.integration.test_smtp_delivery import Server, Sink, free_port
 from tidings.adapters.clock import ManualClock
-from tidings.config import NotifySettings, SmtpSettings, WorkerSettings
+from tidings.config import FrequencyCapSettings, NotifySettings, SmtpSettings, WorkerSettings
 from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hours
 from tidings.core.notify.types import Channel
 from tidings.errors import Conflict, InvalidInput
@@ -26,7 +26,7 @@ from tidings.ports.inbox import Mark
 from tidings.ports.subscribers import Subscriber, Topic
 from tidings.services.ingest import EventInput
 from tidings.types import JobState, Priority
-from tidings.wiring import Runtime, build_runtime, migrate
+from tidings.wiring import Runtime, build_runtime, migrate, notify_config
 
 WORKFLOWS = """
 workflows:
@@ -509,3 +509,50 @@ async def test_a_cancel_that_comes_in_mid_dispatch_sends_nothing(env: Env) -> No
     [message] = (await env.report(event_id))["messages"]
     assert (message["status"], message["error"]) == ("not_sent", "event cancelled")
     assert await env.runtime.services.jobs.list_dead(10) == []
+
+
+async def test_a_few_explicit_recipients_run_in_the_dispatch_job_without_batch_jobs(
+    env: Env,
+) -> None:
+    for sid in ("ann", "bob"):
+        await env.subscriber(sid, email=f"{sid}@example.com")
+    event_id = await env.send("news", recipients=("ann", "bob"), payload={"text": "t"})
+    pool = env.runtime.pools[-1]
+    assert await pool.run_once(1) == 1  # the dispatch job
+    report = await env.report(event_id)
+    assert report["counts"] == {"done": 2}  # both runs ran in it
+    left = await pool.claim(10)
+    assert sorted(j.kind for j in left) == ["notify.deliver", "notify.deliver"]
+
+
+async def test_frequency_caps_from_the_settings_reach_the_decisions(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = env.runtime.settings.model_copy(
+        update={
+            "notify": NotifySettings(
+                frequency_caps=[
+                    FrequencyCapSettings(
+                        limit=1, window=3600, channel="email", on_exceed="suppress"
+                    )
+                ]
+            )
+        }
+    )
+    monkeypatch.setattr(env.notify, "config", notify_config(settings))
+    await env.subscriber("ann", email="ann@example.com")
+    first = await env.send("news", recipients=("ann",), payload={"text": "one"})
+    await env.drain()
+    env.clock.advance(60)
+    second = await env.send("news", recipients=("ann",), payload={"text": "two"})
+    await env.drain()
+    assert len(env.smtp.messages) == 1
+    assert ("frequency_cap", "send", "under_cap") in decisions(
+        await env.report(first), "ann", "email"
+    )
+    assert decisions(await env.report(second), "ann", "email")[-1] == (
+        "frequency_cap",
+        "suppress",
+        "frequency_cap",
+    )
+    assert (await env.report(second))["messages"] == []

@@ -76,3 +76,23 @@ async def test_a_steady_transactional_stream_does_not_starve_bulk() -> None:
     lock.release()
     await asyncio.gather(*tasks)
     assert order == ["t0", "t1", "b0", "t2", "t3", "t4"]
+
+
+async def test_by_default_a_waiting_bulk_writer_gets_every_fifth_turn() -> None:
+    lock = LaneLock()
+    order: list[str] = []
+
+    async def work(name: str, lane: Priority) -> None:
+        await lock.acquire(lane)
+        order.append(name)
+        await asyncio.sleep(0)
+        lock.release()
+
+    await lock.acquire(TX)
+    tasks = [asyncio.create_task(work("b0", BULK))]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(work(f"t{i}", TX)) for i in range(6)]
+    await asyncio.sleep(0)
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["t0", "t1", "t2", "t3", "b0", "t4", "t5"]

@@ -66,3 +66,21 @@ async def test_transactional_work_never_waits_at_the_gate() -> None:
         CURRENT_LANE.set(Priority.TRANSACTIONAL)
         await asyncio.wait_for(gate.pause(), 0.5)
     assert gate.waits == 0
+
+
+async def test_by_default_an_urgent_section_holds_bulk_back_for_a_quarter_second() -> None:
+    gate = LaneGate()
+    stuck = asyncio.Event()
+
+    async def slow_tx() -> None:
+        with gate.urgent():
+            await stuck.wait()
+
+    t = asyncio.create_task(slow_tx())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(bulk_steps(gate, [], 1), 2.0)
+    assert 0.24 <= loop.time() - began < 1.0
+    stuck.set()
+    await t
