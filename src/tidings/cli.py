@@ -27,7 +27,7 @@ from tidings import __version__, logs
 from tidings.config import Settings, load_settings
 from tidings.core.tokens import connection_claims, encode_token, subscription_claims
 from tidings.errors import InvalidInput, NotFound, TidingsError
-from tidings.ports.campaigns import FINAL_STATES, CampaignState
+from tidings.ports.campaigns import ACTIVE_STATES, CampaignState
 from tidings.services.campaigns import CampaignService
 from tidings.services.campaigns import Progress as CampaignProgress
 from tidings.services.deadletters import DeadFilter, DeadLetters
@@ -495,7 +495,7 @@ def _campaign_pace(p: CampaignProgress) -> str:
 def _campaign_channels(p: CampaignProgress) -> str:
     return ", ".join(
         f"{ch} {x.achieved_rate:,.1f}/s" + ("" if x.rate is None else f" of {x.rate:g}")
-        for ch, x in (p.channels or {}).items()
+        for ch, x in p.channels.items()
         if x.achieved_rate is not None
     )
 
@@ -588,7 +588,8 @@ def campaign_progress(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
     config: ConfigOpt = None,
 ) -> None:
-    """Follow a campaign with a progress bar until it is completed or cancelled."""
+    """Follow a campaign with a progress bar until it is completed and its runs are done, or
+    it is cancelled or paused."""
 
     async def op(rt: Runtime) -> CampaignProgress:
         service = _campaigns(rt)
@@ -617,8 +618,8 @@ def campaign_progress(
                     detail=f"{c.state.value} handed out {c.enqueued:,}{rate}{eta}"
                     + (f" ({channels})" if channels else ""),
                 )
-                finished = c.state in FINAL_STATES and p.delivered >= c.enqueued
-                if finished or c.state is CampaignState.CANCELLED:
+                delivering = c.state is CampaignState.COMPLETED and p.delivered < c.enqueued
+                if c.state not in ACTIVE_STATES and not delivering:
                     return p
                 await asyncio.sleep(interval)
                 p = await service.progress(campaign_id)

@@ -257,6 +257,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         on_enqueue=wake,
         audiences=segments.audiences,
         segments=segments.store,
+        batch_size=notify_config(settings).bulk_batch_size,
     )
 
     services = Services(

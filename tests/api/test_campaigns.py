@@ -81,6 +81,8 @@ async def test_pause_resume_cancel(api: Api) -> None:
     later = {**BODY, "id": "later", "start_at": 4_000_000_000.0}
     r = await c.post("/v1/campaigns", json=later, headers=h)
     assert r.json()["state"] == "scheduled"
+    got = (await c.get("/v1/campaigns/later", headers=h)).json()
+    assert (got["total"], got["progress"]["total"]) == (None, 5)  # the topic's size now
     assert (await c.post("/v1/campaigns/later/pause", headers=h)).json()["state"] == "paused"
     assert (await c.post("/v1/campaigns/later/resume", headers=h)).json()["state"] == "scheduled"
     assert (await c.post("/v1/campaigns/later/cancel", headers=h)).json()["state"] == "cancelled"

@@ -95,12 +95,19 @@ async def test_a_campaign_to_a_segment_paced_per_channel_round_trips(stores: Sto
         messages={"email": 100, "in_app": 50},
     )
     assert (await stores.campaigns.get("seg")).messages == {"email": 100, "in_app": 50}
-    # an advance without messages keeps them
     assert await stores.campaigns.advance(
-        "seg", expect=RUNNING, tick=1, cursor="u9", enqueued=50, state=RUNNING, jobs=[], at=3.0
+        "seg",
+        expect=RUNNING,
+        tick=1,
+        cursor="v2",
+        enqueued=60,
+        state=RUNNING,
+        jobs=[],
+        at=3.0,
+        messages={"email": 120, "in_app": 60, "sms": 0},
     )
     after = await stores.campaigns.get("seg")
-    assert (after.ticks, after.messages) == (2, {"email": 100, "in_app": 50})
+    assert (after.ticks, after.messages) == (2, {"email": 120, "in_app": 60, "sms": 0})
     assert (after.segment, after.filter, after.rates) == (c.segment, c.filter, c.rates)
 
 
@@ -115,7 +122,16 @@ async def test_advance_writes_the_row_and_its_jobs_once(stores: Stores) -> None:
     await stores.campaigns.create(campaign(), then=tick("c1", 0))
     await stores.jobs.claim("w", BOTH, 10, 30.0)
     jobs = [batch("c1", "a"), batch("c1", "c"), tick("c1", 1)]
-    args = dict(expect=RUNNING, tick=0, cursor="d", enqueued=4, state=RUNNING, jobs=jobs, at=5.0)
+    args = dict(
+        expect=RUNNING,
+        tick=0,
+        cursor="d",
+        enqueued=4,
+        state=RUNNING,
+        jobs=jobs,
+        at=5.0,
+        messages={},
+    )
     assert await stores.campaigns.advance("c1", **args, total=10, started_at=5.0)
     stored = await stores.campaigns.get("c1")
     assert (stored.ticks, stored.cursor, stored.enqueued, stored.total) == (1, "d", 4, 10)
@@ -134,6 +150,7 @@ async def test_advance_writes_the_row_and_its_jobs_once(stores: Stores) -> None:
         state=CampaignState.COMPLETED,
         jobs=[batch("c1", "a"), batch("c1", "e")],
         at=6.0,
+        messages={},
         finished_at=6.0,
     )
     done = await stores.campaigns.get("c1")
@@ -162,8 +179,10 @@ async def test_advance_refuses_a_changed_state(stores: Stores) -> None:
         state=RUNNING,
         jobs=[batch("c1", "a")],
         at=3.0,
+        messages={"in_app": 1},
     )
-    assert (await stores.campaigns.get("c1")).enqueued == 0
+    stored = await stores.campaigns.get("c1")
+    assert (stored.enqueued, stored.messages) == (0, {})
     assert await kinds(stores) == ["campaign.tick"]  # the first tick only
 
 
@@ -180,6 +199,7 @@ async def test_concurrent_advances_of_one_tick_write_once(stores: Stores) -> Non
                 state=RUNNING,
                 jobs=[batch("c1", f"m{i}")],
                 at=2.0,
+                messages={"in_app": 1},
             )
             for i in range(4)
         )

@@ -18,7 +18,7 @@ from tests.contract.conftest import STORE_BACKENDS, sql_url
 from tidings.adapters import sql
 from tidings.adapters.memory.segments import MemoryAudiences, MemorySegmentStore
 from tidings.adapters.memory.subscribers import MemorySubscriberStore, MemoryTopicStore
-from tidings.adapters.sql.segments import SqlAudiences, SqlSegmentStore, compile_where
+from tidings.adapters.sql.segments import SqlAudiences, SqlSegmentStore
 from tidings.adapters.sql.subscribers import SqlSubscriberStore, SqlTopicStore
 from tidings.core import segments as rules
 from tidings.errors import NotFound
@@ -211,12 +211,9 @@ async def test_walks_and_counts_find_exactly_the_matching_subscribers(
 
 
 async def test_sql_filters_inside_the_store_when_it_can_state_the_filter(kit: Kit) -> None:
-    people = await seed(kit)
-    for spec, exact in FILTERS:
-        for postgres in (False, True):
-            assert compile_where(rules.parse_filter(spec), postgres=postgres)[1] is exact, spec
     if kit.backend == "memory":
         return
+    people = await seed(kit)
     # An exact filter: the rows that do not match are never read, however sparse.
     spec = {"subscriber.data.orders": {"gte": 9}}
     step = await kit.audiences.scan(

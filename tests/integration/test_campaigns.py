@@ -255,11 +255,60 @@ async def test_a_fractional_rate_and_a_late_start(env: Env) -> None:
         start_at=env.clock.now() + 10,
     )
     assert c.state is CampaignState.SCHEDULED
+    # Before the first tick the topic's size now is the total the estimate uses.
+    p = await env.campaigns.progress(c.id)
+    assert (p.campaign.total, p.total) == (None, MEMBERS)
+    assert p.eta_seconds == pytest.approx(10 + MEMBERS / 0.5)
     await env.seconds(10)
     assert await env.items() == (0, 0)
     await env.seconds(6)  # ticks at +10 .. +15: one member every other second
     assert await env.items() == (3, 3)
     assert (await env.campaigns.get(c.id)).state is CampaignState.RUNNING
+
+
+async def test_a_short_stall_is_caught_up_and_a_long_one_restarts_the_pace(env: Env) -> None:
+    c = await env.start(rate=100)
+    await env.seconds(2)  # ticks due at 0 and 1
+    assert (await env.campaigns.get(c.id)).enqueued == 200
+    env.clock.advance(4.0)  # the workers stall: the ticks due at 2..6 are late
+    await env.drain()
+    assert (await env.campaigns.get(c.id)).enqueued == 700  # caught up at once
+    env.clock.advance(20.0)  # a stall longer than MAX_LAG: the tick due at 7 runs at 26
+    await env.drain()
+    # That tick and the next, due at once: the pace restarts from now, the 19 s behind
+    # are not caught up.
+    assert (await env.campaigns.get(c.id)).enqueued == 900
+    env.clock.advance(0.5)
+    await env.drain()
+    assert (await env.campaigns.get(c.id)).enqueued == 900
+    env.clock.advance(0.5)
+    await env.drain()
+    assert (await env.campaigns.get(c.id)).enqueued == MEMBERS
+    assert await env.items() == (MEMBERS, MEMBERS)
+
+
+async def test_subscribers_who_join_after_the_cursor_are_reached(env: Env) -> None:
+    c = await env.start(rate=100)
+    await env.seconds(2)
+    assert (await env.campaigns.get(c.id)).cursor == "u00199"
+    now = env.clock.now()
+    late = ["u00150x", "u00500x", "zz"]  # one sorts before the cursor, two after it
+    async with env.runtime.engine.begin() as conn:
+        await conn.execute(
+            insert(subscribers),
+            [{"id": i, "data": {}, "created_at": now, "updated_at": now} for i in late],
+        )
+        await conn.execute(
+            insert(topic_members),
+            [{"topic_key": "all", "subscriber_id": i, "created_at": now} for i in late],
+        )
+    await env.seconds(10)
+    done = await env.campaigns.get(c.id)
+    assert done.state is CampaignState.COMPLETED
+    assert (done.total, done.enqueued) == (MEMBERS, MEMBERS + 2)
+    reached = await env.recipients()
+    assert "u00500x" in reached and "zz" in reached and "u00150x" not in reached
+    assert len(reached) == len(set(reached)) == MEMBERS + 2
 
 
 def tick_job(c: Campaign, n: int, at: float) -> Job:
@@ -290,6 +339,8 @@ async def test_a_segment_campaign_reaches_exactly_its_subscribers_once(env: Env)
         workflow="promo", segment="de-pro", payload={"text": "for you"}, rate=20
     )
     assert (c.topic, c.segment, c.filter) == ("all", "de-pro", spec)
+    p = await env.campaigns.progress(c.id)
+    assert (p.total, p.eta_seconds) == (None, None)  # a filter is counted by the first tick
     await env.seconds(1)
     first = await env.campaigns.get(c.id)
     assert (first.total, first.enqueued, first.cursor) == (50, 20, chosen[19])
@@ -354,7 +405,6 @@ async def test_rates_per_channel_pace_by_the_tightest_channel(env: Env) -> None:
     await env.seconds(1)  # the tick that finds no one left
     p = await env.campaigns.progress(c.id)
     assert p.campaign.state is CampaignState.COMPLETED and p.achieved_rate == 125.0
-    assert p.channels is not None
     email, inapp = p.channels["email"], p.channels["in_app"]
     assert (email.rate, email.per_recipient, email.messages) == (250.0, 2, 2 * MEMBERS)
     assert (inapp.rate, inapp.per_recipient, inapp.messages) == (5000.0, 1, MEMBERS)

@@ -130,7 +130,7 @@ class ProgressOut(BaseModel):
             runs=p.runs,
             achieved_rate=p.achieved_rate,
             pace=p.pace,
-            channels={ch: ChannelOut.of(x) for ch, x in (p.channels or {}).items()},
+            channels={ch: ChannelOut.of(x) for ch, x in p.channels.items()},
             eta_seconds=p.eta_seconds,
         )
 

@@ -69,9 +69,10 @@ class CampaignStore(Protocol):
     - `get` raises `NotFound` for an unknown id; `page` lists by id ascending after `after`.
     - `advance` is a compare-and-set: it writes only if the stored campaign is still in
       state `expect` with `ticks == tick`, and then, in ONE transaction, sets `ticks` to
-      `tick + 1`, `cursor`, `enqueued`, `state` (and `messages`, `total`, `started_at`,
-      `finished_at` when given) and enqueues `jobs` (a job whose dedupe key was enqueued before is a
-      no-op). Returns whether it wrote; when it did not, nothing was written or enqueued.
+      `tick + 1`, `cursor`, `enqueued`, `state`, `messages` (and `total`, `started_at`,
+      `finished_at` when given) and enqueues `jobs` (a job whose dedupe key was enqueued
+      before is a no-op). Returns whether it wrote; when it did not, nothing was written or
+      enqueued.
     - `transition` is a compare-and-set on the state: when the stored state is in `expect`
       it sets `state` (and `resumes`, `finished_at` when given) and enqueues `jobs` in ONE
       transaction and returns the campaign as stored; otherwise it writes nothing and
@@ -95,7 +96,7 @@ class CampaignStore(Protocol):
         state: CampaignState,
         jobs: Sequence[NewJob],
         at: float,
-        messages: Mapping[str, int] | None = None,
+        messages: Mapping[str, int],
         total: int | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,

@@ -9,6 +9,8 @@ from typing import Protocol
 from tidings.core.notify.conditions import Condition
 from tidings.types import JSON
 
+COUNT_PAGE = 1000  # candidates per step of a count that walks the audience
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -84,3 +86,15 @@ class Audiences(Protocol):
     ) -> Scan: ...
 
     async def count(self, audience: Audience) -> int: ...
+
+
+async def count_by_scan(audiences: Audiences, audience: Audience, page: int = COUNT_PAGE) -> int:
+    """`count` by walking the whole audience, `page` candidates a step: for an adapter that
+    cannot count it inside its store."""
+    n, after = 0, None
+    while True:
+        step = await audiences.scan(audience, after=after, limit=page, examine=page)
+        n += len(step.ids)
+        if step.done:
+            return n
+        after = step.last

@@ -6,12 +6,13 @@ recipients: the dispatcher fans nothing out itself) and the campaign row with it
 over subscriber profiles, copied into the campaign when it is created). Each tick walks the
 audience after the campaign's cursor (`Audiences.scan`, keyset paging in id order, bounded
 per step) for the next recipients, at most one tick's worth, and, in ONE transaction,
-advances the cursor, enqueues them as `notify.batch` jobs of at most `BATCH` recipients for
-the campaign's event and enqueues the next tick: the pace comes from the schedule of the tick
-jobs, nothing sleeps. The advance is a compare-and-set on the tick number, and every job
-carries a dedupe key (`campaign:<id>:<first recipient>`, `campaign:<id>:tick:<n>`), so a tick
-repeated after a crash, before or after its commit, hands out nothing twice; the runs
-themselves are idempotent per event, workflow and recipient on top of that.
+advances the cursor, enqueues them as `notify.batch` jobs of at most `batch_size`
+(`notify.bulk_batch_size`) recipients for the campaign's event and enqueues the next tick:
+the pace comes from the schedule of the tick jobs, nothing sleeps. The advance is a
+compare-and-set on the tick number, and every job carries a dedupe key
+(`campaign:<id>:<first recipient>`, `campaign:<id>:tick:<n>`), so a tick repeated after a
+crash, before or after its commit, hands out nothing twice; the runs themselves are
+idempotent per event, workflow and recipient on top of that.
 
 The pace is `rate` recipients per second and/or `rates`, messages per second per channel.
 A recipient costs one message per channel step of the workflow on each channel, so the
@@ -23,10 +24,11 @@ and the average is the pace.
 
 Pause and cancel stop the next tick; the batches already enqueued (at most one tick's worth)
 still run. Resume enqueues a tick at once (deduplicated per resume) that goes on from the
-cursor. A tick that falls more than `MAX_LAG` seconds behind its schedule (the workers were
-busy or down) schedules the next one from now instead of catching up in a burst; one that is
-less late is followed at once by the next, so after a short stall up to `MAX_LAG` seconds'
-worth goes out quickly. A tick that finds the workflow gone pauses the campaign.
+cursor. When the next tick would be due more than `MAX_LAG` seconds ago (the workers were
+busy or down), it is due now instead and the pace restarts from there rather than catching
+up in a burst; a shorter delay is caught up at once, so after a short stall up to about
+`MAX_LAG` seconds' worth goes out quickly. A tick that finds the workflow gone pauses the
+campaign.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from tidings.ports.notify import RunState, RunStore
 from tidings.ports.segments import Audience, Audiences, SegmentStore
 from tidings.ports.subscribers import TopicStore
 from tidings.services.ingest import EventInput, IngestService
-from tidings.services.notify import BATCH_JOB
+from tidings.services.notify import NotifyConfig, batch_job
 from tidings.services.segments import audience_of
 from tidings.services.worker import PermanentJobError
 from tidings.services.workflows import WorkflowRegistry
@@ -64,9 +66,9 @@ TICK_JOB = "campaign.tick"
 MAX_RATE = 10_000.0  # recipients per second
 MAX_CHANNEL_RATE = 100_000.0  # messages per second on one channel
 PER_TICK = 1000  # recipients handed out per tick at most
-BATCH = 100  # recipients per notify.batch job (the bulk batch size)
 MAX_LAG = 5.0  # seconds a tick may run behind its schedule before the pace restarts from now
 SCAN_PAGE = 1000  # candidates one step of the audience walk looks at
+PARSED_KEPT = 1000  # campaign audiences a service keeps parsed
 MAX_EXAMINE = 10 * PER_TICK  # candidates one tick looks at, at most (sparse segments)
 CHANNELS = frozenset(c.value for c in Channel)
 
@@ -117,12 +119,11 @@ class Progress:
     delivered: int  # runs done
     achieved_rate: float | None  # recipients handed out per second since the first tick
     eta_seconds: float | None  # until every recipient is handed out, at the pace
-    pace: float | None = None  # recipients per second the rates allow now
-    channels: dict[str, ChannelProgress] | None = None
-
-    @property
-    def total(self) -> int | None:
-        return self.campaign.total
+    pace: float | None  # recipients per second the rates allow now
+    channels: dict[str, ChannelProgress]
+    # The audience's size at the first tick; before it, a topic's size now (None for a
+    # filter, which only the first tick counts).
+    total: int | None
 
 
 class CampaignService:
@@ -138,6 +139,7 @@ class CampaignService:
         *,
         audiences: Audiences,
         segments: SegmentStore,
+        batch_size: int = NotifyConfig().bulk_batch_size,
     ) -> None:
         self.store = store
         self._ingest = ingest
@@ -148,6 +150,8 @@ class CampaignService:
         self._on_enqueue = on_enqueue
         self._audiences = audiences
         self._segments = segments
+        self._batch_size = batch_size
+        self._parsed: dict[str, Audience] = {}  # campaign id -> its audience, parsed once
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -309,10 +313,7 @@ class CampaignService:
             return
         costs = channel_costs(workflow)
         want, interval = tick_plan(pace(c.rate, c.rates, costs) or MAX_RATE)
-        try:
-            audience = audience_of(c.topic, c.filter)
-        except InvalidInput as exc:
-            raise PermanentJobError(f"campaign {cid}: {exc.message}") from None
+        audience = self._audience(c)
         try:
             total = await self._audiences.count(audience) if c.total is None else None
             recipients, cursor, finished = await self._walk(audience, c.cursor, want)
@@ -320,18 +321,16 @@ class CampaignService:
             log.warning("campaign topic was deleted", extra={"campaign": cid, "topic": c.topic})
             total = 0 if c.total is None else None
             recipients, cursor, finished = [], c.cursor, True
+        size = self._batch_size
         jobs = [
-            NewJob(
-                kind=BATCH_JOB,
-                payload={
-                    "event_id": c.event_id,
-                    "workflow": c.workflow,
-                    "recipients": recipients[i : i + BATCH],
-                },
-                lane=Priority.BULK,
-                dedupe_key=f"campaign:{cid}:{recipients[i]}",
+            batch_job(
+                c.event_id,
+                c.workflow,
+                recipients[i : i + size],
+                Priority.BULK,
+                f"campaign:{cid}:{recipients[i]}",
             )
-            for i in range(0, len(recipients), BATCH)
+            for i in range(0, len(recipients), size)
         ]
         if not finished:
             nxt = float(due) + interval
@@ -357,6 +356,20 @@ class CampaignService:
         )
         if wrote and jobs:
             self._woken()
+
+    def _audience(self, c: Campaign) -> Audience:
+        """The campaign's audience, parsed at its first tick in this process: the topic and
+        filter a campaign holds never change."""
+        found = self._parsed.get(c.id)
+        if found is None:
+            try:
+                found = audience_of(c.topic, c.filter)
+            except InvalidInput as exc:
+                raise PermanentJobError(f"campaign {c.id}: {exc.message}") from None
+            if len(self._parsed) >= PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[c.id] = found
+        return found
 
     async def _walk(
         self, audience: Audience, cursor: str | None, want: int
@@ -429,6 +442,7 @@ class CampaignService:
             eta_seconds=eta,
             pace=recipients_per_second,
             channels=channels,
+            total=total,
         )
 
     def _woken(self) -> None:

@@ -24,9 +24,9 @@ class Members:
     next_cursor: str | None  # None: no one is left
 
 
-def audience_of(topic: str | None, filter: Any, field: str = "filter") -> Audience:
+def audience_of(topic: str | None, filter: Any) -> Audience:
     """The audience of a topic and a written filter (parsed; `InvalidInput` names the part)."""
-    return Audience(topic, None if filter is None else rules.parse_filter(filter, field))
+    return Audience(topic, None if filter is None else rules.parse_filter(filter))
 
 
 class SegmentService:

@@ -1,4 +1,5 @@
-"""Segment filters: the workflow condition language over subscriber profile fields only."""
+"""Segment filters: the workflow condition language over subscriber profile fields only, and
+which filters the SQL adapter states exactly."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.contract.test_segments import FILTERS
+from tidings.adapters.sql.segments import compile_where
 from tidings.core import segments as rules
 from tidings.errors import InvalidInput
 
@@ -56,3 +59,11 @@ def test_bad_filters_name_the_part(spec: Any, field: str) -> None:
     with pytest.raises(InvalidInput) as exc:
         rules.parse_filter(spec)
     assert exc.value.field == field
+
+
+@pytest.mark.parametrize(("spec", "exact"), FILTERS)
+def test_sql_states_exactly_the_filters_it_can(spec: dict[str, Any], exact: bool) -> None:
+    """The SQL clause of a filter is exact where SQL can say it, on both dialects; the
+    contract suite checks the clauses against the stores."""
+    for postgres in (False, True):
+        assert compile_where(rules.parse_filter(spec), postgres=postgres)[1] is exact

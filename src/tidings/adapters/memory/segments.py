@@ -10,10 +10,8 @@ from typing import Any
 from tidings.adapters.memory.subscribers import MemorySubscriberStore, MemoryTopicStore
 from tidings.core import segments as rules
 from tidings.errors import NotFound
-from tidings.ports.segments import Audience, Scan, Segment
+from tidings.ports.segments import Audience, Scan, Segment, count_by_scan
 from tidings.ports.subscribers import Subscriber
-
-COUNT_PAGE = 1000
 
 
 class MemorySegmentStore:
@@ -69,13 +67,7 @@ class MemoryAudiences:
         return Scan(found, last, len(candidates), len(candidates) < examine)
 
     async def count(self, audience: Audience) -> int:
-        n, after = 0, None
-        while True:
-            step = await self.scan(audience, after=after, limit=COUNT_PAGE, examine=COUNT_PAGE)
-            n += len(step.ids)
-            if step.done:
-                return n
-            after = step.last
+        return await count_by_scan(self, audience)
 
 
 def _context(s: Subscriber) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class SqlCampaignStore:
         state: CampaignState,
         jobs: Sequence[NewJob],
         at: float,
-        messages: Mapping[str, int] | None = None,
+        messages: Mapping[str, int],
         total: int | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
@@ -74,9 +74,8 @@ class SqlCampaignStore:
             "enqueued": enqueued,
             "state": state.value,
             "updated_at": at,
+            "messages": dict(messages),
         }
-        if messages is not None:
-            values["messages"] = dict(messages)
         if total is not None:
             values["total"] = total
         if started_at is not None:

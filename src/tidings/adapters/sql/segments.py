@@ -39,13 +39,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.tables import segments, subscribers, topic_members, topics
+from tidings.adapters.sql.subscribers import SqlTopicStore
+from tidings.adapters.sql.tables import segments, subscribers, topic_members
 from tidings.core import segments as rules
 from tidings.core.notify.conditions import All, AnyOf, Compare, Condition, Not, Op
 from tidings.errors import NotFound
-from tidings.ports.segments import Audience, Scan, Segment
-
-COUNT_PAGE = 1000  # rows per query when a count has to evaluate a filter in Python
+from tidings.ports.segments import Audience, Scan, Segment, count_by_scan
 
 _s = subscribers.c
 _m = topic_members.c
@@ -111,20 +110,26 @@ class SqlAudiences:
     def __init__(self, engine: AsyncEngine) -> None:
         self._read = reader(engine)
         self._pg = is_postgres(engine)
+        self._topics = SqlTopicStore(engine)
+        self._compiled: tuple[Condition, Clause, bool] | None = None
 
     async def scan(
         self, audience: Audience, *, after: str | None, limit: int, examine: int
     ) -> Scan:
-        clause, exact = self._where(audience)
-        async with self._read.connect() as conn:
-            await _check_topic(conn, audience.topic)
-            if exact:
-                query = _candidates(audience.topic, clause, after, [_s.id]).limit(limit)
+        clause, exact = self._where(audience.where)
+        if exact:
+            query = _candidates(audience.topic, clause, after, [_s.id]).limit(limit)
+            async with self._read.connect() as conn:
                 ids = [str(i) for i in (await conn.execute(query)).scalars()]
-                return Scan(ids, ids[-1] if ids else None, len(ids), len(ids) < limit)
-            columns = [_s.id, *(_s[name] for name in _PROFILE)]
-            query = _candidates(audience.topic, clause, after, columns).limit(examine)
+            if not ids:
+                await self._check_topic(audience.topic)
+            return Scan(ids, ids[-1] if ids else None, len(ids), len(ids) < limit)
+        columns = [_s.id, *(_s[name] for name in _PROFILE)]
+        query = _candidates(audience.topic, clause, after, columns).limit(examine)
+        async with self._read.connect() as conn:
             rows = [r._mapping for r in await conn.execute(query)]
+        if not rows:
+            await self._check_topic(audience.topic)
         found: list[str] = []
         for n, row in enumerate(rows, 1):
             if rules.matches(audience.where, _context(row)):
@@ -135,29 +140,35 @@ class SqlAudiences:
         return Scan(found, last, len(rows), len(rows) < examine)
 
     async def count(self, audience: Audience) -> int:
-        clause, exact = self._where(audience)
-        if exact:
-            async with self._read.connect() as conn:
-                await _check_topic(conn, audience.topic)
-                if audience.where is None and audience.topic is not None:
-                    query = select(func.count()).where(_m.topic_key == audience.topic)
-                else:
-                    query = select(func.count()).select_from(
-                        _candidates(audience.topic, clause, None, [_s.id]).subquery()
-                    )
-                return int((await conn.execute(query)).scalar_one())
-        n, after = 0, None
-        while True:
-            step = await self.scan(audience, after=after, limit=COUNT_PAGE, examine=COUNT_PAGE)
-            n += len(step.ids)
-            if step.done:
-                return n
-            after = step.last
+        clause, exact = self._where(audience.where)
+        if not exact:
+            return await count_by_scan(self, audience)
+        if clause is None and audience.topic is not None:
+            return await self._topics.count(audience.topic)
+        query = select(func.count()).select_from(
+            _candidates(audience.topic, clause, None, [_s.id]).subquery()
+        )
+        async with self._read.connect() as conn:
+            n = int((await conn.execute(query)).scalar_one())
+        if n == 0:
+            await self._check_topic(audience.topic)
+        return n
 
-    def _where(self, audience: Audience) -> tuple[Clause | None, bool]:
-        if audience.where is None:
+    async def _check_topic(self, topic: str | None) -> None:
+        """Raise `NotFound` for an unknown topic. Asked only when a read found no one: a
+        topic's members are deleted with it, so one that has any exists."""
+        if topic is not None:
+            await self._topics.get(topic)
+
+    def _where(self, where: Condition | None) -> tuple[Clause | None, bool]:
+        """The filter in SQL. The last one compiled is kept: the steps of a walk pass the
+        same audience, so a walk compiles its filter once."""
+        if where is None:
             return None, True
-        return compile_where(audience.where, postgres=self._pg)
+        if self._compiled is None or self._compiled[0] is not where:
+            clause, exact = compile_where(where, postgres=self._pg)
+            self._compiled = (where, clause, exact)
+        return self._compiled[1], self._compiled[2]
 
 
 def _candidates(
@@ -182,13 +193,6 @@ def _candidates(
     if after is not None:
         query = query.where(key > after)
     return query.order_by(key)
-
-
-async def _check_topic(conn: AsyncConnection, topic: str | None) -> None:
-    if topic is None:
-        return
-    if (await conn.execute(select(topics.c.key).where(topics.c.key == topic))).first() is None:
-        raise NotFound(f"topic {topic} not found")
 
 
 # -- the filter in SQL -----------------------------------------------------------------------
