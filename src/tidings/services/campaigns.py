@@ -25,8 +25,8 @@ and the average is the pace.
 Pause and cancel stop the next tick; the batches already enqueued (at most one tick's worth)
 still run. Resume enqueues a tick at once (deduplicated per resume) that goes on from the
 cursor. When the next tick would be due more than `MAX_LAG` seconds ago (the workers were
-busy or down), it is due now instead and the pace restarts from there rather than catching
-up in a burst; a shorter delay is caught up at once, so after a short stall up to about
+busy or down), the pace restarts from the late tick (the next is due one interval after
+it) rather than catching up in a burst; a shorter delay is caught up at once, so after a short stall up to about
 `MAX_LAG` seconds' worth goes out quickly. A tick that finds the workflow gone pauses the
 campaign.
 """
@@ -335,7 +335,7 @@ class CampaignService:
         if not finished:
             nxt = float(due) + interval
             if nxt < now - MAX_LAG:
-                nxt = now
+                nxt = now + interval  # the pace restarts from this (late) tick
             jobs.append(_tick(cid, n + 1, nxt, f"campaign:{cid}:tick:{n + 1}"))
         messages = dict(c.messages)
         for ch, cost in costs.items():
