@@ -26,9 +26,9 @@ Pause and cancel stop the next tick; the batches already enqueued (at most one t
 still run. Resume enqueues a tick at once (deduplicated per resume) that goes on from the
 cursor. When the next tick would be due more than `MAX_LAG` seconds ago (the workers were
 busy or down), the pace restarts from the late tick (the next is due one interval after
-it) rather than catching up in a burst; a shorter delay is caught up at once, so after a short stall up to about
-`MAX_LAG` seconds' worth goes out quickly. A tick that finds the workflow gone pauses the
-campaign.
+it) rather than catching up in a burst; a shorter delay is caught up at once, so after a
+short stall up to about `MAX_LAG` seconds' worth goes out quickly. A tick that finds the
+workflow gone pauses the campaign.
 """
 
 from __future__ import annotations
