@@ -126,7 +126,7 @@ def report(results: list[dict[str, Any]]) -> str:
         "",
         "`bench/campaign.py`: embedded SQLite, one process on this machine (2 cores), real",
         "clock. The runtime's worker pools run the `campaign.tick` jobs when they fall due",
-        "(one per second, each handing `rate` members to `notify.batch` jobs of 100) and run",
+        "(one per second, each handing `rate` members to `notify.batch` jobs of up to 500) and run",
         "the batches (a one-step in-app workflow). Progress sampled every second through",
         "`CampaignService.progress`. *Hand-out* = members handed to batches (the pacing itself);",
         "*delivery* = runs done (in-app items written).",

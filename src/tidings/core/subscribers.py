@@ -77,6 +77,14 @@ def subscriber_id(value: str, field: str = "id") -> str:
     return value
 
 
+def suppression_key(channel: str, address: str) -> str:
+    """How the suppression list keys an address that is valid for its channel: email
+    addresses compare case-insensitively; phone numbers are E.164 already (as subscribers
+    store them); tokens and endpoints are kept as they are."""
+    value = address.strip()
+    return value.lower() if channel == "email" else value
+
+
 def normalize_phone(value: str, field: str = "phone") -> str:
     """The number in E.164 (`+14155550123`). It must carry its country code (`+...`) and be a
     valid number for its region."""

@@ -67,6 +67,7 @@ from tidings.core.notify import (
 from tidings.core.notify.runner import condition_context
 from tidings.core.notify.types import DeliveryStatus
 from tidings.core.retry import FailureClass
+from tidings.core.subscribers import suppression_key
 from tidings.core.templates import Channel as TemplateChannel
 from tidings.core.templates import (
     Content,
@@ -878,10 +879,10 @@ class Orchestrator:
                     if (a := (r.email if channel is Channel.EMAIL else r.phone))
                 ]
                 table = await self.suppressions.check_many(
-                    channel.value, [a.lower() for a in addresses]
+                    channel.value, [suppression_key(channel.value, a) for a in addresses]
                 )
                 p.suppressed[channel.value] = table
-            suppressed = table.get(address.lower(), "")
+            suppressed = table.get(suppression_key(channel.value, address), "")
         seen = any(
             r.reached("seen") is not None
             for sid, r in results.items()
@@ -1170,7 +1171,11 @@ class Orchestrator:
             subscriber = await self._subscriber(message.recipient)
             if subscriber is not None and subscriber.email:
                 await self.suppressions.add(
-                    "email", subscriber.email.lower(), "hard_bounce", now, result.reason
+                    "email",
+                    suppression_key("email", subscriber.email),
+                    "hard_bounce",
+                    now,
+                    result.reason,
                 )
         await self.runs.update_message(
             message.id,
@@ -1245,7 +1250,11 @@ class Orchestrator:
             subscriber = await self._subscriber(message.recipient)
             if subscriber is not None and subscriber.email:
                 await self.suppressions.add(
-                    "email", subscriber.email.lower(), "hard_bounce", now, "bounce reported"
+                    "email",
+                    suppression_key("email", subscriber.email),
+                    "hard_bounce",
+                    now,
+                    "bounce reported",
                 )
         updated = await self.runs.update_message(
             message_id,

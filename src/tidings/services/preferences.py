@@ -135,7 +135,7 @@ def normalize_address(channel: str, address: str) -> tuple[str, str]:
         local, at, domain = value.rpartition("@")
         if not at or not local or "." not in domain or len(value) > 320 or " " in value:
             raise InvalidInput("not an email address", field="address")
-        return ch.value, value.lower()
+        return ch.value, rules.suppression_key(ch.value, value)
     if ch is Channel.SMS:
         return ch.value, rules.normalize_phone(value, field="address")
     if ch is Channel.PUSH:

@@ -10,6 +10,7 @@ from tidings.core.subscribers import (
     normalize_phone,
     normalize_timezone,
     subscriber_id,
+    suppression_key,
 )
 from tidings.errors import InvalidInput
 
@@ -74,3 +75,16 @@ def test_cursors_round_trip_and_refuse_foreign_tokens() -> None:
         with pytest.raises(InvalidInput) as err:
             decode_cursor(bad, {"seq": int})
         assert err.value.field == "cursor"
+
+
+@pytest.mark.parametrize(
+    ("channel", "address", "key"),
+    [
+        ("email", " Ann@Example.COM ", "ann@example.com"),
+        ("sms", "+14155550123", "+14155550123"),
+        ("push", "AbCdEfGh12345678", "AbCdEfGh12345678"),
+        ("webpush", "https://push.example/Ab", "https://push.example/Ab"),
+    ],
+)
+def test_suppression_keys_fold_case_for_email_only(channel: str, address: str, key: str) -> None:
+    assert suppression_key(channel, address) == key

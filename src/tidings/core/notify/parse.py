@@ -101,7 +101,7 @@ def _located(exc: InvalidInput, source: str | None) -> InvalidInput:
 def _workflow(m: Any) -> Workflow:
     if not isinstance(m, Mapping):
         raise InvalidInput("a workflow must be a mapping")
-    _known(m, _WORKFLOW_FIELDS, "")
+    check_known(m, _WORKFLOW_FIELDS, "")
     if "key" not in m:
         raise InvalidInput("is required", field="key")
     steps_spec = m.get("steps")
@@ -117,8 +117,8 @@ def _workflow(m: Any) -> Workflow:
         key=m["key"],
         name=_text(m.get("name", ""), "name"),
         description=_text(m.get("description", ""), "description"),
-        critical=_bool(m.get("critical", False), "critical"),
-        commercial=_bool(m.get("commercial", False), "commercial"),
+        critical=check_bool(m.get("critical", False), "critical"),
+        commercial=check_bool(m.get("commercial", False), "commercial"),
         steps=tuple(steps),
         defaults=_defaults(m.get("defaults", {})),
         send_windows=tuple(
@@ -133,7 +133,7 @@ def _step(spec: Any, where: str, taken: set[str]) -> Step:
     kind = spec.get("type")
     if kind not in STEP_KINDS:
         raise InvalidInput(f"must be one of {', '.join(STEP_KINDS)}", field=f"{where}.type")
-    _known(spec, _FIELDS.get(kind, _CHANNEL_FIELDS), where)
+    check_known(spec, _FIELDS.get(kind, _CHANNEL_FIELDS), where)
     step_id = spec.get("id", default_step_id(kind, taken))
     if not isinstance(step_id, str):
         raise InvalidInput("must be text", field=f"{where}.id")
@@ -183,7 +183,7 @@ def _step(spec: Any, where: str, taken: set[str]) -> Step:
         ),
         suppress_when_active=None
         if active is None
-        else _bool(active, f"{where}.suppress_when_active"),
+        else check_bool(active, f"{where}.suppress_when_active"),
         endpoint=spec.get("endpoint"),
     )
 
@@ -201,12 +201,15 @@ def _defaults(value: Any) -> dict[Channel, ChannelDefault]:
             raise InvalidInput(f"unknown channel (known: {known})", field=where) from None
         if not isinstance(spec, Mapping):
             raise InvalidInput("must be a mapping such as {enabled: false}", field=where)
-        _known(spec, frozenset({"enabled"}), where)
-        out[channel] = ChannelDefault(enabled=_bool(spec.get("enabled", True), f"{where}.enabled"))
+        check_known(spec, frozenset({"enabled"}), where)
+        out[channel] = ChannelDefault(
+            enabled=check_bool(spec.get("enabled", True), f"{where}.enabled")
+        )
     return out
 
 
-def _known(m: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+def check_known(m: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    """`InvalidInput` naming the first key of `m` not in `allowed` (the path under `where`)."""
     for key in m:
         if key not in allowed:
             path = f"{where}.{key}" if where else str(key)
@@ -231,7 +234,8 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _bool(value: Any, where: str) -> bool:
+def check_bool(value: Any, where: str) -> bool:
+    """`value` if it is a boolean, else `InvalidInput` naming `where`."""
     if not isinstance(value, bool):
         raise InvalidInput("must be true or false", field=where)
     return value

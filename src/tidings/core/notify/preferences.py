@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from tidings.core.notify.decisions import Preferences, WorkflowPreference
 from tidings.core.notify.model import KEY_RE
+from tidings.core.notify.parse import check_bool, check_known
 from tidings.core.notify.schedule import DAY_NAMES, QuietHours, parse_quiet_hours
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
@@ -74,7 +75,7 @@ def preferences_from_json(value: Any) -> Preferences:
     """Validated :class:`Preferences` from a JSON document (see the module docstring)."""
     if not isinstance(value, Mapping):
         raise InvalidInput("preferences must be a JSON object")
-    _known(value, _TOP, "")
+    check_known(value, _TOP, "")
     workflows = value.get("workflows", {})
     if not isinstance(workflows, Mapping):
         raise InvalidInput("must be an object of workflow keys", field="workflows")
@@ -91,10 +92,10 @@ def preferences_from_json(value: Any) -> Preferences:
     if len(quiet) > MAX_QUIET_HOURS:
         raise InvalidInput(f"at most {MAX_QUIET_HOURS} quiet periods", field="quiet_hours")
     return Preferences(
-        enabled=_bool(value.get("enabled", True), "enabled"),
+        enabled=check_bool(value.get("enabled", True), "enabled"),
         channels=_channels(value.get("channels", {}), "channels"),
         workflows=parsed,
-        commercial_consent=_bool(value.get("commercial_consent", False), "commercial_consent"),
+        commercial_consent=check_bool(value.get("commercial_consent", False), "commercial_consent"),
         quiet_hours=tuple(parse_quiet_hours(q, f"quiet_hours.{i}") for i, q in enumerate(quiet)),
     )
 
@@ -138,7 +139,7 @@ def _workflow(key: Any, spec: Any) -> WorkflowPreference:
         )
     if not isinstance(spec, Mapping):
         raise InvalidInput("must be an object with enabled and/or channels", field=where)
-    _known(spec, _WORKFLOW, where)
+    check_known(spec, _WORKFLOW, where)
     enabled = spec.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise InvalidInput("must be true, false or null", field=f"{where}.enabled")
@@ -156,25 +157,12 @@ def _channels(value: Any, where: str) -> dict[Channel, bool]:
             raise InvalidInput(
                 f"unknown channel (known: {_KNOWN_CHANNELS})", field=f"{where}.{name}"
             ) from None
-        out[channel] = _bool(on, f"{where}.{name}")
+        out[channel] = check_bool(on, f"{where}.{name}")
     return out
 
 
 def _channels_to_json(channels: Mapping[Channel, bool]) -> dict[str, bool]:
     return {c.value: channels[c] for c in Channel if c in channels}
-
-
-def _known(m: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
-    for key in m:
-        if key not in allowed:
-            path = f"{where}.{key}" if where else str(key)
-            raise InvalidInput(f"unknown field {key!r}", field=path)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInput("must be true or false", field=where)
-    return value
 
 
 def _clock(minutes: int) -> str:
