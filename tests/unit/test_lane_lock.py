@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tidings.adapters.sql.engine import LaneLock
 from tidings.types import Priority
 
@@ -58,28 +60,17 @@ async def test_one_holder_at_a_time_and_cancelled_waiters_do_not_wedge_it() -> N
     lock.release()
 
 
-async def test_a_steady_transactional_stream_does_not_starve_bulk() -> None:
-    lock = LaneLock(burst=2)
-    order: list[str] = []
-
-    async def work(name: str, lane: Priority) -> None:
-        await lock.acquire(lane)
-        order.append(name)
-        await asyncio.sleep(0)
-        lock.release()
-
-    await lock.acquire(TX)
-    tasks = [asyncio.create_task(work("b0", BULK))]
-    await asyncio.sleep(0)
-    tasks += [asyncio.create_task(work(f"t{i}", TX)) for i in range(5)]
-    await asyncio.sleep(0)
-    lock.release()
-    await asyncio.gather(*tasks)
-    assert order == ["t0", "t1", "b0", "t2", "t3", "t4"]
-
-
-async def test_by_default_a_waiting_bulk_writer_gets_every_fifth_turn() -> None:
-    lock = LaneLock()
+@pytest.mark.parametrize(
+    ("lock", "expected"),
+    [
+        (LaneLock(burst=2), ["t0", "t1", "b0", "t2", "t3", "t4", "t5"]),
+        (LaneLock(), ["t0", "t1", "t2", "t3", "b0", "t4", "t5"]),  # every fifth turn
+    ],
+    ids=["burst-2", "default"],
+)
+async def test_a_steady_transactional_stream_does_not_starve_bulk(
+    lock: LaneLock, expected: list[str]
+) -> None:
     order: list[str] = []
 
     async def work(name: str, lane: Priority) -> None:
@@ -95,4 +86,4 @@ async def test_by_default_a_waiting_bulk_writer_gets_every_fifth_turn() -> None:
     await asyncio.sleep(0)
     lock.release()
     await asyncio.gather(*tasks)
-    assert order == ["t0", "t1", "t2", "t3", "b0", "t4", "t5"]
+    assert order == expected
