@@ -189,7 +189,7 @@ class NotifySettings(BaseModel):
     batch_size: int = Field(default=500, ge=1, le=5000)
     bulk_batch_size: int = Field(default=500, ge=1, le=5000)
     bulk_commit_size: int = Field(
-        default=100,
+        default=50,
         ge=1,
         le=5000,
         description="Runs per write transaction of a bulk batch: smaller transactions keep "
@@ -230,10 +230,11 @@ class Settings(BaseSettings):
         "is generated once into var/token_secret.",
     )
     gc_freeze_interval: float = Field(
-        default=60.0,
+        default=1.0,
         ge=0,
         description="Seconds between moves of surviving objects out of the garbage "
-        "collector's reach (gc.freeze); 0 leaves CPython's collector as it is.",
+        "collector's reach (gc.freeze): a full collection then walks at most what was "
+        "created since; 0 leaves CPython's collector as it is.",
     )
     worker: WorkerSettings = WorkerSettings()
     gateway: GatewaySettings = GatewaySettings()

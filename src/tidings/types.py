@@ -103,6 +103,18 @@ class JobState(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Handoff:
+    """A job written already claimed by a worker of this process, which runs it as soon as
+    the transaction that stores it commits: no claim transaction and no poll in between. It is
+    stored RUNNING under `lease_token` with its first attempt counted; should the process die
+    before it settles, the lease expires and any worker claims it, as after any crash."""
+
+    job_id: str
+    lease_token: str
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class NewJob:
     kind: str
     payload: JSON
@@ -110,6 +122,7 @@ class NewJob:
     run_at: float | None = None  # None = now
     dedupe_key: str | None = None  # unique among all jobs ever enqueued; a repeat is a no-op
     max_attempts: int = 10
+    handoff: Handoff | None = None  # store it claimed for a worker here (see `Handoff`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,7 @@ from tidings.services.subscriber_auth import SubscriberAuth
 from tidings.services.subscribers import SubscriberService
 from tidings.services.templates import TemplateService
 from tidings.services.testsend import TemplateTestSender
-from tidings.services.worker import WorkerPool
+from tidings.services.worker import Handoffs, WorkerPool
 from tidings.services.workflows import WorkflowRegistry
 from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
@@ -98,6 +98,7 @@ class Runtime:
     services: Services
     pools: list[WorkerPool] = field(default_factory=list)
     key_watcher: KeySetWatcher | None = None
+    gate: LaneGate = field(default_factory=LaneGate)  # transactional work in flight
 
     async def start(self) -> None:
         await self.hub.start()
@@ -142,6 +143,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     )
     dispatcher = Dispatcher(events, hub)
     pools: list[WorkerPool] = []
+    handoffs = Handoffs(pools)  # the pools are made below, once every handler exists
 
     def wake() -> None:
         for pool in pools:
@@ -154,6 +156,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         max_payload_bytes=settings.max_payload_bytes,
         on_enqueue=wake,
         check_channel=hub.channels.options,
+        handoffs=handoffs,
     )
 
     async def emit(kind: str, key: str, payload: dict[str, object]) -> None:
@@ -240,6 +243,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         on_enqueue=wake,
         active=active,
         gate=gate,
+        handoffs=handoffs,
     )
     dispatcher.notify = notify.start
     ingest.check_recipients = notify.check_trigger
@@ -336,6 +340,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         hub=hub,
         services=services,
         pools=pools,
+        gate=gate,
     )
 
 
@@ -609,7 +614,12 @@ def create_app(
     """The ASGI app around a runtime. `manage_gc`: this process is the server, so apply the
     garbage-collector policy (`settings.gc_freeze_interval`) to it."""
     rt = runtime or build_runtime(settings)
-    gc_policy = GcPolicy(settings.gc_freeze_interval) if manage_gc else None
+    gc_policy = (
+        # A full collection waits (up to its limit) for a moment without transactional work.
+        GcPolicy(settings.gc_freeze_interval, quiet=lambda: not rt.gate.busy())
+        if manage_gc
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

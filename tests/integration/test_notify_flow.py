@@ -420,7 +420,7 @@ async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
     await topics.create(Topic("crowd", "Crowd"))
     await topics.add_members("crowd", members, env.clock.now())
     assert env.notify.config.bulk_concurrency == 1
-    assert env.notify.config.bulk_commit_size == 100
+    assert env.notify.config.bulk_commit_size == 50
     monkeypatch.setattr(
         env.notify, "config", dataclasses.replace(env.notify.config, bulk_batch_size=125)
     )
@@ -437,9 +437,9 @@ async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
         finally:
             running -= 1
 
-    async def tracked_commit(writes: Any, jobs: Any = ()) -> None:
+    async def tracked_commit(writes: Any, jobs: Any = ()) -> set[str]:
         commits.append(len(writes))
-        await commit(writes, jobs)
+        return await commit(writes, jobs)
 
     monkeypatch.setattr(env.notify, "_run_batch", tracked_batch)
     monkeypatch.setattr(env.notify.runs, "commit", tracked_commit)
@@ -450,7 +450,7 @@ async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
     assert len(batches) == 2
     await asyncio.gather(*(pool.execute(job) for job in batches))  # both at once
     assert most == 1
-    assert sorted(commits) == [25, 25, 100, 100]
+    assert sorted(commits) == [25, 25, 50, 50, 50, 50]
     report = await env.report(event_id)
     assert len(report["runs"]) == 250
     assert {r["state"] for r in report["runs"]} == {"done"}

@@ -159,7 +159,10 @@ class RunStore(Protocol):
         self, run_ids: Sequence[str]
     ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]: ...
 
-    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> None: ...
+    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> set[str]:
+        """Store the writes and enqueue the jobs in one transaction. Returns the ids of the
+        jobs with a `handoff` that were stored (a job whose dedupe key was taken is not)."""
+        ...
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
         """`exclude_run`: key -> the run asking (its own message is not a duplicate)."""

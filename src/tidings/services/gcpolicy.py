@@ -10,10 +10,24 @@ and again finds nothing.
 `GcPolicy` moves the surviving objects to the permanent generation (`gc.freeze()`) once
 after start-up and then every `freeze_every` seconds, so full collections walk only what was
 created since. The price of freezing is that a reference cycle which becomes garbage while
-frozen is not collected. To bound that, the policy counts the frozen objects: once there are
-`refreeze_factor` times as many as just after its last full collection, it unfreezes, runs
-one full collection and freezes again. That pause is the one a default process takes
-routinely, but here it comes only when the frozen set has grown that much.
+frozen is not collected. To bound that, the policy watches the heap: once it holds
+`refreeze_factor` times as many memory blocks as just after its last full collection, it
+unfreezes, runs one full collection and freezes again. That pause is the one a default
+process takes routinely (CPython's own rule collects in full every time the old objects grow
+by a quarter), but here it comes only when the heap has grown that much.
+
+Full collections are also spaced: one falls due on a doubled heap only when `min_interval`
+seconds (120) have passed since the last, unless the heap has grown by the factor twice over
+(fourfold): a bulk send that grows the heap fast stops the loop once, not at every doubling,
+and the frozen garbage such spacing lets through is bounded by that fourfold growth.
+
+A full collection that falls due while `quiet()` says work is in flight that should not be
+stopped (a transactional job, in `tidings serve`) waits for a quiet moment, freezing as
+usual meanwhile, for at most `max_defer` seconds; then it runs regardless.
+
+The heap is measured with `sys.getallocatedblocks()`, which reads the allocator's arenas,
+not with `gc.get_freeze_count()`, which walks every frozen object: at two million frozen
+objects that walk alone stops the event loop for about 30 ms, too much to do every second.
 """
 
 from __future__ import annotations
@@ -22,16 +36,32 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
 class GcPolicy:
-    def __init__(self, freeze_every: float = 60.0, refreeze_factor: float = 2.0) -> None:
+    def __init__(
+        self,
+        freeze_every: float = 1.0,
+        refreeze_factor: float = 2.0,
+        *,
+        quiet: Callable[[], bool] | None = None,
+        max_defer: float = 30.0,
+        min_interval: float = 120.0,
+    ) -> None:
         self.freeze_every = freeze_every
         self.refreeze_factor = refreeze_factor
         self.full_collections = 0  # run by the policy
+        self.deferred = 0  # steps that put a due full collection off
+        self._quiet = quiet
+        self.max_defer = max_defer
+        self.min_interval = min_interval
+        self._last_full = 0.0  # monotonic time of the last full collection
+        self._due_since: float | None = None  # monotonic time the full collection fell due
         self._baseline = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -51,11 +81,23 @@ class GcPolicy:
         gc.unfreeze()
 
     def step(self) -> None:
-        """One round: freeze the survivors, or collect everything when the frozen set grew
-        past its bound."""
-        if gc.get_freeze_count() > max(self._baseline, 10_000) * self.refreeze_factor:
+        """One round: freeze the survivors, or collect everything when the heap grew past
+        its bound."""
+        blocks = sys.getallocatedblocks()
+        bound = max(self._baseline, 100_000) * self.refreeze_factor
+        now = time.monotonic()
+        if blocks <= bound or (
+            now - self._last_full < self.min_interval and blocks <= bound * self.refreeze_factor
+        ):
+            gc.freeze()
+            return
+        if self._due_since is None:
+            self._due_since = now
+        if self._quiet is None or self._quiet() or now - self._due_since >= self.max_defer:
+            self._due_since = None
             self._collect_and_freeze()
         else:
+            self.deferred += 1
             gc.freeze()
 
     def _collect_and_freeze(self) -> None:
@@ -63,18 +105,20 @@ class GcPolicy:
         gc.unfreeze()
         collected = gc.collect()
         gc.freeze()
-        self._baseline = gc.get_freeze_count()
+        self._baseline = sys.getallocatedblocks()
+        self._last_full = time.monotonic()
         self.full_collections += 1
         log.info(
             "full garbage collection",
             extra={
                 "collected": collected,
-                "frozen": self._baseline,
+                "blocks": self._baseline,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.freeze_every)
+            # A full collection put off is tried again soon: quiet moments are short.
+            await asyncio.sleep(self.freeze_every if self._due_since is None else 0.01)
             self.step()

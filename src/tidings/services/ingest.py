@@ -14,6 +14,7 @@ from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
 from tidings.ports.jobs import JobQueue
+from tidings.services.worker import Handoffs
 from tidings.types import JSON, EventRecord, EventState, NewEvent, NewJob, Priority
 
 DISPATCH_JOB = "event.dispatch"
@@ -78,6 +79,7 @@ class IngestService:
         on_enqueue: Callable[[], None] | None = None,
         check_channel: Callable[[str], object] | None = None,
         check_recipients: RecipientCheck | None = None,
+        handoffs: Handoffs | None = None,
     ) -> None:
         self._events = events
         self._jobs = jobs
@@ -86,6 +88,7 @@ class IngestService:
         self._on_enqueue = on_enqueue
         self._check_channel = check_channel
         self.check_recipients = check_recipients
+        self._handoffs = handoffs
         self.on_cancel: Callable[[str], Awaitable[object]] | None = None
 
     async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
@@ -119,7 +122,19 @@ class IngestService:
             priority=data.priority,
             send_at=data.send_at,
         )
-        record, created = await self._events.append(new, then=_dispatch_job(new))
+        job = _dispatch_job(new)
+        if self._handoffs is None:
+            record, created = await self._events.append(new, then=job)
+        else:
+            # A transactional event's dispatch goes straight to a local worker once stored.
+            job = self._handoffs.offer(job, self._clock.now())
+            stored: set[str] = set()
+            try:
+                record, created = await self._events.append(new, then=job)
+                if created and job.handoff is not None:
+                    stored.add(job.handoff.job_id)
+            finally:
+                self._handoffs.settle([job], stored)
         if created:
             if self._on_enqueue is not None:
                 self._on_enqueue()

@@ -43,6 +43,10 @@ class LaneGate:
             if not self._urgent and self._changed is not None:
                 self._changed.set()
 
+    def busy(self) -> bool:
+        """Whether transactional work is in flight (young or not)."""
+        return bool(self._urgent)
+
     def _pending(self, now: float) -> float:
         """Seconds until every urgent section in flight is done or has aged out (0: none)."""
         oldest_young = min(

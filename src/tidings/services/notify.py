@@ -96,7 +96,7 @@ from tidings.services.inbox import InboxService
 from tidings.services.lanes import LaneGate
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
-from tidings.services.worker import PermanentJobError, RetryableJobError
+from tidings.services.worker import Handoffs, PermanentJobError, RetryableJobError
 from tidings.services.workflows import WorkflowRegistry
 from tidings.types import EventRecord, EventState, Job, NewJob, Outcome, Priority
 
@@ -122,7 +122,7 @@ class NotifyConfig:
     sender: str = "Tidings <notifications@localhost>"
     batch_size: int = 500
     bulk_batch_size: int = 500
-    bulk_commit_size: int = 100  # runs per write transaction of a bulk batch
+    bulk_commit_size: int = 50  # runs per write transaction of a bulk batch
     bulk_concurrency: int = 1  # bulk batches at once in one process
     max_recipients: int = 1000  # explicit ids per event; topics have no limit
     caps: tuple[FrequencyCap, ...] = ()
@@ -221,6 +221,7 @@ class Orchestrator:
         on_enqueue: Callable[[], None] | None = None,
         active: ReachableFn | None = None,
         gate: LaneGate | None = None,
+        handoffs: Handoffs | None = None,
     ) -> None:
         self.runs = runs
         self.workflows = workflows
@@ -239,6 +240,7 @@ class Orchestrator:
         self._on_enqueue = on_enqueue
         self._active = active
         self._gate = gate or LaneGate()
+        self._handoffs = handoffs
         # Bulk batches at once in this process: more only queue on the event loop (and on
         # SQLite's writer) in front of transactional work.
         self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
@@ -476,7 +478,16 @@ class Orchestrator:
         committed)."""
         stored = await self.inbox.add_many(p.inbox, push=False) if p.inbox else []
         if p.writes:
-            await self.runs.commit(p.writes, p.jobs)
+            jobs = p.jobs
+            if self._handoffs is None:
+                await self.runs.commit(p.writes, jobs)
+            else:  # due transactional jobs (deliveries) go straight to a local worker
+                jobs = [self._handoffs.offer(j, p.now) for j in jobs]
+                handed: set[str] = set()
+                try:
+                    handed = await self.runs.commit(p.writes, jobs)
+                finally:
+                    self._handoffs.settle(jobs, handed)
         if p.jobs and self._on_enqueue is not None:
             self._on_enqueue()
         p.inbox, p.writes, p.jobs = [], [], []

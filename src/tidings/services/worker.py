@@ -14,14 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 
 from tidings.core.retry import FailureClass, RetryPolicy, decide
 from tidings.errors import LeaseLost
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.lanes import LaneGate
-from tidings.types import CURRENT_LANE, Job, Priority
+from tidings.types import CURRENT_LANE, Handoff, Job, JobState, NewJob, Priority
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class WorkerPool:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._gate = gate or LaneGate()
+        self._reserved = 0  # slots promised to handed-off jobs not yet stored
 
     def notify(self) -> None:
         """Wake the claim loop now (new work was enqueued in this process)."""
@@ -102,9 +103,55 @@ class WorkerPool:
             if pending:
                 await asyncio.wait(pending)
 
+    # -- hand-off: jobs stored already claimed by this pool (see `Handoff`) ---------------
+
+    def reserve(self, lane: Priority) -> Handoff | None:
+        """A slot for a job of `lane` about to be stored, or None (lane not served, pool
+        stopping or full). Every reservation ends in `adopt` or `unreserve`."""
+        if (
+            self._loop_task is None
+            or self._stopping
+            or lane not in self._lanes
+            or len(self._inflight) + self._reserved >= self._concurrency
+        ):
+            return None
+        self._reserved += 1
+        return Handoff(str(uuid.uuid4()), uuid.uuid4().hex, self._lease)
+
+    def adopt(self, job: NewJob, handoff: Handoff) -> None:
+        """The job was stored under `handoff`: run it now, in the reserved slot (unless the
+        pool is stopping: then its lease runs out and a worker claims it, as after a crash)."""
+        self._reserved -= 1
+        if self._stopping:
+            return
+        now = self._clock.now()
+        claimed = Job(
+            id=handoff.job_id,
+            kind=job.kind,
+            payload=job.payload,
+            lane=job.lane,
+            state=JobState.RUNNING,
+            run_at=now if job.run_at is None else job.run_at,
+            attempts=1,
+            max_attempts=job.max_attempts,
+            dedupe_key=job.dedupe_key,
+            lease_token=handoff.lease_token,
+            locked_until=now + handoff.lease_seconds,
+            last_error=None,
+            created_at=now,
+        )
+        task = asyncio.create_task(self.execute(claimed))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def unreserve(self) -> None:
+        """The job was not stored (its transaction failed, or its dedupe key was taken)."""
+        self._reserved -= 1
+        self._wake.set()
+
     async def _run(self) -> None:
         while not self._stopping:
-            free = self._concurrency - len(self._inflight)
+            free = self._concurrency - len(self._inflight) - self._reserved
             claimed: list[Job] = []
             if free > 0:
                 try:
@@ -198,3 +245,38 @@ class WorkerPool:
             while True:
                 await asyncio.sleep(self._lease / 3)
                 await self._jobs.extend(job_id, token, self._lease)
+
+
+class Handoffs:
+    """Hands jobs enqueued in this process straight to a local worker pool with a free slot,
+    skipping the claim transaction and the poll (`Handoff`). Only due transactional jobs are
+    handed off: bulk work keeps the queue's order and its claim loop."""
+
+    def __init__(self, pools: Sequence[WorkerPool]) -> None:
+        self._pools = pools  # read at each offer: the runtime fills it after wiring
+        self._pending: dict[str, WorkerPool] = {}  # handoff job id -> pool holding its slot
+
+    def offer(self, job: NewJob, now: float) -> NewJob:
+        """The job, with a hand-off if a local pool can take it now (else unchanged). Follow
+        with `settle` once the transaction storing it has ended (or failed)."""
+        if job.lane is not Priority.TRANSACTIONAL or (job.run_at is not None and job.run_at > now):
+            return job
+        for pool in self._pools:
+            handoff = pool.reserve(job.lane)
+            if handoff is not None:
+                self._pending[handoff.job_id] = pool
+                return dataclasses.replace(job, handoff=handoff)
+        return job
+
+    def settle(self, jobs: Sequence[NewJob], stored: Set[str]) -> None:
+        """Run the offered jobs that were stored (ids in `stored`); free the other slots."""
+        for job in jobs:
+            if job.handoff is None:
+                continue
+            pool = self._pending.pop(job.handoff.job_id, None)
+            if pool is None:
+                continue
+            if job.handoff.job_id in stored:
+                pool.adopt(job, job.handoff)
+            else:
+                pool.unreserve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 
 from tidings.services.gcpolicy import GcPolicy
@@ -26,11 +27,11 @@ async def test_start_freezes_and_stop_unfreezes() -> None:
     assert gc.get_freeze_count() == 0
 
 
-async def test_frozen_cyclic_garbage_is_collected_once_the_frozen_set_doubles() -> None:
-    policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0)
+async def test_frozen_cyclic_garbage_is_collected_once_the_heap_doubles() -> None:
+    policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=0)
     policy.start()
     try:
-        baseline = gc.get_freeze_count()
+        baseline = sys.getallocatedblocks()
         # A cycle that becomes garbage after it was frozen: plain freezing never frees it.
         a, b = Node(), Node()
         a.other, b.other = b, a
@@ -39,14 +40,58 @@ async def test_frozen_cyclic_garbage_is_collected_once_the_frozen_set_doubles() 
         del a, b
         gc.collect()
         assert probe() is not None  # frozen: out of the collector's reach
-        # Grow the frozen set past twice its size after the last full collection.
-        keep = [[Node()] for _ in range(max(baseline, 10_000) + 10)]
+        # Grow the heap short of twice its blocks after the last full collection (a
+        # one-item list and a Node take a few blocks each), then past it.
+        room = max(baseline, 100_000) - (sys.getallocatedblocks() - baseline)
+        keep = [[Node()] for _ in range(room // 10)]
         policy.step()
         assert policy.full_collections == 1 and probe() is not None
-        keep.extend([[Node()] for _ in range(len(keep))])
+        keep.extend([[Node()] for _ in range(room)])
         policy.step()
         assert policy.full_collections == 2
         assert probe() is None  # the unfreeze + full collection freed the cycle
+        del keep
+    finally:
+        await policy.stop()
+
+
+async def test_a_due_full_collection_waits_for_a_quiet_moment_up_to_its_limit() -> None:
+    busy = True
+    policy = GcPolicy(freeze_every=3600, quiet=lambda: not busy, max_defer=3600, min_interval=0)
+    policy.start()
+    try:
+        room = max(sys.getallocatedblocks(), 100_000)
+        keep = [[Node()] for _ in range(room)]  # past twice the heap after start-up
+        policy.step()
+        policy.step()
+        assert policy.full_collections == 1 and policy.deferred == 2
+        busy = False
+        policy.step()
+        assert policy.full_collections == 2 and policy.deferred == 2
+        # With no time to wait, a due collection runs even while work is in flight.
+        policy.max_defer = 0.0
+        policy.refreeze_factor = 0.5  # due at once
+        busy = True
+        policy.step()
+        assert policy.full_collections == 3 and policy.deferred == 2
+        del keep
+    finally:
+        await policy.stop()
+
+
+async def test_full_collections_are_spaced_unless_the_heap_grows_fourfold() -> None:
+    policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=3600)
+    policy.start()
+    try:
+        start = max(sys.getallocatedblocks(), 100_000)
+        keep = [[Node()] for _ in range(start // 2)]  # a few blocks each: past twice
+        assert sys.getallocatedblocks() > 2 * start
+        policy.step()
+        assert policy.full_collections == 1  # too soon after the last one
+        while sys.getallocatedblocks() <= 4 * start:
+            keep.extend([[Node()] for _ in range(start // 4)])
+        policy.step()
+        assert policy.full_collections == 2  # fourfold: no more waiting
         del keep
     finally:
         await policy.stop()

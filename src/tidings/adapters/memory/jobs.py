@@ -25,19 +25,20 @@ class MemoryJobQueue:
         if job.dedupe_key is not None and job.dedupe_key in self._dedupe:
             return self._dedupe[job.dedupe_key]
         now = self._clock.now()
-        job_id = str(uuid.uuid4())
+        handoff = job.handoff
+        job_id = str(uuid.uuid4()) if handoff is None else handoff.job_id
         self._jobs[job_id] = Job(
             id=job_id,
             kind=job.kind,
             payload=job.payload,
             lane=job.lane,
-            state=JobState.QUEUED,
+            state=JobState.QUEUED if handoff is None else JobState.RUNNING,
             run_at=now if job.run_at is None else job.run_at,
-            attempts=0,
+            attempts=0 if handoff is None else 1,
             max_attempts=job.max_attempts,
             dedupe_key=job.dedupe_key,
-            lease_token=None,
-            locked_until=None,
+            lease_token=None if handoff is None else handoff.lease_token,
+            locked_until=None if handoff is None else now + handoff.lease_seconds,
             last_error=None,
             created_at=now,
         )

@@ -80,7 +80,7 @@ class MemoryRunStore:
             out[run_id] = (run, steps, messages)
         return out
 
-    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> None:
+    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> set[str]:
         now = self._clock.now()
         queue = self._queue(jobs)
         steps = [
@@ -109,7 +109,7 @@ class MemoryRunStore:
                 wake_at=w.run.wake_at,
                 updated_at=now,
             )
-        await _enqueue(queue, new_jobs)
+        return await _enqueue(queue, new_jobs)
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
         found: set[str] = set()
@@ -371,11 +371,16 @@ def _stored_job(job: NewJob, run_at: float | None) -> NewJob:
     )
 
 
-async def _enqueue(queue: MemoryJobQueue | None, jobs: Sequence[NewJob]) -> None:
+async def _enqueue(queue: MemoryJobQueue | None, jobs: Sequence[NewJob]) -> set[str]:
+    """Enqueue; the ids of the handed-off jobs stored (not deduplicated away)."""
+    handed: set[str] = set()
     if queue is None:
-        return
+        return handed
     for job in jobs:
-        await queue.enqueue(job)  # does not suspend: nothing else runs in between
+        job_id = await queue.enqueue(job)  # does not suspend: nothing else runs in between
+        if job.handoff is not None and job_id == job.handoff.job_id:
+            handed.add(job_id)
+    return handed
 
 
 def _page(entries: list[TrailEntry], after: int, limit: int) -> list[TrailEntry]:

@@ -183,8 +183,9 @@ class SqlJobQueue:
 
 
 def job_row(job: NewJob, now: float) -> dict[str, Any]:
-    """The row of a new queued job (also written by the event store's outbox)."""
-    return dict(
+    """The row of a new job (also written by the event store's outbox and the run store):
+    queued, or running under its hand-off's lease."""
+    row = dict(
         id=str(uuid.uuid4()),
         kind=job.kind,
         payload=job.payload,
@@ -196,6 +197,15 @@ def job_row(job: NewJob, now: float) -> dict[str, Any]:
         dedupe_key=job.dedupe_key,
         created_at=now,
     )
+    if job.handoff is not None:
+        row.update(
+            id=job.handoff.job_id,
+            state=_RUNNING,
+            attempts=1,
+            lease_token=job.handoff.lease_token,
+            locked_until=now + job.handoff.lease_seconds,
+        )
+    return row
 
 
 def _job(m: Any) -> Job:

@@ -70,6 +70,7 @@ class SqlRunStore:
         self._ins_trail = notify_trail.insert()
         # A job whose dedupe key was enqueued before is a no-op, as `NewJob` promises.
         self._ins_job = ins(jobs).on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+        self._ins_job_id = self._ins_job.returning(jobs.c.id)
         self._upd_step = (
             update(notify_steps)
             .where(_s.run_id == bindparam("b_run"), _s.step_id == bindparam("b_step"))
@@ -106,7 +107,7 @@ class SqlRunStore:
                         out[msg.run_id][2][msg.step_id] = msg
         return out
 
-    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> None:
+    async def commit(self, writes: Sequence[RunWrite], jobs: Sequence[NewJob] = ()) -> set[str]:
         now = self._clock.now()
         steps = [
             {**_step_row(s), "workflow": w.run.workflow, "recipient": w.run.recipient}
@@ -141,8 +142,15 @@ class SqlRunStore:
                 await conn.execute(self._ins_trail, trail)
             if runs:
                 await conn.execute(self._put_run, runs)
-            if jobs:
-                await conn.execute(self._ins_job, [job_row(j, now) for j in jobs])
+            queued = [job_row(j, now) for j in jobs if j.handoff is None]
+            if queued:
+                await conn.execute(self._ins_job, queued)
+            handed: set[str] = set()
+            for job in jobs:  # one at a time: whether each was stored (not deduplicated)
+                if job.handoff is not None:
+                    stored = await conn.execute(self._ins_job_id, job_row(job, now))
+                    handed.update(str(i) for i in stored.scalars())
+        return handed
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
         found: set[str] = set()
