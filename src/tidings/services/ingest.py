@@ -88,7 +88,7 @@ class IngestService:
         self._on_enqueue = on_enqueue
         self._check_channel = check_channel
         self.check_recipients = check_recipients
-        self._handoffs = handoffs
+        self._handoffs = handoffs or Handoffs(())  # none: every job is queued for a claim
         self.on_cancel: Callable[[str], Awaitable[object]] | None = None
 
     async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
@@ -122,19 +122,15 @@ class IngestService:
             priority=data.priority,
             send_at=data.send_at,
         )
-        job = _dispatch_job(new)
-        if self._handoffs is None:
+        # A transactional event's dispatch goes straight to a local worker once stored.
+        job = self._handoffs.offer(_dispatch_job(new), self._clock.now())
+        stored: set[str] = set()
+        try:
             record, created = await self._events.append(new, then=job)
-        else:
-            # A transactional event's dispatch goes straight to a local worker once stored.
-            job = self._handoffs.offer(job, self._clock.now())
-            stored: set[str] = set()
-            try:
-                record, created = await self._events.append(new, then=job)
-                if created and job.handoff is not None:
-                    stored.add(job.handoff.job_id)
-            finally:
-                self._handoffs.settle([job], stored)
+            if created and job.handoff is not None:
+                stored.add(job.handoff.job_id)
+        finally:
+            self._handoffs.settle([job], stored)
         if created:
             if self._on_enqueue is not None:
                 self._on_enqueue()

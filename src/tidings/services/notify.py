@@ -240,7 +240,7 @@ class Orchestrator:
         self._on_enqueue = on_enqueue
         self._active = active
         self._gate = gate or LaneGate()
-        self._handoffs = handoffs
+        self._handoffs = handoffs or Handoffs(())  # none: every job is queued for a claim
         # Bulk batches at once in this process: more only queue on the event loop (and on
         # SQLite's writer) in front of transactional work.
         self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
@@ -478,16 +478,13 @@ class Orchestrator:
         committed)."""
         stored = await self.inbox.add_many(p.inbox, push=False) if p.inbox else []
         if p.writes:
-            jobs = p.jobs
-            if self._handoffs is None:
-                await self.runs.commit(p.writes, jobs)
-            else:  # due transactional jobs (deliveries) go straight to a local worker
-                jobs = [self._handoffs.offer(j, p.now) for j in jobs]
-                handed: set[str] = set()
-                try:
-                    handed = await self.runs.commit(p.writes, jobs)
-                finally:
-                    self._handoffs.settle(jobs, handed)
+            # Due transactional jobs (deliveries) go straight to a local worker once stored.
+            jobs = [self._handoffs.offer(j, p.now) for j in p.jobs]
+            handed: set[str] = set()
+            try:
+                handed = await self.runs.commit(p.writes, jobs)
+            finally:
+                self._handoffs.settle(jobs, handed)
         if p.jobs and self._on_enqueue is not None:
             self._on_enqueue()
         p.inbox, p.writes, p.jobs = [], [], []

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -56,19 +56,14 @@ class SqlEventStore:
         return existing, False
 
     async def get(self, event_id: str) -> EventRecord | None:
-        async with self._read.connect() as conn:
-            row = (await conn.execute(select(events).where(events.c.id == event_id))).one_or_none()
-            if row is None:
-                return None
-            return (await _with_outcomes(conn, [_record(row._mapping)]))[0]
+        return await self._find(events.c.id == event_id)
 
     async def get_by_key(self, idempotency_key: str) -> EventRecord | None:
+        return await self._find(events.c.idempotency_key == idempotency_key)
+
+    async def _find(self, where: ColumnElement[bool]) -> EventRecord | None:
         async with self._read.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(events).where(events.c.idempotency_key == idempotency_key)
-                )
-            ).one_or_none()
+            row = (await conn.execute(select(events).where(where))).one_or_none()
             if row is None:
                 return None
             return (await _with_outcomes(conn, [_record(row._mapping)]))[0]
