@@ -15,13 +15,30 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+# A publication kept in history, as a plain tuple: (data, offset, time, key, tags as pairs,
+# info). Its channel and epoch are the stream's. A tuple of atomic values (bytes, numbers,
+# strings, None, tuples of those) drops out of the garbage collector's tracking within its
+# first few collections: a stream's history costs the collector nothing, where `Publication`
+# objects (two or more per inbox channel, hundreds of thousands after a bulk send) would be
+# walked by every full collection. (A dict inside would keep the tuple tracked, hence the
+# tags as pairs; a client's `info` does too, but only client publications carry one.)
+_Tags = tuple[tuple[str, str], ...]
+_Entry = tuple[bytes, int, float, str | None, _Tags | None, ClientInfo | None]
+
+
 @dataclass(slots=True)
 class _Stream:
     epoch: str
     offset: int = 0
-    items: deque[Publication] = field(default_factory=deque)
+    items: deque[_Entry] = field(default_factory=deque)
     expires_at: float = 0.0
-    seen_keys: dict[str, tuple[Publication, float]] = field(default_factory=dict)
+    seen_keys: dict[str, tuple[_Entry, float]] = field(default_factory=dict)
+
+    def publication(self, channel: str, entry: _Entry) -> Publication:
+        data, offset, time, key, tags, info = entry
+        return Publication(
+            channel, data, offset, self.epoch, info, None if tags is None else dict(tags), key, time
+        )
 
 
 @dataclass(slots=True)
@@ -93,24 +110,17 @@ class MemoryBroker:
             if idempotency_key is not None:
                 seen = stream.seen_keys.get(idempotency_key)
                 if seen is not None and seen[1] > now:
-                    return seen[0]
+                    return stream.publication(channel, seen[0])
             stream.offset += 1
-            pub = Publication(
-                channel=channel,
-                data=data,
-                offset=stream.offset,
-                epoch=stream.epoch,
-                info=info,
-                tags=tags,
-                key=key,
-                time=now,
-            )
-            stream.items.append(pub)
+            pairs = None if tags is None else tuple(tags.items())
+            entry: _Entry = (data, stream.offset, now, key, pairs, info)
+            pub = stream.publication(channel, entry)
+            stream.items.append(entry)
             while len(stream.items) > history_size:
                 stream.items.popleft()
             stream.expires_at = now + history_ttl if history_ttl > 0 else 0.0
             if idempotency_key is not None:
-                stream.seen_keys[idempotency_key] = (pub, now + max(history_ttl, 60.0))
+                stream.seen_keys[idempotency_key] = (entry, now + max(history_ttl, 60.0))
                 if len(stream.seen_keys) > 4 * history_size + 64:
                     for k in [k for k, (_, exp) in stream.seen_keys.items() if exp <= now]:
                         del stream.seen_keys[k]
@@ -163,16 +173,19 @@ class MemoryBroker:
         position = StreamPosition(offset=stream.offset, epoch=stream.epoch)
         if limit == 0:
             return HistoryResult(position=position, publications=())
-        items: list[Publication]
+        entries: list[_Entry]
         if since is None:
-            items = list(stream.items)
+            entries = list(stream.items)
         elif since.epoch != stream.epoch:
-            items = []
+            entries = []
         else:
-            items = [p for p in stream.items if p.offset > since.offset]
+            entries = [e for e in stream.items if e[1] > since.offset]
         if limit > 0:
-            items = items[:limit]
-        return HistoryResult(position=position, publications=tuple(items))
+            entries = entries[:limit]
+        return HistoryResult(
+            position=position,
+            publications=tuple(stream.publication(channel, e) for e in entries),
+        )
 
     async def remove_history(self, channel: str) -> None:
         self._streams.pop(channel, None)
