@@ -16,6 +16,7 @@ from tidings.errors import InvalidInput, NotFound
 from tidings.ports.templates import TemplateRecord, TemplateStore, VersionRecord
 
 TEMPLATE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+VERSION_CACHE = 1024  # parsed versions kept per process
 
 
 def to_version(template: TemplateRecord, number: int, body: Mapping[str, Any]) -> TemplateVersion:
@@ -67,6 +68,7 @@ class TemplateService:
     def __init__(self, store: TemplateStore, renderer: Renderer | None = None) -> None:
         self.store = store
         self.renderer = renderer or Renderer()
+        self._versions: dict[tuple[str, int], TemplateVersion] = {}  # see `resolve`
 
     async def create(self, template_id: str, name: str, channel: str) -> TemplateRecord:
         if not TEMPLATE_ID.match(template_id):
@@ -88,13 +90,23 @@ class TemplateService:
         return await self.store.publish(template_id, version)
 
     async def resolve(self, template_id: str, version: int | None = None) -> TemplateVersion:
-        """The given version, or the published one."""
+        """The given version, or the published one. Which version is published is read each
+        time; a version itself never changes once stored, so it is read and parsed once per
+        process (an ingest's contract check, its dispatch and its delivery resolve the same
+        version)."""
         template = await self.store.get(template_id)
         number = version if version is not None else template.published_version
         if number is None:
             raise NotFound(f"template {template_id} has no published version")
-        record = await self.store.version(template_id, number)
-        return to_version(template, record.version, record.body)
+        key = (template_id, number)
+        found = self._versions.get(key)
+        if found is None:
+            record = await self.store.version(template_id, number)
+            found = to_version(template, record.version, record.body)
+            if len(self._versions) >= VERSION_CACHE:
+                del self._versions[next(iter(self._versions))]  # the oldest
+            self._versions[key] = found
+        return found
 
     async def preview(
         self,
