@@ -406,15 +406,12 @@ class Orchestrator:
             for r in recipients
         ]
         # A run is stored by the commit that moves it out of ACTIVE, with its step results
-        # and messages: an unknown run is new, a stored one is waiting (load it) or done.
+        # and messages: an unknown run is new, a stored one is waiting (load it) or done
+        # (`_advance` passes it over).
         stored = await self.runs.get_runs([r.id for r in fresh])
         waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         loaded = await self.runs.load_many(waiting) if waiting else {}
-        items = [
-            loaded[r.id] if r.id in loaded else (stored.get(r.id, r), {}, {})
-            for r in fresh
-            if r.id not in stored or r.id in loaded or stored[r.id].state is RunState.ACTIVE
-        ]
+        items = [loaded.get(r.id) or (stored.get(r.id, r), {}, {}) for r in fresh]
         await self._advance(event, workflow, items)
 
     async def handle_run(self, job: Job) -> None:
