@@ -14,18 +14,11 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from tests.api.conftest import Api, make_settings, open_api
+from tests.api.test_campaigns import WORKFLOWS
 from tidings.adapters.sql.tables import inbox_items
 from tidings.cli import app as cli
 from tidings.config import NotifySettings
 
-WORKFLOWS = """
-workflows:
-  - key: promo
-    steps:
-      - id: inapp
-        type: in_app
-        content: {title: "Sale", body: "{{ payload.text }}"}
-"""
 PEOPLE: dict[str, dict[str, Any]] = {
     "ana": {"locale": "de", "email": "ana@example.com", "data": {"plan": "pro", "orders": 5}},
     "ben": {"locale": "de", "data": {"plan": "pro", "orders": 1}},

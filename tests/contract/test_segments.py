@@ -158,22 +158,7 @@ async def seed(kit: Kit) -> list[Subscriber]:
 
 def expected(people: list[Subscriber], spec: dict[str, Any], topic: bool) -> list[str]:
     where = rules.parse_filter(spec)
-    pool = people[::2] if topic else people
-    return [
-        s.id
-        for s in pool
-        if rules.matches(
-            where,
-            rules.context(
-                s.id,
-                email=s.email,
-                phone=s.phone,
-                locale=s.locale,
-                timezone=s.timezone,
-                data=s.data,
-            ),
-        )
-    ]
+    return [s.id for s in (people[::2] if topic else people) if rules.matches(where, s)]
 
 
 async def walk(kit: Kit, audience: Audience, limit: int, examine: int) -> list[str]:
@@ -212,7 +197,7 @@ async def test_walks_and_counts_find_exactly_the_matching_subscribers(
 
 async def test_sql_filters_inside_the_store_when_it_can_state_the_filter(kit: Kit) -> None:
     if kit.backend == "memory":
-        return
+        pytest.skip("the memory adapter evaluates every filter in Python")
     people = await seed(kit)
     # An exact filter: the rows that do not match are never read, however sparse.
     spec = {"subscriber.data.orders": {"gte": 9}}

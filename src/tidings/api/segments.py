@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.subscribers import Cursor
 from tidings.core.subscribers import ID_PATTERN
 from tidings.errors import NotFound
 from tidings.ports.segments import Segment
@@ -92,7 +93,7 @@ async def put(request: Request, response: Response, key: SegmentKey, body: Segme
 async def page(
     request: Request,
     after: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> list[SegmentOut]:
     return [SegmentOut.of(s) for s in await segments(request).page(after=after, limit=limit)]
 
@@ -116,7 +117,7 @@ async def count(request: Request, key: SegmentKey) -> CountOut:
 async def members(
     request: Request,
     key: SegmentKey,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> MembersOut:
     found = await segments(request).members(key, cursor=cursor, limit=limit)

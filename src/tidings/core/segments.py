@@ -17,7 +17,7 @@ A profile field that is not set is missing (not null) in a segment's context, so
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from tidings.core.notify.conditions import All, AnyOf, Compare, Condition, Not, evaluate
 from tidings.core.notify.conditions import parse_condition as _parse_condition
@@ -55,29 +55,37 @@ def _check_path(path: tuple[str, ...], field: str) -> None:
         raise InvalidInput(f"unknown field {'.'.join(path)!r}: use {known}", field=where)
 
 
-def context(
-    subscriber_id: str,
-    *,
-    email: str | None = None,
-    phone: str | None = None,
-    locale: str | None = None,
-    timezone: str | None = None,
-    data: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+class Profile(Protocol):
+    """The profile fields a segment filters on (a stored subscriber or a row of one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def locale(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+def context(profile: Profile) -> dict[str, Any]:
     """The condition context of one subscriber: fields that are not set are left out."""
-    profile: dict[str, Any] = {"id": subscriber_id, DATA: dict(data or {})}
+    found: dict[str, Any] = {"id": profile.id, DATA: profile.data}
     for name, value in (
-        ("email", email),
-        ("phone", phone),
-        ("locale", locale),
-        ("timezone", timezone),
+        ("email", profile.email),
+        ("phone", profile.phone),
+        ("locale", profile.locale),
+        ("timezone", profile.timezone),
     ):
         if value is not None:
-            profile[name] = value
-    return {"subscriber": profile}
+            found[name] = value
+    return {"subscriber": found}
 
 
-def matches(where: Condition | None, subscriber: Mapping[str, Any]) -> bool:
-    """Whether the subscriber of a context (see `context`) is in the segment; no filter holds
-    everyone."""
-    return where is None or evaluate(where, subscriber)
+def matches(where: Condition | None, profile: Profile) -> bool:
+    """Whether the subscriber is in the segment; no filter holds everyone."""
+    return where is None or evaluate(where, context(profile))

@@ -81,8 +81,7 @@ def suppression_key(channel: str, address: str) -> str:
     """How the suppression list keys an address that is valid for its channel: email
     addresses compare case-insensitively; phone numbers are E.164 already (as subscribers
     store them); tokens and endpoints are kept as they are."""
-    value = address.strip()
-    return value.lower() if channel == "email" else value
+    return address.lower() if channel == "email" else address
 
 
 def normalize_phone(value: str, field: str = "phone") -> str:

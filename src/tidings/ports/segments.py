@@ -3,9 +3,11 @@ the bounded, cursor-based walk over the subscribers an audience holds."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tidings.core import segments as rules
 from tidings.core.notify.conditions import Condition
 from tidings.types import JSON
 
@@ -98,3 +100,18 @@ async def count_by_scan(audiences: Audiences, audience: Audience, page: int = CO
         if step.done:
             return n
         after = step.last
+
+
+def scan_candidates(
+    where: Condition | None, candidates: Sequence[rules.Profile], *, limit: int, examine: int
+) -> Scan:
+    """`scan` over candidates read from the store (ascending, at most `examine`), the filter
+    evaluated in Python: for an adapter that cannot state it whole inside its store."""
+    found: list[str] = []
+    for n, c in enumerate(candidates, 1):
+        if rules.matches(where, c):
+            found.append(c.id)
+            if len(found) == limit:
+                return Scan(found, c.id, n, False)
+    last = candidates[-1].id if candidates else None
+    return Scan(found, last, len(candidates), len(candidates) < examine)

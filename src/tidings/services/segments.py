@@ -84,12 +84,9 @@ class SegmentService:
         and still have a next cursor."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"must be 1..{MAX_PAGE}", field="limit")
-        after = None if cursor is None else str(decode_cursor(cursor, {"after": str})["after"])
+        after = None if cursor is None else decode_cursor(cursor, {"after": str})["after"]
         step = await self.audiences.scan(
-            await self._audience(key),
-            after=after,
-            limit=limit,
-            examine=max(limit, PREVIEW_EXAMINE),
+            await self._audience(key), after=after, limit=limit, examine=PREVIEW_EXAMINE
         )
         more = not step.done and step.last is not None
         return Members(step.ids, encode_cursor({"after": step.last}) if more else None)

@@ -11,10 +11,11 @@ from tests.contract.test_segments import FILTERS
 from tidings.adapters.sql.segments import compile_where
 from tidings.core import segments as rules
 from tidings.errors import InvalidInput
+from tidings.ports.subscribers import Subscriber
 
 
 def holds(spec: dict[str, Any], **profile: Any) -> bool:
-    return rules.matches(rules.parse_filter(spec), rules.context("u1", **profile))
+    return rules.matches(rules.parse_filter(spec), Subscriber("u1", **profile))
 
 
 def test_unset_fields_are_missing_so_exists_means_has_one() -> None:
@@ -37,7 +38,7 @@ def test_data_fields_compare_by_kind() -> None:
 
 
 def test_no_filter_holds_everyone() -> None:
-    assert rules.matches(None, rules.context("u1"))
+    assert rules.matches(None, Subscriber("u1"))
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_cursors_round_trip_and_refuse_foreign_tokens() -> None:
 @pytest.mark.parametrize(
     ("channel", "address", "key"),
     [
-        ("email", " Ann@Example.COM ", "ann@example.com"),
+        ("email", "Ann@Example.COM", "ann@example.com"),
         ("sms", "+14155550123", "+14155550123"),
         ("push", "AbCdEfGh12345678", "AbCdEfGh12345678"),
         ("webpush", "https://push.example/Ab", "https://push.example/Ab"),

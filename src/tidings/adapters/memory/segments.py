@@ -8,10 +8,8 @@ import json
 from typing import Any
 
 from tidings.adapters.memory.subscribers import MemorySubscriberStore, MemoryTopicStore
-from tidings.core import segments as rules
 from tidings.errors import NotFound
-from tidings.ports.segments import Audience, Scan, Segment, count_by_scan
-from tidings.ports.subscribers import Subscriber
+from tidings.ports.segments import Audience, Scan, Segment, count_by_scan, scan_candidates
 
 
 class MemorySegmentStore:
@@ -49,31 +47,15 @@ class MemoryAudiences:
     async def scan(
         self, audience: Audience, *, after: str | None, limit: int, examine: int
     ) -> Scan:
-        if audience.topic is not None:
-            ids = await self._topics.members(audience.topic, after=after, limit=examine)
-            by_id = {s.id: s for s in await self._subscribers.get_many(ids)}
-            candidates = [(i, by_id.get(i)) for i in ids]
+        if audience.topic is None:
+            candidates = await self._subscribers.page(after=after, limit=examine)
         else:
-            candidates = [
-                (s.id, s) for s in await self._subscribers.page(after=after, limit=examine)
-            ]
-        found: list[str] = []
-        for n, (sid, s) in enumerate(candidates, 1):
-            if s is not None and rules.matches(audience.where, _context(s)):
-                found.append(sid)
-                if len(found) == limit:
-                    return Scan(found, sid, n, False)
-        last = candidates[-1][0] if candidates else None
-        return Scan(found, last, len(candidates), len(candidates) < examine)
+            ids = await self._topics.members(audience.topic, after=after, limit=examine)
+            candidates = await self._subscribers.get_many(ids)
+        return scan_candidates(audience.where, candidates, limit=limit, examine=examine)
 
     async def count(self, audience: Audience) -> int:
         return await count_by_scan(self, audience)
-
-
-def _context(s: Subscriber) -> dict[str, Any]:
-    return rules.context(
-        s.id, email=s.email, phone=s.phone, locale=s.locale, timezone=s.timezone, data=s.data
-    )
 
 
 def _json(value: Any) -> Any:

@@ -44,12 +44,12 @@ from tidings.adapters.sql.tables import segments, subscribers, topic_members
 from tidings.core import segments as rules
 from tidings.core.notify.conditions import All, AnyOf, Compare, Condition, Not, Op
 from tidings.errors import NotFound
-from tidings.ports.segments import Audience, Scan, Segment, count_by_scan
+from tidings.ports.segments import Audience, Scan, Segment, count_by_scan, scan_candidates
 
 _s = subscribers.c
 _m = topic_members.c
 _g = segments.c
-_PROFILE = ("email", "phone", "locale", "timezone", "data")
+_PROFILE = [_s[name] for name in (*rules.PROFILE_FIELDS, rules.DATA)]
 
 Clause = ColumnElement[bool]
 
@@ -124,29 +124,19 @@ class SqlAudiences:
             if not ids:
                 await self._check_topic(audience.topic)
             return Scan(ids, ids[-1] if ids else None, len(ids), len(ids) < limit)
-        columns = [_s.id, *(_s[name] for name in _PROFILE)]
-        query = _candidates(audience.topic, clause, after, columns).limit(examine)
+        query = _candidates(audience.topic, clause, after, _PROFILE).limit(examine)
         async with self._read.connect() as conn:
-            rows = [r._mapping for r in await conn.execute(query)]
+            rows: list[Any] = list(await conn.execute(query))
         if not rows:
             await self._check_topic(audience.topic)
-        found: list[str] = []
-        for n, row in enumerate(rows, 1):
-            if rules.matches(audience.where, _context(row)):
-                found.append(row["id"])
-                if len(found) == limit:
-                    return Scan(found, row["id"], n, False)
-        last = rows[-1]["id"] if rows else None
-        return Scan(found, last, len(rows), len(rows) < examine)
+        return scan_candidates(audience.where, rows, limit=limit, examine=examine)
 
     async def count(self, audience: Audience) -> int:
         clause, exact = self._where(audience.where)
         if not exact:
             return await count_by_scan(self, audience)
-        if clause is None and audience.topic is not None:
-            return await self._topics.count(audience.topic)
         query = select(func.count()).select_from(
-            _candidates(audience.topic, clause, None, [_s.id]).subquery()
+            _candidates(audience.topic, clause, None, [_s.id]).order_by(None).subquery()
         )
         async with self._read.connect() as conn:
             n = int((await conn.execute(query)).scalar_one())
@@ -331,17 +321,6 @@ def _order(op: Op, left: ColumnElement[Any], right: ColumnElement[Any]) -> Claus
     if op is Op.LT:
         return left < right
     return left <= right
-
-
-def _context(row: Any) -> dict[str, Any]:
-    return rules.context(
-        row["id"],
-        email=row["email"],
-        phone=row["phone"],
-        locale=row["locale"],
-        timezone=row["timezone"],
-        data=row["data"],
-    )
 
 
 async def _get(conn: AsyncConnection, key: str) -> Segment | None:
