@@ -29,6 +29,7 @@ from tidings.core.notify.conditions import (
     step_references,
 )
 from tidings.core.notify.durations import parse_duration
+from tidings.core.notify.fields import check_known, required
 from tidings.core.notify.schedule import SendWindow, parse_clock
 from tidings.core.notify.types import Channel, Engagement
 from tidings.errors import InvalidInput
@@ -279,12 +280,9 @@ def parse_wait_for(value: Any, where: str) -> WaitFor:
     """``{step: inapp, status: seen, timeout: 10m}``."""
     if not isinstance(value, Mapping):
         raise InvalidInput("must be a mapping with step, status and timeout", field=where)
-    for key in value:
-        if key not in ("step", "status", "timeout"):
-            raise InvalidInput(f"unknown field {key!r}", field=f"{where}.{key}")
+    check_known(value, ("step", "status", "timeout"), where)
     for key in ("step", "status", "timeout"):
-        if key not in value:
-            raise InvalidInput("is required", field=f"{where}.{key}")
+        required(value, key, where)
     if not isinstance(value["step"], str):
         raise InvalidInput("must be a step id", field=f"{where}.step")
     if value["status"] not in WAITABLE:

@@ -14,6 +14,7 @@ import yaml
 
 from tidings.core.notify.conditions import TRUE, parse_condition, parse_path
 from tidings.core.notify.durations import parse_duration
+from tidings.core.notify.fields import check_bool, check_known, required
 from tidings.core.notify.model import (
     STEP_KINDS,
     ChannelDefault,
@@ -155,7 +156,7 @@ def _step(spec: Any, where: str, taken: set[str]) -> Step:
     if kind == "digest":
         return DigestStep(
             step_id,
-            window=parse_duration(_required(spec, "window", where), f"{where}.window"),
+            window=parse_duration(required(spec, "window", where), f"{where}.window"),
             key=_path(spec["key"], f"{where}.key") if "key" in spec else None,
             max_events=spec.get("max_events", 50),
             condition=condition,
@@ -163,8 +164,8 @@ def _step(spec: Any, where: str, taken: set[str]) -> Step:
     if kind == "throttle":
         return ThrottleStep(
             step_id,
-            limit=_required(spec, "limit", where),
-            window=parse_duration(_required(spec, "window", where), f"{where}.window"),
+            limit=required(spec, "limit", where),
+            window=parse_duration(required(spec, "window", where), f"{where}.window"),
             key=_path(spec["key"], f"{where}.key") if "key" in spec else None,
             condition=condition,
         )
@@ -208,20 +209,6 @@ def _defaults(value: Any) -> dict[Channel, ChannelDefault]:
     return out
 
 
-def check_known(m: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
-    """`InvalidInput` naming the first key of `m` not in `allowed` (the path under `where`)."""
-    for key in m:
-        if key not in allowed:
-            path = f"{where}.{key}" if where else str(key)
-            raise InvalidInput(f"unknown field {key!r}", field=path)
-
-
-def _required(m: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in m:
-        raise InvalidInput("is required", field=f"{where}.{key}")
-    return m[key]
-
-
 def _path(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, str):
         raise InvalidInput("must be a field path such as payload.post_id", field=where)
@@ -231,11 +218,4 @@ def _path(value: Any, where: str) -> tuple[str, ...]:
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput("must be text", field=where)
-    return value
-
-
-def check_bool(value: Any, where: str) -> bool:
-    """`value` if it is a boolean, else `InvalidInput` naming `where`."""
-    if not isinstance(value, bool):
-        raise InvalidInput("must be true or false", field=where)
     return value

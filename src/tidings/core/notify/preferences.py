@@ -35,8 +35,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from tidings.core.notify.decisions import Preferences, WorkflowPreference
+from tidings.core.notify.fields import check_bool, check_known
 from tidings.core.notify.model import KEY_RE
-from tidings.core.notify.parse import check_bool, check_known
 from tidings.core.notify.schedule import DAY_NAMES, QuietHours, parse_quiet_hours
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput

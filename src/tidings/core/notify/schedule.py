@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tidings.core.notify.fields import check_known, required
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
 
@@ -203,12 +204,9 @@ def parse_channels(value: Any, field: str) -> frozenset[Channel]:
 def _parse_span(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput("must be a mapping with start and end", field=field)
-    for key in value:
-        if key not in ("start", "end", "days", "channels"):
-            raise InvalidInput(f"unknown field {key!r}", field=f"{field}.{key}")
+    check_known(value, ("start", "end", "days", "channels"), field)
     for key in ("start", "end"):
-        if key not in value:
-            raise InvalidInput("is required", field=f"{field}.{key}")
+        required(value, key, field)
     start = parse_clock(value["start"], f"{field}.start")
     if start == 1440:
         raise InvalidInput("a span cannot start at 24:00", field=f"{field}.start")
