@@ -27,18 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from notify import migrate, seed  # the notification benchmark's schema and subscribers
-
-WORKFLOWS = """
-workflows:
-  - key: promo
-    steps:
-      - id: inapp
-        type: in_app
-        content:
-          title: "{{ payload.headline }}"
-          body: "Hello {{ subscriber.id }}, {{ payload.text }}"
-"""
+# The notification benchmark's schema, subscribers and workflows (`bulk.news`: one in-app step)
+from notify import WORKFLOWS, migrate, seed
 
 
 async def run(n: int, rate: float, workdir: Path) -> dict[str, Any]:
@@ -64,7 +54,7 @@ async def run(n: int, rate: float, workdir: Path) -> dict[str, Any]:
     try:
         start = time.perf_counter()
         c = await service.create(
-            workflow="promo",
+            workflow="bulk.news",
             topic="all",
             payload={"headline": "Sale", "text": "50% off"},
             rate=rate,

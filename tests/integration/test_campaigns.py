@@ -10,6 +10,7 @@ else []}`."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.api.conftest import make_settings
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.sql.tables import inbox_items, jobs, subscribers, topic_members, topics
 from tidings.config import NotifySettings, WorkerSettings
+from tidings.errors import InvalidInput
 from tidings.ports.campaigns import Campaign, CampaignState
 from tidings.services import campaigns as campaigns_module
 from tidings.services.campaigns import TICK_JOB, CampaignService
@@ -120,6 +122,25 @@ class Env:
         )
 
 
+def tick_job(c: Campaign, n: int, at: float) -> Job:
+    """A `campaign.tick` job for tick `n`, as a worker would hold it."""
+    return Job(
+        id=f"replayed-{n}",
+        kind=TICK_JOB,
+        payload={"campaign": c.id, "tick": n, "at": at},
+        lane=Priority.BULK,
+        state=JobState.RUNNING,
+        run_at=at,
+        attempts=1,
+        max_attempts=10,
+        dedupe_key=None,
+        lease_token="t",
+        locked_until=None,
+        last_error=None,
+        created_at=at,
+    )
+
+
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
@@ -208,21 +229,7 @@ async def test_cancel_stops_and_is_final(env: Env) -> None:
 
 async def test_a_repeated_tick_hands_out_nothing_twice(env: Env) -> None:
     c = await env.start(rate=100)
-    tick = Job(
-        id="replayed",
-        kind=TICK_JOB,
-        payload={"campaign": c.id, "tick": 0, "at": env.clock.now()},
-        lane=Priority.BULK,
-        state=JobState.RUNNING,
-        run_at=env.clock.now(),
-        attempts=1,
-        max_attempts=10,
-        dedupe_key=None,
-        lease_token="t",
-        locked_until=None,
-        last_error=None,
-        created_at=env.clock.now(),
-    )
+    tick = tick_job(c, 0, env.clock.now())
     # Two workers running the same tick at once (a lease that ran out), then a replay after
     # the commit (a crash before the job was marked done): one advance, one set of batches.
     await asyncio.gather(env.campaigns.tick(tick), env.campaigns.tick(tick))
@@ -312,24 +319,6 @@ async def test_subscribers_who_join_after_the_cursor_are_reached(env: Env) -> No
     reached = await env.recipients()
     assert "u00500x" in reached and "zz" in reached and "u00150x" not in reached
     assert len(reached) == len(set(reached)) == MEMBERS + 2
-
-
-def tick_job(c: Campaign, n: int, at: float) -> Job:
-    return Job(
-        id=f"replayed-{n}",
-        kind=TICK_JOB,
-        payload={"campaign": c.id, "tick": n, "at": at},
-        lane=Priority.BULK,
-        state=JobState.RUNNING,
-        run_at=at,
-        attempts=1,
-        max_attempts=10,
-        dedupe_key=None,
-        lease_token="t",
-        locked_until=None,
-        last_error=None,
-        created_at=at,
-    )
 
 
 async def test_a_segment_campaign_reaches_exactly_its_subscribers_once(env: Env) -> None:
@@ -461,6 +450,33 @@ async def test_a_replayed_segment_tick_adds_nobody(env: Env) -> None:
     done = await env.campaigns.get(c.id)
     assert done.state is CampaignState.COMPLETED and done.enqueued == 250
     assert await env.recipients() == [f"u{i:05d}" for i in range(0, MEMBERS, 4)]
+
+
+@pytest.mark.parametrize(
+    ("rate", "rates", "field"),
+    [
+        (None, None, "rate"),
+        (0.0, None, "rate"),
+        (10_001.0, None, "rate"),
+        (math.nan, None, "rate"),
+        (math.inf, None, "rate"),
+        (None, {"fax": 1.0}, "rates.fax"),
+        (None, {"in_app": 0.0}, "rates.in_app"),
+        (None, {"in_app": 100_001.0}, "rates.in_app"),
+        (None, {"in_app": math.nan}, "rates.in_app"),
+        (None, {"email": 10.0}, "rates"),  # `promo` sends no email
+    ],
+)
+async def test_the_service_itself_refuses_a_bad_pace(
+    env: Env, rate: float | None, rates: dict[str, float] | None, field: str
+) -> None:
+    """The CLI creates through the service, so it checks the pace without the API's model."""
+    with pytest.raises(InvalidInput) as exc:
+        await env.campaigns.create(
+            workflow="promo", topic="all", payload={}, rate=rate, rates=rates
+        )
+    assert exc.value.field == field
+    assert await env.campaigns.page(after=None, limit=10) == []
 
 
 async def test_a_tick_that_finds_the_workflow_gone_pauses_the_campaign(env: Env) -> None:

@@ -3,7 +3,7 @@ with progress, pause, resume and cancel."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,7 +70,7 @@ class CampaignOut(BaseModel):
     updated_at: float
 
     @classmethod
-    def of(cls, c: Campaign) -> CampaignOut:
+    def of(cls, c: Campaign, **extra: Any) -> Self:
         return cls(
             id=c.id,
             workflow=c.workflow,
@@ -90,6 +90,7 @@ class CampaignOut(BaseModel):
             finished_at=c.finished_at,
             created_at=c.created_at,
             updated_at=c.updated_at,
+            **extra,
         )
 
 
@@ -173,9 +174,7 @@ async def page(
 @router.get("/{campaign_id}", responses=PROBLEM, summary="A campaign with its progress")
 async def get(request: Request, campaign_id: str) -> CampaignWithProgress:
     p = await campaigns(request).progress(campaign_id)
-    return CampaignWithProgress(
-        **CampaignOut.of(p.campaign).model_dump(), progress=ProgressOut.of(p)
-    )
+    return CampaignWithProgress.of(p.campaign, progress=ProgressOut.of(p))
 
 
 @router.post("/{campaign_id}/pause", responses=PROBLEM)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -77,11 +78,7 @@ def channel_costs(workflow: Workflow) -> dict[str, int]:
     """Messages one recipient costs per channel: the workflow's channel steps on it. An upper
     bound: a step whose condition fails, a channel the subscriber turned off or has no
     address for sends nothing."""
-    costs: dict[str, int] = {}
-    for step in workflow.steps:
-        if isinstance(step, ChannelStep):
-            costs[step.channel.value] = costs.get(step.channel.value, 0) + 1
-    return costs
+    return dict(Counter(s.channel.value for s in workflow.steps if isinstance(s, ChannelStep)))
 
 
 def pace(
@@ -200,25 +197,26 @@ class CampaignService:
                 where = "topic" if segment is None else "segment"
                 raise InvalidInput(f"unknown topic {topic!r}", field=where) from None
         cid = campaign_id or str(uuid.uuid4())
-        try:
-            existing = await self.store.get(cid)
-        except NotFound:
-            existing = None
-        if existing is not None:
-            raise Conflict(f"campaign {cid} exists", field="id")
+        if campaign_id is not None:  # a retry: no event for an id that is taken
+            try:
+                await self.store.get(cid)
+            except NotFound:
+                pass
+            else:
+                raise Conflict(f"campaign {cid} exists", field="id")
         result = await self._ingest.ingest(
             EventInput(type=workflow, payload=payload, priority=Priority.BULK),
             idempotency_key=f"campaign:{cid}",
         )
         now = self._clock.now()
-        first = max(now, start_at) if start_at is not None else now
+        first, state = _first_tick(start_at, now)
         campaign = Campaign(
             id=cid,
             workflow=workflow,
             topic=topic,
             payload=payload,
             rate=None if rate is None else float(rate),
-            state=CampaignState.SCHEDULED if first > now else CampaignState.RUNNING,
+            state=state,
             event_id=result.event.id,
             created_at=now,
             updated_at=now,
@@ -234,61 +232,41 @@ class CampaignService:
         return created
 
     async def pause(self, campaign_id: str) -> Campaign:
-        c = await self.store.get(campaign_id)
-        if c.state is CampaignState.PAUSED:
-            return c
-        if c.state in FINAL_STATES:
-            raise Conflict(f"campaign {campaign_id} is {c.state.value}", field="state")
         done = await self.store.transition(
             campaign_id, expect=ACTIVE_STATES, state=CampaignState.PAUSED, at=self._clock.now()
         )
-        return done or await self._settled(campaign_id, CampaignState.PAUSED)
+        return done or _settled(await self.store.get(campaign_id), CampaignState.PAUSED)
 
     async def resume(self, campaign_id: str) -> Campaign:
         c = await self.store.get(campaign_id)
-        if c.state in ACTIVE_STATES:
-            return c
-        if c.state in FINAL_STATES:
-            raise Conflict(f"campaign {campaign_id} is {c.state.value}", field="state")
+        if c.state is not CampaignState.PAUSED:
+            return _settled(c, CampaignState.RUNNING)
         now = self._clock.now()
-        at = max(now, c.start_at or now)
+        at, state = _first_tick(c.start_at, now)
         n = c.resumes + 1
         done = await self.store.transition(
             campaign_id,
             expect={CampaignState.PAUSED},
-            state=CampaignState.SCHEDULED if at > now else CampaignState.RUNNING,
+            state=state,
             at=now,
             resumes=n,
             jobs=[_tick(c.id, c.ticks, at, f"campaign:{c.id}:resume:{n}")],
         )
         if done is None:
-            return await self._settled(campaign_id, CampaignState.RUNNING)
+            return _settled(await self.store.get(campaign_id), CampaignState.RUNNING)
         self._woken()
         return done
 
     async def cancel(self, campaign_id: str) -> Campaign:
-        c = await self.store.get(campaign_id)
-        if c.state is CampaignState.CANCELLED:
-            return c
-        if c.state is CampaignState.COMPLETED:
-            raise Conflict(f"campaign {campaign_id} is completed", field="state")
         now = self._clock.now()
         done = await self.store.transition(
             campaign_id,
-            expect={CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.PAUSED},
+            expect=set(CampaignState) - FINAL_STATES,
             state=CampaignState.CANCELLED,
             at=now,
             finished_at=now,
         )
-        return done or await self._settled(campaign_id, CampaignState.CANCELLED)
-
-    async def _settled(self, campaign_id: str, wanted: CampaignState) -> Campaign:
-        """A concurrent change won the compare-and-set: the campaign as it now stands, if it
-        is where the caller wanted it, else a conflict."""
-        c = await self.store.get(campaign_id)
-        if c.state is wanted or (wanted is CampaignState.RUNNING and c.state in ACTIVE_STATES):
-            return c
-        raise Conflict(f"campaign {campaign_id} is {c.state.value}", field="state")
+        return done or _settled(await self.store.get(campaign_id), CampaignState.CANCELLED)
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -450,6 +428,22 @@ class CampaignService:
             self._on_enqueue()
 
 
+def _settled(c: Campaign, wanted: CampaignState) -> Campaign:
+    """A command that had nothing to change (the campaign was there already, is final, or a
+    concurrent change won): the campaign as it stands, if it is where the caller wanted it
+    (running: scheduled or running), else a conflict."""
+    if c.state is wanted or (wanted is CampaignState.RUNNING and c.state in ACTIVE_STATES):
+        return c
+    raise Conflict(f"campaign {c.id} is {c.state.value}", field="state")
+
+
+def _first_tick(start_at: float | None, now: float) -> tuple[float, CampaignState]:
+    """When the next tick is due (now, or `start_at` if that is later) and the state until
+    then."""
+    at = max(now, start_at or now)
+    return at, CampaignState.SCHEDULED if at > now else CampaignState.RUNNING
+
+
 def _tick(campaign_id: str, n: int, at: float, dedupe_key: str) -> NewJob:
     return NewJob(
         kind=TICK_JOB,
@@ -466,7 +460,7 @@ def _check_rates(rate: float | None, rates: Mapping[str, float] | None) -> None:
             "give rate (recipients per second) or rates (messages per second per channel)",
             field="rate",
         )
-    if rate is not None and (not (0 < rate <= MAX_RATE) or math.isnan(rate)):
+    if rate is not None and not 0 < rate <= MAX_RATE:  # NaN too: it compares false
         raise InvalidInput(f"rate is > 0 and <= {MAX_RATE:,.0f} per second", field="rate")
     for ch, r in (rates or {}).items():
         if ch not in CHANNELS:
@@ -474,7 +468,7 @@ def _check_rates(rate: float | None, rates: Mapping[str, float] | None) -> None:
                 f"unknown channel {ch!r} (known: {', '.join(sorted(CHANNELS))})",
                 field=f"rates.{ch}",
             )
-        if not (0 < r <= MAX_CHANNEL_RATE) or math.isnan(r):
+        if not 0 < r <= MAX_CHANNEL_RATE:
             raise InvalidInput(
                 f"a channel's rate is > 0 and <= {MAX_CHANNEL_RATE:,.0f} messages per second",
                 field=f"rates.{ch}",

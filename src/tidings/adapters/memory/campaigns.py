@@ -32,9 +32,7 @@ class MemoryCampaignStore:
             rates=_json(campaign.rates),
             messages=_json(campaign.messages),
         )
-        job = dataclasses.replace(then, payload=_json(then.payload))
-        self._items[campaign.id] = stored
-        await self._jobs.enqueue(job)
+        await self._write(stored, [then])
         return stored
 
     async def get(self, campaign_id: str) -> Campaign:
@@ -66,8 +64,7 @@ class MemoryCampaignStore:
         c = await self.get(campaign_id)
         if c.state is not expect or c.ticks != tick:
             return False
-        stored = [dataclasses.replace(j, payload=_json(j.payload)) for j in jobs]
-        self._items[campaign_id] = dataclasses.replace(
+        changed = dataclasses.replace(
             c,
             ticks=tick + 1,
             cursor=cursor,
@@ -79,8 +76,7 @@ class MemoryCampaignStore:
             started_at=c.started_at if started_at is None else started_at,
             finished_at=c.finished_at if finished_at is None else finished_at,
         )
-        for job in stored:
-            await self._jobs.enqueue(job)  # does not suspend: nothing runs in between
+        await self._write(changed, jobs)
         return True
 
     async def transition(
@@ -97,7 +93,6 @@ class MemoryCampaignStore:
         c = await self.get(campaign_id)
         if c.state not in expect:
             return None
-        stored = [dataclasses.replace(j, payload=_json(j.payload)) for j in jobs]
         c = dataclasses.replace(
             c,
             state=state,
@@ -105,10 +100,15 @@ class MemoryCampaignStore:
             resumes=c.resumes if resumes is None else resumes,
             finished_at=c.finished_at if finished_at is None else finished_at,
         )
-        self._items[campaign_id] = c
-        for job in stored:
-            await self._jobs.enqueue(job)
+        await self._write(c, jobs)
         return c
+
+    async def _write(self, c: Campaign, jobs: Sequence[NewJob]) -> None:
+        """Store `c` and enqueue `jobs`, or, when a job's payload is not JSON, neither."""
+        stored = [dataclasses.replace(j, payload=_json(j.payload)) for j in jobs]
+        self._items[c.id] = c
+        for job in stored:
+            await self._jobs.enqueue(job)  # does not suspend: nothing runs in between
 
 
 def _json(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, and_, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -68,31 +68,18 @@ class SqlCampaignStore:
         started_at: float | None = None,
         finished_at: float | None = None,
     ) -> bool:
-        values: dict[str, Any] = {
+        values = {
             "ticks": tick + 1,
             "cursor": cursor,
             "enqueued": enqueued,
             "state": state.value,
             "updated_at": at,
             "messages": dict(messages),
+            **_given(total=total, started_at=started_at, finished_at=finished_at),
         }
-        if total is not None:
-            values["total"] = total
-        if started_at is not None:
-            values["started_at"] = started_at
-        if finished_at is not None:
-            values["finished_at"] = finished_at
+        expected = and_(_c.state == expect.value, _c.ticks == tick)
         async with writer(self._engine) as conn:
-            result = await conn.execute(
-                update(campaigns)
-                .where(_c.id == campaign_id, _c.state == expect.value, _c.ticks == tick)
-                .values(**values)
-            )
-            if result.rowcount == 0:
-                return False
-            if jobs:
-                await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
-        return True
+            return await self._swap(conn, campaign_id, expected, values, jobs, at)
 
     async def transition(
         self,
@@ -105,28 +92,46 @@ class SqlCampaignStore:
         finished_at: float | None = None,
         jobs: Sequence[NewJob] = (),
     ) -> Campaign | None:
-        values: dict[str, Any] = {"state": state.value, "updated_at": at}
-        if resumes is not None:
-            values["resumes"] = resumes
-        if finished_at is not None:
-            values["finished_at"] = finished_at
+        values = {
+            "state": state.value,
+            "updated_at": at,
+            **_given(resumes=resumes, finished_at=finished_at),
+        }
+        expected = _c.state.in_([s.value for s in expect])
         async with writer(self._engine) as conn:
-            result = await conn.execute(
-                update(campaigns)
-                .where(_c.id == campaign_id, _c.state.in_([s.value for s in expect]))
-                .values(**values)
-            )
-            if result.rowcount and jobs:
-                await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
+            wrote = await self._swap(conn, campaign_id, expected, values, jobs, at)
             found = await _get(conn, campaign_id)
         if found is None:
             raise NotFound(f"campaign {campaign_id} not found")
-        return found if result.rowcount else None
+        return found if wrote else None
+
+    async def _swap(
+        self,
+        conn: AsyncConnection,
+        campaign_id: str,
+        expected: ColumnElement[bool],
+        values: dict[str, Any],
+        jobs: Sequence[NewJob],
+        at: float,
+    ) -> bool:
+        """The compare-and-set: write `values` if the row still holds `expected`, and then
+        enqueue `jobs`; whether it wrote."""
+        result = await conn.execute(
+            update(campaigns).where(_c.id == campaign_id, expected).values(**values)
+        )
+        if result.rowcount and jobs:
+            await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
+        return bool(result.rowcount)
 
 
 async def _get(conn: AsyncConnection, campaign_id: str) -> Campaign | None:
     row = (await conn.execute(select(campaigns).where(_c.id == campaign_id))).one_or_none()
     return None if row is None else _campaign(row._mapping)
+
+
+def _given(**optional: Any) -> dict[str, Any]:
+    """The optional columns that were given (None: keep what is stored)."""
+    return {k: v for k, v in optional.items() if v is not None}
 
 
 def _row(c: Campaign) -> dict[str, Any]:
