@@ -9,14 +9,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.services.deadletters import MAX_SCAN, DeadFilter, DeadLetters
 from tidings.types import ApiKey, Job, Scope
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 ADMIN = Depends(require(Scope.ADMIN))
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 422)
 
 
 class ApiKeyIn(BaseModel):

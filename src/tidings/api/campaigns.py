@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.errors import NotFound
 from tidings.ports.campaigns import Campaign
 from tidings.services.campaigns import (
@@ -23,9 +24,7 @@ from tidings.types import Scope
 router = APIRouter(
     prefix="/v1/campaigns", tags=["campaigns"], dependencies=[Depends(require(Scope.PUBLISH))]
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 409, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 409, 422)
 Key = Annotated[str, Field(min_length=1, max_length=200)]
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.api.schemas import EventAccepted, EventCancelIn, EventIn, EventOut
 from tidings.errors import NotFound
 from tidings.services.ingest import EventInput
@@ -14,20 +15,12 @@ from tidings.types import ApiKey, Scope
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
-
 
 @router.post(
     "",
     status_code=202,
     response_model=EventAccepted,
-    responses={
-        401: PROBLEM,
-        403: PROBLEM,
-        409: PROBLEM,
-        413: PROBLEM,
-        422: PROBLEM,
-    },
+    responses=problem_responses(401, 403, 409, 413, 422),
     summary="Accept an authoritative event (exactly once per idempotency key)",
 )
 async def post_event(
@@ -73,7 +66,7 @@ async def post_event(
 @router.get(
     "/{event_id}",
     response_model=EventOut,
-    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM},
+    responses=problem_responses(401, 403, 404),
     summary="An event and what happened downstream of it",
 )
 async def get_event(
@@ -90,7 +83,7 @@ async def get_event(
 @router.post(
     "/cancel",
     response_model=EventOut,
-    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+    responses=problem_responses(401, 403, 404, 409, 422),
     summary="Cancel the event sent with an idempotency key",
 )
 async def cancel_event_by_key(
@@ -104,7 +97,7 @@ async def cancel_event_by_key(
 @router.post(
     "/{event_id}/cancel",
     response_model=EventOut,
-    responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM},
+    responses=problem_responses(401, 403, 404, 409),
     summary="Cancel an event that has not been dispatched yet",
 )
 async def cancel_event(

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.errors import InvalidInput, NotFound
 from tidings.services.notify import Orchestrator, message_json
 from tidings.types import Scope
 
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require(Scope.PUBLISH))])
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 409, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 409, 422)
 Key = Annotated[str, Field(min_length=1, max_length=128)]
 
 

@@ -4,12 +4,13 @@ typing. Scope `publish` (admin includes it)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.api.schemas import ChannelName
 from tidings.core.online import Device, Privacy, UserPresence
 from tidings.errors import Conflict, Forbidden
@@ -18,9 +19,7 @@ from tidings.types import Scope
 router = APIRouter(
     prefix="/v1/presence", tags=["presence"], dependencies=[Depends(require(Scope.PUBLISH))]
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 422)
-}
+PROBLEM = problem_responses(401, 403, 422)
 UserId = Annotated[str, Field(min_length=1, max_length=200)]
 UserPath = Annotated[str, Path(min_length=1, max_length=200)]
 

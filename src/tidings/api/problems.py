@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 PROBLEM_BASE = "https://tidings.dev/problems/"
 CONTENT_TYPE = "application/problem+json"
 
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` for OpenAPI: these statuses answer with problem+json."""
+    return {s: {"content": {CONTENT_TYPE: {}}} for s in statuses}
+
+
 _STATUS: list[tuple[type[TidingsError], int]] = [
     (IdempotencyConflict, 409),
     (Conflict, 409),

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.api.schemas import ChannelName
 from tidings.core.protocol.codes import Disconnect, DisconnectCode, reconnects
 from tidings.types import ClientInfo, Publication, Scope, StreamPosition
@@ -17,9 +18,7 @@ from tidings.types import ClientInfo, Publication, Scope, StreamPosition
 router = APIRouter(
     prefix="/v1/realtime", tags=["realtime"], dependencies=[Depends(require(Scope.PUBLISH))]
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 422)
 
 
 class PublishIn(BaseModel):

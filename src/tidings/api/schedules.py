@@ -8,15 +8,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.ports.schedules import Schedule
 from tidings.types import Scope
 
 router = APIRouter(
     prefix="/v1/schedules", tags=["schedules"], dependencies=[Depends(require(Scope.PUBLISH))]
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 409, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 409, 422)
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.api.subscribers import Cursor
 from tidings.core.subscribers import ID_PATTERN
 from tidings.errors import NotFound
@@ -20,9 +21,7 @@ from tidings.types import Scope
 router = APIRouter(
     prefix="/v1/segments", tags=["segments"], dependencies=[Depends(require(Scope.PUBLISH))]
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 422)
 SegmentKey = Annotated[str, Path(min_length=1, max_length=200, pattern=ID_PATTERN)]
 FILTER_HELP = (
     "A condition over subscriber fields in the workflow condition language: paths "

@@ -13,14 +13,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.core.subscribers import ID_PATTERN, MAX_DEVICES, MAX_WEBPUSH
 from tidings.ports.subscribers import Subscriber, Topic
 from tidings.types import Scope
 
 router = APIRouter(tags=["subscribers"], dependencies=[Depends(require(Scope.PUBLISH))])
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 409, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 409, 422)
 SubscriberId = Annotated[str, Path(min_length=1, max_length=200, pattern=ID_PATTERN)]
 TopicKey = Annotated[str, Path(min_length=1, max_length=200, pattern=ID_PATTERN)]
 Cursor = Annotated[str | None, Query(max_length=1024)]

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.core.templates import Rendered
 from tidings.ports.templates import TemplateRecord, VersionRecord
 from tidings.services.testsend import TemplateTestResult
@@ -17,9 +18,7 @@ from tidings.types import Scope
 router = APIRouter(
     prefix="/v1/templates", tags=["templates"], dependencies=[Depends(require(Scope.ADMIN))]
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 409, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 409, 422)
 
 
 class TemplateIn(BaseModel):

@@ -3,12 +3,13 @@ read, change, delete, rotate the secret, enable and disable."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
+from tidings.api.problems import problem_responses
 from tidings.ports.providers import WebhookEndpoint
 from tidings.types import Scope
 
@@ -17,9 +18,7 @@ router = APIRouter(
     tags=["webhooks"],
     dependencies=[Depends(require(Scope.ADMIN))],
 )
-PROBLEM: dict[int | str, dict[str, Any]] = {
-    s: {"content": {"application/problem+json": {}}} for s in (401, 403, 404, 409, 422)
-}
+PROBLEM = problem_responses(401, 403, 404, 409, 422)
 EventTypes = Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=100)]
 
 
