@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
 
+from tidings.adapters.memory.columns import json_copy
 from tidings.adapters.memory.jobs import MemoryJobQueue
 from tidings.errors import Conflict, NotFound
 from tidings.ports.campaigns import Campaign, CampaignState
@@ -27,10 +26,10 @@ class MemoryCampaignStore:
             raise Conflict(f"campaign {campaign.id} exists", field="id")
         stored = dataclasses.replace(
             campaign,
-            payload=_json(campaign.payload),
-            filter=_json(campaign.filter),
-            rates=_json(campaign.rates),
-            messages=_json(campaign.messages),
+            payload=json_copy(campaign.payload),
+            filter=json_copy(campaign.filter),
+            rates=json_copy(campaign.rates),
+            messages=json_copy(campaign.messages),
         )
         await self._write(stored, [then])
         return stored
@@ -71,7 +70,7 @@ class MemoryCampaignStore:
             enqueued=enqueued,
             state=state,
             updated_at=at,
-            messages=_json(messages),
+            messages=json_copy(messages),
             total=c.total if total is None else total,
             started_at=c.started_at if started_at is None else started_at,
             finished_at=c.finished_at if finished_at is None else finished_at,
@@ -105,12 +104,7 @@ class MemoryCampaignStore:
 
     async def _write(self, c: Campaign, jobs: Sequence[NewJob]) -> None:
         """Store `c` and enqueue `jobs`, or, when a job's payload is not JSON, neither."""
-        stored = [dataclasses.replace(j, payload=_json(j.payload)) for j in jobs]
+        stored = [dataclasses.replace(j, payload=json_copy(j.payload)) for j in jobs]
         self._items[c.id] = c
         for job in stored:
             await self._jobs.enqueue(job)  # does not suspend: nothing runs in between
-
-
-def _json(value: Any) -> Any:
-    """The value as a JSON column stores it (raises TypeError for what it cannot take)."""
-    return json.loads(json.dumps(value))

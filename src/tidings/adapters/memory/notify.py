@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidings.adapters.memory.columns import json_copy
 from tidings.adapters.memory.jobs import MemoryJobQueue
 from tidings.ports.clock import Clock
 from tidings.ports.notify import (
@@ -84,7 +84,7 @@ class MemoryRunStore:
         now = self._clock.now()
         queue = self._queue(jobs)
         steps = [
-            (dataclasses.replace(s, result=_json(s.result)), w.run.workflow, w.run.recipient)
+            (dataclasses.replace(s, result=json_copy(s.result)), w.run.workflow, w.run.recipient)
             for w in writes
             for s in w.steps
         ]
@@ -147,7 +147,7 @@ class MemoryRunStore:
         actor: str | None,
         at: float,
     ) -> DigestJoin:
-        data = _json(payload)
+        data = json_copy(payload)
         digest = self._digests.get(digest_id)
         created = digest is None
         if digest is None:
@@ -166,7 +166,7 @@ class MemoryRunStore:
             return []
         digest.closed = True
         events = sorted(digest.events.values(), key=lambda e: (e[2], e[0]))
-        return [(event_id, _json(data), at, actor) for event_id, data, at, actor in events]
+        return [(event_id, json_copy(data), at, actor) for event_id, data, at, actor in events]
 
     # -- messages --------------------------------------------------------------------------
 
@@ -335,7 +335,7 @@ class MemoryWorkflowStore:
     async def put(self, key: str, definition: Mapping[str, Any], at: float) -> WorkflowRecord:
         current = self._workflows.get(key)
         revision = 1 if current is None else current.revision + 1
-        record = WorkflowRecord(key, _json(definition), revision, "api", at)
+        record = WorkflowRecord(key, json_copy(definition), revision, "api", at)
         self._workflows[key] = record
         return record
 
@@ -349,23 +349,16 @@ class MemoryWorkflowStore:
         return self._workflows.pop(key, None) is not None
 
 
-def _json(value: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a JSON column's value as the SQL adapter reads it back (lists for tuples,
-    string keys); raises what serialising it raises."""
-    copied: dict[str, Any] = json.loads(json.dumps(value))
-    return copied
-
-
 def _stored_message(m: Message) -> Message:
-    return dataclasses.replace(m, statuses={k: float(v) for k, v in _json(m.statuses).items()})
+    return dataclasses.replace(m, statuses={k: float(v) for k, v in json_copy(m.statuses).items()})
 
 
 def _stored_trail(t: TrailEntry) -> TrailEntry:
-    return dataclasses.replace(t, data=_json(t.data))
+    return dataclasses.replace(t, data=json_copy(t.data))
 
 
 def _stored_job(job: NewJob, run_at: float | None) -> NewJob:
-    payload = json.loads(json.dumps(job.payload))
+    payload = json_copy(job.payload)
     return dataclasses.replace(
         job, payload=payload, run_at=job.run_at if job.run_at is not None else run_at
     )

@@ -4,9 +4,8 @@ is read and the filter is evaluated in Python."""
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
 
+from tidings.adapters.memory.columns import json_copy
 from tidings.adapters.memory.subscribers import MemorySubscriberStore, MemoryTopicStore
 from tidings.errors import NotFound
 from tidings.ports.segments import Audience, Scan, Segment, count_by_scan, scan_candidates
@@ -18,7 +17,7 @@ class MemorySegmentStore:
 
     async def put(self, segment: Segment) -> tuple[Segment, bool]:
         old = self._items.get(segment.key)
-        stored = dataclasses.replace(segment, filter=_json(segment.filter))
+        stored = dataclasses.replace(segment, filter=json_copy(segment.filter))
         if old is not None:
             stored = dataclasses.replace(stored, created_at=old.created_at)
         self._items[segment.key] = stored
@@ -56,7 +55,3 @@ class MemoryAudiences:
 
     async def count(self, audience: Audience) -> int:
         return await count_by_scan(self, audience)
-
-
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(value))

@@ -6,14 +6,12 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.jobs import job_row
-from tidings.adapters.sql.tables import campaigns, jobs
+from tidings.adapters.sql.engine import reader, writer
+from tidings.adapters.sql.jobs import insert_jobs, job_row
+from tidings.adapters.sql.tables import campaigns
 from tidings.errors import Conflict, NotFound
 from tidings.ports.campaigns import Campaign, CampaignState
 from tidings.types import NewJob
@@ -25,9 +23,7 @@ class SqlCampaignStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._read = reader(engine)
-        ins = pg_insert if is_postgres(engine) else sqlite_insert
-        # A job whose dedupe key was enqueued before is a no-op, as `NewJob` promises.
-        self._ins_job = ins(jobs).on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+        self._ins_job = insert_jobs(engine)
 
     async def create(self, campaign: Campaign, *, then: NewJob) -> Campaign:
         try:

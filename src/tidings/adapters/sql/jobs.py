@@ -5,8 +5,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import String, and_, case, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
 from tidings.adapters.sql.tables import jobs
@@ -180,6 +183,13 @@ class SqlJobQueue:
                 else:
                     dead += int(count)
         return QueueDepth(queued=queued, running=running, dead=dead)
+
+
+def insert_jobs(engine: AsyncEngine) -> Insert:
+    """The INSERT of new job rows for stores that enqueue in their own transactions: a row
+    whose dedupe key was taken before is skipped, a no-op as `NewJob` promises."""
+    ins = pg_insert if is_postgres(engine) else sqlite_insert
+    return ins(jobs).on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
 
 
 def job_row(job: NewJob, now: float) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.jobs import job_row
+from tidings.adapters.sql.jobs import insert_jobs, job_row
 from tidings.adapters.sql.tables import (
     jobs,
     notify_digest_events,
@@ -68,8 +68,7 @@ class SqlRunStore:
             index_elements=[notify_digest_events.c.digest_id, notify_digest_events.c.run_id]
         )
         self._ins_trail = notify_trail.insert()
-        # A job whose dedupe key was enqueued before is a no-op, as `NewJob` promises.
-        self._ins_job = ins(jobs).on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+        self._ins_job = insert_jobs(engine)
         self._ins_job_id = self._ins_job.returning(jobs.c.id)
         self._upd_step = (
             update(notify_steps)
