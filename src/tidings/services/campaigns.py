@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tidings.core.notify import ChannelStep, Workflow
-from tidings.core.notify.types import Channel
+from tidings.core.notify.fields import channel
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.campaigns import (
     ACTIVE_STATES,
@@ -71,7 +71,6 @@ MAX_LAG = 5.0  # seconds a tick may run behind its schedule before the pace rest
 SCAN_PAGE = 1000  # candidates one step of the audience walk looks at
 PARSED_KEPT = 1000  # campaign audiences a service keeps parsed
 MAX_EXAMINE = 10 * PER_TICK  # candidates one tick looks at, at most (sparse segments)
-CHANNELS = frozenset(c.value for c in Channel)
 
 
 def channel_costs(workflow: Workflow) -> dict[str, int]:
@@ -463,11 +462,7 @@ def _check_rates(rate: float | None, rates: Mapping[str, float] | None) -> None:
     if rate is not None and not 0 < rate <= MAX_RATE:  # NaN too: it compares false
         raise InvalidInput(f"rate is > 0 and <= {MAX_RATE:,.0f} per second", field="rate")
     for ch, r in (rates or {}).items():
-        if ch not in CHANNELS:
-            raise InvalidInput(
-                f"unknown channel {ch!r} (known: {', '.join(sorted(CHANNELS))})",
-                field=f"rates.{ch}",
-            )
+        channel(ch, f"rates.{ch}")
         if not 0 < r <= MAX_CHANNEL_RATE:
             raise InvalidInput(
                 f"a channel's rate is > 0 and <= {MAX_CHANNEL_RATE:,.0f} messages per second",

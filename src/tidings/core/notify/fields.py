@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
+
+KNOWN_CHANNELS = ", ".join(c.value for c in Channel)
 
 
 def check_known(m: Mapping[Any, Any], allowed: Collection[str], where: str) -> None:
@@ -29,3 +32,13 @@ def check_bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput("must be true or false", field=where)
     return value
+
+
+def channel(name: Any, where: str) -> Channel:
+    """The channel called `name`, or `InvalidInput` naming `where` and the known ones."""
+    try:
+        return Channel(name)
+    except ValueError:
+        raise InvalidInput(
+            f"unknown channel {name!r} (known: {KNOWN_CHANNELS})", field=where
+        ) from None

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import yaml
 
+from tidings.core.notify import fields
 from tidings.core.notify.conditions import TRUE, parse_condition, parse_path
 from tidings.core.notify.durations import parse_duration
 from tidings.core.notify.fields import check_bool, check_known, required
@@ -195,11 +196,7 @@ def _defaults(value: Any) -> dict[Channel, ChannelDefault]:
     out: dict[Channel, ChannelDefault] = {}
     for name, spec in value.items():
         where = f"defaults.{name}"
-        try:
-            channel = Channel(name)
-        except ValueError:
-            known = ", ".join(c.value for c in Channel)
-            raise InvalidInput(f"unknown channel (known: {known})", field=where) from None
+        channel = fields.channel(name, where)
         if not isinstance(spec, Mapping):
             raise InvalidInput("must be a mapping such as {enabled: false}", field=where)
         check_known(spec, frozenset({"enabled"}), where)

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from tidings.core.notify.decisions import Preferences, WorkflowPreference
-from tidings.core.notify.fields import check_bool, check_known
+from tidings.core.notify.fields import channel, check_bool, check_known
 from tidings.core.notify.model import KEY_RE
 from tidings.core.notify.schedule import DAY_NAMES, QuietHours, parse_quiet_hours
 from tidings.core.notify.types import Channel
@@ -45,7 +45,6 @@ MAX_WORKFLOWS: Final = 500
 MAX_QUIET_HOURS: Final = 20
 _TOP: Final = frozenset({"enabled", "channels", "workflows", "commercial_consent", "quiet_hours"})
 _WORKFLOW: Final = frozenset({"enabled", "channels"})
-_KNOWN_CHANNELS: Final = ", ".join(c.value for c in Channel)
 
 
 def preferences_to_json(prefs: Preferences) -> dict[str, Any]:
@@ -151,13 +150,7 @@ def _channels(value: Any, where: str) -> dict[Channel, bool]:
         raise InvalidInput("must be an object of channel names to true or false", field=where)
     out: dict[Channel, bool] = {}
     for name, on in value.items():
-        try:
-            channel = Channel(name)
-        except ValueError:
-            raise InvalidInput(
-                f"unknown channel (known: {_KNOWN_CHANNELS})", field=f"{where}.{name}"
-            ) from None
-        out[channel] = check_bool(on, f"{where}.{name}")
+        out[channel(name, f"{where}.{name}")] = check_bool(on, f"{where}.{name}")
     return out
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tidings.core.notify.fields import check_known, required
+from tidings.core.notify.fields import channel, check_known, required
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
 
@@ -193,11 +193,7 @@ def parse_channels(value: Any, field: str) -> frozenset[Channel]:
         raise InvalidInput("must be a non-empty list of channels", field=field)
     out: set[Channel] = set()
     for index, item in enumerate(value):
-        try:
-            out.add(Channel(item))
-        except ValueError:
-            known = ", ".join(c.value for c in Channel)
-            raise InvalidInput(f"must be one of {known}", field=f"{field}[{index}]") from None
+        out.add(channel(item, f"{field}[{index}]"))
     return frozenset(out)
 
 
