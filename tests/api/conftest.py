@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tidings.config import GatewaySettings, Settings, WorkerSettings
+from tidings.config import GatewaySettings, NotifySettings, Settings, WorkerSettings
 from tidings.types import Scope
 from tidings.wiring import Runtime, build_runtime, create_app, migrate
 
@@ -40,6 +40,15 @@ class Api:
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.publish_key}"}
+
+
+def settings_with_workflows(tmp_path: Path, workflows: str) -> Settings:
+    """`make_settings` on a SQLite file under `tmp_path`, with these workflow definitions."""
+    (tmp_path / "workflows.yaml").write_text(workflows)
+    return make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/api.db",
+        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")]),
+    )
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

@@ -13,10 +13,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests.api.conftest import Api, make_settings, open_api
+from tests.api.conftest import Api, open_api, settings_with_workflows
 from tidings import cli as cli_module
 from tidings.cli import app as cli
-from tidings.config import NotifySettings
 
 WORKFLOWS = """
 workflows:
@@ -36,12 +35,7 @@ BODY: dict[str, Any] = {
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path}/api.db",
-        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")]),
-    )
-    async for a in open_api(settings):
+    async for a in open_api(settings_with_workflows(tmp_path, WORKFLOWS)):
         c, h = a.client, a.auth()
         ids = [f"u{i}" for i in range(5)]
         for sid in ids:

@@ -13,11 +13,10 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from tests.api.conftest import Api, make_settings, open_api
+from tests.api.conftest import Api, open_api, settings_with_workflows
 from tests.api.test_campaigns import WORKFLOWS
 from tidings.adapters.sql.tables import inbox_items
 from tidings.cli import app as cli
-from tidings.config import NotifySettings
 
 PEOPLE: dict[str, dict[str, Any]] = {
     "ana": {"locale": "de", "email": "ana@example.com", "data": {"plan": "pro", "orders": 5}},
@@ -38,12 +37,7 @@ DE_PRO = {
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path}/api.db",
-        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")]),
-    )
-    async for a in open_api(settings):
+    async for a in open_api(settings_with_workflows(tmp_path, WORKFLOWS)):
         c, h = a.client, a.auth()
         for sid, body in PEOPLE.items():
             assert (await c.put(f"/v1/subscribers/{sid}", json=body, headers=h)).is_success
