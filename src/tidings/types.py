@@ -28,7 +28,7 @@ class EventState(enum.StrEnum):
     ACCEPTED = "accepted"  # persisted, not yet dispatched
     DISPATCHED = "dispatched"  # fanout done (channels published, workflows handed off)
     FAILED = "failed"  # dispatch failed permanently (see outcomes)
-    CANCELLED = "cancelled"  # cancelled before its dispatch began
+    CANCELLED = "cancelled"  # cancelled: never dispatched, or its runs still going ended
 
 
 @dataclass(frozen=True, slots=True)

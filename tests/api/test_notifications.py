@@ -204,6 +204,18 @@ async def test_an_events_report_pages_by_recipient(api: Api) -> None:
         if cursor is None:
             break
     assert seen == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+    # a last page that is exactly full says it is the last
+    whole = (await api.client.get(f"/v1/events/{event_id}/notifications?limit=5", headers=h)).json()
+    assert len(whole["runs"]) == 5 and whole["next_cursor"] is None
+    # the subscriber's trail pages the same way
+    trail = (await api.client.get("/v1/subscribers/p0/notifications?limit=500", headers=h)).json()
+    n = len(trail["trail"])
+    assert n >= 1 and trail["next_cursor"] is None
+    exact = await api.client.get(f"/v1/subscribers/p0/notifications?limit={n}", headers=h)
+    assert len(exact.json()["trail"]) == n and exact.json()["next_cursor"] is None
+    if n > 1:
+        first = await api.client.get("/v1/subscribers/p0/notifications?limit=1", headers=h)
+        assert first.json()["next_cursor"] is not None
 
 
 async def test_explicit_recipients_are_bounded_by_notify_max_recipients(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ async def cancel_event_by_key(
     "/{event_id}/cancel",
     response_model=EventOut,
     responses=problem_responses(401, 403, 404, 409),
-    summary="Cancel an event that has not been dispatched yet",
+    summary="Cancel an event: not dispatched yet, or its workflow runs still going",
 )
 async def cancel_event(
     request: Request,

@@ -1305,7 +1305,8 @@ class Orchestrator:
         """Why each message of one event was sent, held, suppressed or failed, a page of
         recipients at a time (in recipient order): their runs, messages and trail whole,
         with the count of the event's runs per state on every page."""
-        runs = await self.runs.runs_for_event(event_id, after=after, limit=limit)
+        runs = await self.runs.runs_for_event(event_id, after=after, limit=limit + 1)
+        more, runs = len(runs) > limit, runs[:limit]  # one more read: is this the last page
         messages = await self.runs.messages_for_runs([r.id for r in runs])
         trail = await self.runs.trail_for_recipients(event_id, [r.recipient for r in runs])
         counts = await self.runs.count_runs(event_id)
@@ -1315,19 +1316,20 @@ class Orchestrator:
             "runs": [run_json(r) for r in runs],
             "messages": [message_json(m) for m in messages],
             "trail": [trail_json(t) for t in trail],
-            "next_cursor": runs[-1].recipient if len(runs) == limit else None,
+            "next_cursor": runs[-1].recipient if more else None,
         }
 
     async def recipient_report(
         self, recipient: str, *, after: int = 0, limit: int = 200
     ) -> dict[str, Any]:
-        trail = await self.runs.trail_for_recipient(recipient, after=after, limit=limit)
+        trail = await self.runs.trail_for_recipient(recipient, after=after, limit=limit + 1)
+        more, trail = len(trail) > limit, trail[:limit]
         messages = await self.runs.messages_for_recipient(recipient, before=None, limit=limit)
         return {
             "subscriber_id": recipient,
             "messages": [message_json(m) for m in messages],
             "trail": [trail_json(t) for t in trail],
-            "next_cursor": str(trail[-1].seq) if len(trail) == limit else None,
+            "next_cursor": str(trail[-1].seq) if more else None,
         }
 
     def _now(self) -> float:

@@ -1,5 +1,6 @@
-"""The garbage-collector policy freezes survivors, and collects in full once the frozen set
-has grown past its bound, so frozen cyclic garbage cannot grow without limit."""
+"""The garbage-collector policy freezes survivors, and collects in full once the heap has
+grown past its bound (spaced, and waiting for a quiet moment), so frozen cyclic garbage
+cannot grow without limit."""
 
 from __future__ import annotations
 
