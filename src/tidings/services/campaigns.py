@@ -23,12 +23,13 @@ hands out more messages on a channel than its rate allows over the interval to t
 and the average is the pace.
 
 Pause and cancel stop the next tick; the batches already enqueued still run (ticks enqueue
-theirs whether or not earlier ones have run: under a backlog, several ticks' worth). Resume enqueues a tick at once (deduplicated per resume) that goes on from the
-cursor. When the next tick would be due more than `MAX_LAG` seconds ago (the workers were
-busy or down), the pace restarts from the late tick (the next is due one interval after
-it) rather than catching up in a burst; a shorter delay is caught up at once, so after a
-short stall up to about `MAX_LAG` seconds' worth goes out quickly. A tick that finds the
-workflow gone pauses the campaign.
+theirs whether or not earlier ones have run: under a backlog, several ticks' worth). Resume
+enqueues a tick at once (deduplicated per resume) that goes on from the cursor. When the
+next tick would be due more than `MAX_LAG` seconds ago (the workers were busy or down), the
+pace restarts from the late tick (the next is due one interval after it) rather than
+catching up in a burst; a shorter delay is caught up at once, so after a short stall up to
+about `MAX_LAG` seconds' worth goes out quickly. A tick that finds the workflow gone pauses
+the campaign.
 """
 
 from __future__ import annotations
