@@ -556,3 +556,59 @@ async def test_frequency_caps_from_the_settings_reach_the_decisions(
         "frequency_cap",
     )
     assert (await env.report(second))["messages"] == []
+
+
+async def test_a_transactional_email_is_handed_to_local_workers_without_a_claim(
+    tmp_path: Path,
+) -> None:
+    """With workers running here, the event's dispatch job and its message's delivery job
+    are stored already claimed and run at once: the claim loops (polling once a minute)
+    never hand either out, and the email arrives."""
+    (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
+    sink = Sink()
+    server = Server(sink, free_port())
+    server.start()
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/notify.db",
+        smtp=SmtpSettings(host="127.0.0.1", port=server.port),
+        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")]),
+    )
+    settings.worker = WorkerSettings(poll_interval=60.0)
+    migrate(settings)
+    runtime = build_runtime(settings)
+    jobs = runtime.services.jobs
+    claimed: list[str] = []
+    claim = jobs.claim
+
+    async def logged(*args: Any, **kwargs: Any) -> Any:
+        found = await claim(*args, **kwargs)
+        claimed.extend(job.kind for job in found)
+        return found
+
+    jobs.claim = logged  # type: ignore[method-assign]
+    await runtime.start()
+    try:
+        await runtime.services.subscribers.store.put(Subscriber(id="ann", email="ann@example.org"))
+        event_id = (
+            await runtime.services.ingest.ingest(
+                EventInput(type="alert", payload={}, recipients=("ann",))
+            )
+        ).event.id
+        for _ in range(250):
+            if sink.messages:
+                break
+            await asyncio.sleep(0.02)
+        assert [to for _, to, _ in sink.messages] == [["ann@example.org"]]
+        report = await runtime.services.notify.event_report(event_id)
+        for _ in range(100):  # the delivery settles just after the hand-off to SMTP
+            if [m["status"] for m in report["messages"]] == ["sent"]:
+                break
+            await asyncio.sleep(0.02)
+            report = await runtime.services.notify.event_report(event_id)
+        assert [m["status"] for m in report["messages"]] == ["sent"]
+        assert claimed == []  # neither job went through a claim
+        depth = await jobs.depth()
+        assert depth.queued == {} and depth.running == {}
+    finally:
+        await runtime.stop()
+        server.stop()
