@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from tidings.adapters.clock import ManualClock
+from tidings.adapters.memory import MemoryJobQueue
 from tidings.services.lanes import LaneGate
-from tidings.types import CURRENT_LANE, Priority
+from tidings.services.worker import WorkerPool
+from tidings.types import CURRENT_LANE, Job, NewJob, Priority
 
 
 async def bulk_steps(gate: LaneGate, log: list[str], n: int) -> None:
@@ -84,3 +87,28 @@ async def test_by_default_an_urgent_section_holds_bulk_back_for_a_quarter_second
     assert 0.24 <= loop.time() - began < 1.0
     stuck.set()
     await t
+
+
+async def test_a_worker_runs_transactional_jobs_urgent_and_bulk_jobs_in_their_lane() -> None:
+    gate = LaneGate()
+    jobs = MemoryJobQueue(ManualClock(1000.0))
+    seen: list[tuple[Priority, bool, Priority]] = []
+
+    async def handle(job: Job) -> None:
+        seen.append((job.lane, gate.busy(), CURRENT_LANE.get()))
+
+    pool = WorkerPool(
+        jobs,
+        ManualClock(1000.0),
+        {"k": handle},
+        lanes=(Priority.TRANSACTIONAL, Priority.BULK),
+        gate=gate,
+    )
+    await jobs.enqueue(NewJob("k", {}, lane=Priority.TRANSACTIONAL))
+    await jobs.enqueue(NewJob("k", {}, lane=Priority.BULK))
+    assert await pool.run_once() == 2
+    assert seen == [
+        (Priority.TRANSACTIONAL, True, Priority.TRANSACTIONAL),
+        (Priority.BULK, False, Priority.BULK),
+    ]
+    assert not gate.busy()
