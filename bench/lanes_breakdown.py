@@ -1,0 +1,361 @@
+"""Where a transactional email's time goes while a bulk send runs, in one process.
+
+The runtime of `tidings serve` (workers on, SQLite, the garbage-collector policy of `serve`)
+runs in this process with a real SMTP sink (aiosmtpd) in a child process. Transactional
+emails are ingested at a fixed rate, first idle, then during a bulk in-app send to N
+subscribers. Besides the latency from ingest to the sink (p50/p99), it measures, by
+wrapping the runtime's own pieces:
+
+- the event loop's lag (a 1 ms sleep's overshoot) and its stalls over 30 ms;
+- every garbage collection by generation (gc.callbacks);
+- SQLite writer lock waits and holds per lane (`LaneLock`);
+- per job kind and lane: claim delay (start minus due) and run time (`WorkerPool.execute`).
+
+It is a diagnostic, not a goal: bench/notify.py measures the lanes goal against `tidings
+serve` over HTTP. Runs with several settings back the choices in bench/results/notify.md:
+
+    .venv/bin/python bench/lanes_breakdown.py --recipients 100000 --gc-freeze 60 \
+        --gc-freeze 1 --commit-size 100 --commit-size 50 --out bench/results/lanes_breakdown.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import notify as nb
+
+from tidings.adapters.sql import engine as sql_engine
+from tidings.services import worker as worker_module
+from tidings.services.gcpolicy import GcPolicy
+from tidings.types import Priority
+
+Samples = dict[tuple[str, str], list[float]]
+
+
+def sink_main(port: int) -> None:
+    """The SMTP sink (child process): prints `seq epoch-seconds` per email received."""
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            for line in envelope.content.split(b"\r\n"):
+                if line.startswith(b"Subject: code "):
+                    print(int(line.split(b" ")[-1]), time.time(), flush=True)
+                    break
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    controller.stop()
+
+
+class Probe:
+    """Wraps the runtime's pieces and keeps their timings by phase (idle, bulk)."""
+
+    def __init__(self) -> None:
+        self.phase = "idle"
+        self.samples: Samples = collections.defaultdict(list)
+        self.stalls: list[tuple[str, float]] = []
+        self._gc_start = 0.0
+        self._held: dict[int, tuple[float, Priority]] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.samples[(self.phase, name)].append(seconds)
+
+    def install(self) -> None:
+        lock = sql_engine.LaneLock
+        acquire, release = lock.acquire, lock.release
+        probe = self
+
+        async def timed_acquire(self: Any, lane: Priority) -> None:
+            t = time.perf_counter()
+            await acquire(self, lane)
+            probe.add(f"writer wait {lane.value}", time.perf_counter() - t)
+            probe._held[id(self)] = (time.perf_counter(), lane)
+
+        def timed_release(self: Any) -> None:
+            since = probe._held.pop(id(self), None)
+            if since is not None:
+                probe.add(f"writer hold {since[1].value}", time.perf_counter() - since[0])
+            release(self)
+
+        lock.acquire = timed_acquire  # type: ignore[method-assign]
+        lock.release = timed_release  # type: ignore[method-assign]
+        execute = worker_module.WorkerPool.execute
+
+        async def timed_execute(self: Any, job: Any) -> None:
+            name = f"{job.kind} {job.lane.value}"
+            probe.add(f"claim delay {name}", time.time() - max(job.run_at, job.created_at))
+            t = time.perf_counter()
+            await execute(self, job)
+            probe.add(f"run {name}", time.perf_counter() - t)
+
+        worker_module.WorkerPool.execute = timed_execute  # type: ignore[method-assign]
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.add(f"gc gen{info['generation']}", time.perf_counter() - self._gc_start)
+
+    async def watch_loop(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lag = time.perf_counter() - t - 0.001
+            self.add("loop lag", lag)
+            if lag > 0.03:
+                self.stalls.append((self.phase, lag))
+
+
+async def run(n: int, rate: float, idle_s: float, gc_freeze: float, commit: int) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from tidings.adapters.sql.tables import notify_runs
+    from tidings.config import NotifySettings, Settings, SmtpSettings
+    from tidings.services.ingest import EventInput
+    from tidings.wiring import build_runtime
+
+    probe = Probe()
+    probe.install()
+    tmp = tempfile.mkdtemp()
+    url = f"sqlite+aiosqlite:///{tmp}/breakdown.db"
+    workflows = Path(tmp) / "workflows.yaml"
+    workflows.write_text(nb.WORKFLOWS)
+    nb.migrate(url)
+    await nb.seed(url, n)
+    port = nb.free_port()
+    sink = subprocess.Popen(
+        [sys.executable, __file__, "--sink", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sink.stdout is not None and sink.stdin is not None
+    assert sink.stdout.readline().strip() == "ready"
+    arrived: dict[int, float] = {}
+
+    def read_sink() -> None:
+        assert sink.stdout is not None
+        for line in sink.stdout:
+            seq, at = line.split()
+            arrived[int(seq)] = float(at)
+
+    threading.Thread(target=read_sink, daemon=True).start()
+    settings = Settings(
+        database_url=url,
+        log_level="warning",
+        token_secret="b" * 64,
+        notify=NotifySettings(workflows=[str(workflows)], bulk_commit_size=commit),
+        smtp=SmtpSettings(host="127.0.0.1", port=port),
+    )
+    runtime = build_runtime(settings)
+    await runtime.start()
+    policy = GcPolicy(gc_freeze, quiet=lambda: not runtime.gate.busy())
+    policy.start()  # as `tidings serve` does
+    watcher = asyncio.create_task(probe.watch_loop())
+    accepted: dict[int, float] = {}
+
+    async def one(seq: int) -> None:
+        await runtime.services.ingest.ingest(
+            EventInput(
+                type="tx.code",
+                recipients=(f"s{seq % 1000:07d}",),
+                payload={"seq": seq, "code": f"{seq:06d}"},
+                priority=Priority.TRANSACTIONAL,
+            )
+        )
+        accepted[seq] = time.time()
+
+    async def load(seconds: float, first: int) -> int:
+        seq, start, tasks = first, time.perf_counter(), []
+        while time.perf_counter() - start < seconds:
+            tasks.append(asyncio.create_task(one(seq)))
+            seq += 1
+            await asyncio.sleep(max(0.0, start + (seq - first) / rate - time.perf_counter()))
+        await asyncio.gather(*tasks)
+        return seq
+
+    engine = nb.create_engine(url)
+    try:
+        await load(3.0, 0)  # warm-up
+        probe.samples.clear()
+        idle_end = await load(idle_s, 1_000_000)
+        await asyncio.sleep(1.5)
+        probe.phase = "bulk"
+        await runtime.services.ingest.ingest(
+            EventInput(
+                type="bulk.news",
+                topic="all",
+                payload={"headline": "Release", "text": "out"},
+                priority=Priority.BULK,
+            )
+        )
+        bulk_start, seq = time.perf_counter(), 2_000_000
+        while True:
+            seq = await load(5.0, seq)
+            async with engine.connect() as conn:
+                done = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(notify_runs)
+                        .where(notify_runs.c.workflow == "bulk.news", notify_runs.c.state == "done")
+                    )
+                ).scalar_one()
+            if done >= n:
+                break
+        bulk_seconds = time.perf_counter() - bulk_start
+        await asyncio.sleep(1.5)
+    finally:
+        watcher.cancel()
+        await policy.stop()
+        await runtime.stop()
+        await engine.dispose()
+        sink.stdin.close()
+        sink.wait(10)
+        gc.callbacks.remove(probe._on_gc)
+    for phase, seqs in (("idle", range(1_000_000, idle_end)), ("bulk", range(2_000_000, seq))):
+        probe.samples[(phase, "ingest to SMTP sink")] = [
+            arrived[s] - accepted[s] for s in seqs if s in arrived and s in accepted
+        ]
+    return {
+        "recipients": n,
+        "gc_freeze": gc_freeze,
+        "commit_size": commit,
+        "bulk_per_s": n / bulk_seconds,
+        "stalls_over_30ms": [round(s * 1000, 1) for p, s in probe.stalls if p == "bulk"],
+        "metrics": {
+            f"{phase}|{name}": summary(values) for (phase, name), values in probe.samples.items()
+        },
+    }
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+    if not v:
+        return {"n": 0}
+
+    def q(f: float) -> float:
+        return v[min(len(v) - 1, int(f * len(v)))] * 1000
+
+    return {"n": len(v), "p50": q(0.5), "p99": q(0.99), "max": v[-1] * 1000}
+
+
+SHOWN = (
+    "ingest to SMTP sink",
+    "loop lag",
+    "gc gen2",
+    "writer wait transactional",
+    "writer hold bulk",
+    "run event.dispatch transactional",
+    "run notify.deliver transactional",
+)
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "# Lanes breakdown (one process, SQLite)",
+        "",
+        f"`bench/lanes_breakdown.py --recipients {args.recipients} --rate {args.rate:g}`, "
+        f"measured {time.strftime('%Y-%m-%d')} on this machine; p50 / p99 / max in ms, "
+        "idle -> during the bulk send.",
+        "",
+    ]
+    for r in results:
+        lines += [
+            f"## gc_freeze_interval {r['gc_freeze']:g} s, bulk_commit_size {r['commit_size']}",
+            "",
+            f"Bulk: {r['bulk_per_s']:,.0f} recipients/s; loop stalls over 30 ms during it: "
+            f"{len(r['stalls_over_30ms'])} (longest {max(r['stalls_over_30ms'], default=0):.0f} "
+            "ms).",
+            "",
+            "| measure | idle n | idle p50 / p99 / max | bulk n | bulk p50 / p99 / max |",
+            "|---|---|---|---|---|",
+        ]
+        for name in SHOWN:
+            i = r["metrics"].get(f"idle|{name}", {"n": 0})
+            b = r["metrics"].get(f"bulk|{name}", {"n": 0})
+            lines.append(f"| {name} | {i['n']} | {fmt(i)} | {b['n']} | {fmt(b)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def fmt(s: dict[str, float]) -> str:
+    return "-" if not s.get("n") else f"{s['p50']:.1f} / {s['p99']:.1f} / {s['max']:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--recipients", type=int, default=100_000)
+    ap.add_argument("--rate", type=float, default=20.0, help="transactional emails/s")
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--gc-freeze", type=float, action="append", help="seconds (repeatable)")
+    ap.add_argument("--commit-size", type=int, action="append", help="runs (repeatable)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.sink is not None:
+        sink_main(args.sink)
+        return
+    if args.one:  # one setting, in a fresh process: its result as JSON on stdout
+        freeze, commit = args.gc_freeze[0], args.commit_size[0]
+        print(
+            json.dumps(
+                asyncio.run(run(args.recipients, args.rate, args.idle_seconds, freeze, commit))
+            )
+        )
+        return
+    results = []
+    for freeze in args.gc_freeze or [1.0]:
+        for commit in args.commit_size or [50]:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--recipients",
+                    str(args.recipients),
+                    "--rate",
+                    str(args.rate),
+                    "--idle-seconds",
+                    str(args.idle_seconds),
+                    "--gc-freeze",
+                    str(freeze),
+                    "--commit-size",
+                    str(commit),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps({k: v for k, v in r.items() if k != "metrics"}), file=sys.stderr)
+            results.append(r)
+    if args.out:
+        with args.out.with_suffix(".jsonl").open("a") as f:
+            for r in results:
+                f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **r}) + "\n")
+        args.out.write_text(report(results, args))
+
+
+if __name__ == "__main__":
+    main()
