@@ -456,6 +456,47 @@ async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
     assert {r["state"] for r in report["runs"]} == {"done"}
 
 
+async def test_a_bulk_batch_retried_after_a_failed_slice_makes_each_effect_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk batch commits in slices; when one slice's commit fails, the job is retried
+    and goes on where the committed slices left off: every recipient ends with one run,
+    one inbox item and one step entry in the trail."""
+    members = [f"m{i:03d}" for i in range(120)]
+    for m in members:
+        await env.subscriber(m)
+    topics = env.runtime.services.subscribers.topics
+    await topics.create(Topic("crowd", "Crowd"))
+    await topics.add_members("crowd", members, env.clock.now())
+    commit, calls = env.notify.runs.commit, 0
+
+    async def second_fails(writes: Any, jobs: Any = ()) -> set[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("database went away")
+        return await commit(writes, jobs)
+
+    monkeypatch.setattr(env.notify.runs, "commit", second_fails)
+    event_id = await env.send(
+        "comment.created",
+        topic="crowd",
+        payload={"author": "a", "text": "t"},
+        priority=Priority.BULK,
+    )
+    await env.drain()  # dispatch; the batch fails at its second slice and is retried later
+    assert calls == 2
+    env.clock.advance(300)  # past the retry's backoff, short of the 10 min wait_for timeout
+    await env.drain()
+    report = await env.notify.event_report(event_id, limit=1000)
+    assert report["counts"] == {"waiting": 120}  # each waits for its in-app item to be seen
+    inbox = env.runtime.services.inbox.store
+    for m in members:
+        assert len(await inbox.feed(m, limit=10)) == 1
+    steps = [t["recipient"] for t in report["trail"] if t["type"] == "step"]
+    assert sorted(steps) == members
+
+
 async def test_a_payload_breaking_a_contract_published_after_ingest_fails_the_step(
     env: Env,
 ) -> None:
