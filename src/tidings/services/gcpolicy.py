@@ -26,8 +26,8 @@ stopped (a transactional job, in `tidings serve`) waits for a quiet moment, free
 usual meanwhile, for at most `max_defer` seconds; then it runs regardless.
 
 The heap is measured with `sys.getallocatedblocks()`, which reads the allocator's arenas,
-not with `gc.get_freeze_count()`, which walks every frozen object: at two million frozen
-objects that walk alone stops the event loop for about 30 ms, too much to do every second.
+not with `gc.get_freeze_count()`, which walks every frozen object: a stop of the event loop
+that grows with the heap, too long to take every second.
 """
 
 from __future__ import annotations
