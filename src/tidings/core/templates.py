@@ -39,7 +39,7 @@ import orjson
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal
-from jinja2 import StrictUndefined, Template, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
@@ -50,6 +50,12 @@ PUSH_PAYLOAD_LIMIT = 4096  # bytes: APNs and FCM both refuse more
 EMAIL_SIZE_LIMIT = 100 * 1024  # bytes of HTML; larger mails are clipped by common clients
 SUBJECT_LIMIT = 255
 COMPILED_CACHE = 512  # compiled template sources kept per renderer
+
+# A plain-text source made only of text and `{{ root.key.key }}` lookups is filled in
+# directly, without running the compiled template: (text | lookup path) parts.
+_Plan = tuple[str | tuple[str, ...], ...]
+_DICT_ATTRIBUTES = frozenset(dir(dict))  # `x.items` is the method, in Jinja too
+_PLAIN_VALUES = (str, int, float, bool, type(None))
 
 
 class Channel(enum.StrEnum):
@@ -223,7 +229,7 @@ class Renderer:
         # Compiling a template costs ~1 ms, rendering a compiled one ~20 us: keep the most
         # recent compilations. Filters are looked up when rendering, so one compiled template
         # serves every locale and zone.
-        self._compiled: OrderedDict[tuple[bool, str], Template] = OrderedDict()
+        self._compiled: OrderedDict[tuple[bool, str], tuple[Template, _Plan | None]] = OrderedDict()
         self._roots: dict[str, frozenset[str]] = {}
         self._filters_for: dict[int, tuple[Locale, ZoneInfo]] = {}
 
@@ -364,27 +370,80 @@ class Renderer:
                 self._roots.pop(next(iter(self._roots)))
         return found
 
-    def _compile(self, env: SandboxedEnvironment, source: str) -> Template:
+    def _compile(self, env: SandboxedEnvironment, source: str) -> tuple[Template, _Plan | None]:
         key = (env is self._html, source)
         found = self._compiled.get(key)
         if found is not None:
             self._compiled.move_to_end(key)
             return found
         compiled = env.from_string(source)
-        self._compiled[key] = compiled
+        plan = None if env is self._html else _plan(env, source)
+        self._compiled[key] = (compiled, plan)
         if len(self._compiled) > COMPILED_CACHE:
             self._compiled.popitem(last=False)
-        return compiled
+        return compiled, plan
 
     def _render_one(
         self, env: SandboxedEnvironment, source: str, context: Mapping[str, Any], name: str
     ) -> str:
         try:
-            return self._compile(env, source).render(context)
+            compiled, plan = self._compile(env, source)
+            if plan is not None:
+                filled = _fill(plan, context)
+                if filled is not None:
+                    return filled
+            return compiled.render(context)
         except TemplateError as exc:
             raise RenderError(f"{name}: {exc.message or exc}", field=name) from None
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise RenderError(f"{name}: {exc}", field=name) from None
+
+
+def _plan(env: SandboxedEnvironment, source: str) -> _Plan | None:
+    """The parts of a source that is only text and attribute lookups on a context root
+    (``Hello {{ subscriber.first_name }}``), or None for anything else (filters, tests,
+    calls, control structures, subscripts)."""
+    parts: list[str | tuple[str, ...]] = []
+    for node in env.parse(source).body:
+        if not isinstance(node, nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append(child.data)
+                continue
+            path: list[str] = []
+            while isinstance(child, nodes.Getattr):
+                path.append(child.attr)
+                child = child.node
+            if not isinstance(child, nodes.Name):
+                return None
+            path.append(child.name)
+            parts.append(tuple(reversed(path)))
+    return tuple(parts)
+
+
+def _fill(plan: _Plan, context: Mapping[str, Any]) -> str | None:
+    """`plan` filled from `context` as the sandboxed Jinja render would (``str()`` of the
+    value), or None when a lookup is anything but a key of a plain dict holding a plain
+    value: the full render then decides, raising for a missing key under
+    `StrictUndefined`."""
+    out: list[str] = []
+    for part in plan:
+        if type(part) is str:
+            out.append(part)
+            continue
+        value = context.get(part[0], _MISSING)
+        for key in part[1:]:
+            if type(value) is not dict or key in _DICT_ATTRIBUTES or key not in value:
+                return None
+            value = value[key]
+        if type(value) not in _PLAIN_VALUES:
+            return None
+        out.append(value if type(value) is str else str(value))
+    return "".join(out)
+
+
+_MISSING = object()
 
 
 def validate(

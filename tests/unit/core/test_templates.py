@@ -199,3 +199,88 @@ def test_variants_are_stable_and_weighted() -> None:
 def test_html_to_text_keeps_links_and_paragraphs() -> None:
     html = '<p>Hello&nbsp;<b>Ana</b></p><p>See <a href="https://x.test/o/1">your order</a>.</p>'
     assert html_to_text(html) == "Hello\xa0Ana\nSee your order (https://x.test/o/1)."
+
+
+# -- plain lookups are filled in directly, exactly as Jinja renders them ----------------------
+
+LOOKUP_CONTEXT = {
+    "payload": {
+        "name": "Ana <b>",
+        "n": 42,
+        "ratio": 0.5,
+        "flag": True,
+        "none": None,
+        "order": {"id": 7, "items": ["a"], "lines": {"first": "x"}},
+        "list": [1, 2],
+        "nested": {"keys": "shadowed by dict.keys"},
+    },
+    "subscriber": {"id": "s1", "email": "a@example.com"},
+    "locale": "en",
+}
+
+SOURCES = [
+    "plain text only",
+    "",
+    "Hello {{ subscriber.id }}, {{ payload.name }}",
+    "{{ payload.n }} / {{ payload.ratio }} / {{ payload.flag }} / {{ payload.none }}",
+    "{{payload.order.id}}{{ payload.order.lines.first }}",
+    "{{ payload.list }}",  # not a plain value: the full render
+    "{{ payload.order.items }}",  # `items` is the dict method in Jinja
+    "{{ payload.nested.keys }}",
+    "{{ locale }} trailing newline is dropped\n",
+    "line one\r\nline two {{ subscriber.email }}",
+    "{{ payload.name | upper }}",
+    "{% if payload.flag %}yes{% endif %}",
+    "{{ payload['name'] }}",
+    "{{ 'literal' }}",
+    "{{ range }}",
+    "{% raw %}{{ not a lookup }}{% endraw %}",
+]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_plain_lookup_renders_as_jinja_does(source: str) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    jinja = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    expected = jinja.from_string(source).render(LOOKUP_CONTEXT)
+    renderer = Renderer()
+    assert renderer._render_one(renderer._text, source, LOOKUP_CONTEXT, "body") == expected
+
+
+def test_the_direct_fill_takes_only_plain_lookups() -> None:
+    from tidings.core.templates import _fill, _plan
+
+    renderer = Renderer()
+    plan = _plan(renderer._text, "Hi {{ subscriber.id }}!")
+    assert plan == ("Hi ", ("subscriber", "id"), "!")
+    assert _fill(plan, {"subscriber": {"id": 5}}) == "Hi 5!"
+    # anything else goes to the full render
+    assert _plan(renderer._text, "{{ payload.x | upper }}") is None
+    assert _plan(renderer._text, "{% for x in y %}{{ x }}{% endfor %}") is None
+    assert _fill(plan, {"subscriber": {"id": [1]}}) is None
+    assert _fill(plan, {"subscriber": {}}) is None
+    assert _fill(plan, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("{{ payload.missing }}", "has no attribute 'missing'"),
+        ("{{ nothing.at.all }}", "'nothing' is undefined"),
+        ("{{ payload.none.x }}", "has no attribute 'x'"),
+    ],
+)
+def test_a_missing_lookup_is_still_a_render_error(source: str, says: str) -> None:
+    version = TemplateVersion(
+        template="t",
+        version=1,
+        channel=Channel.IN_APP,
+        locales={"en": Content({"title": "t", "body": source})},
+        default_locale="en",
+    )
+    with pytest.raises(RenderError) as err:
+        Renderer().render(version, {"none": None}, locale="en")
+    assert err.value.field == "body"
+    assert says in str(err.value)
