@@ -372,11 +372,18 @@ class Verdict:
 
 
 def decide(
-    workflow: Workflow, step: ChannelStep, recipient: Recipient, ctx: DeliveryContext
+    workflow: Workflow,
+    step: ChannelStep,
+    recipient: Recipient,
+    ctx: DeliveryContext,
+    *,
+    key: str | None = None,
 ) -> Verdict:
-    """Run the pipeline in order; stop at the first decision that is not ``send``."""
+    """Run the pipeline in order; stop at the first decision that is not ``send``. `key`:
+    the message's idempotency key when the caller has computed it already."""
     channel = step.channel
-    key = idempotency_key(ctx.event_id, recipient.id, channel, ctx.template_version)
+    if key is None:
+        key = idempotency_key(ctx.event_id, recipient.id, channel, ctx.template_version)
     stages: tuple[Callable[[], Decision], ...] = (
         lambda: check_preferences(workflow, channel, ctx.preferences),
         lambda: check_address(channel, recipient),
