@@ -73,13 +73,22 @@ async def test_sqlite_engine_creates_its_directory_and_sets_pragmas(tmp_path: Pa
         async with engine.connect() as conn:
             pragmas = {
                 name: (await conn.execute(text(f"PRAGMA {name}"))).scalar()
-                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+                for name in (
+                    "journal_mode",
+                    "synchronous",
+                    "busy_timeout",
+                    "foreign_keys",
+                    "cache_size",
+                    "wal_autocheckpoint",
+                )
             }
         assert pragmas == {
             "journal_mode": "wal",
             "synchronous": 1,  # NORMAL
             "busy_timeout": 5000,
             "foreign_keys": 1,
+            "cache_size": -64 * 1024,  # KiB
+            "wal_autocheckpoint": 16_384,  # pages
         }
     finally:
         await engine.dispose()

@@ -20,6 +20,7 @@ from tidings.types import CURRENT_LANE, Priority
 
 BUSY_TIMEOUT_MS = 5000
 SQLITE_CACHE_KIB = 64 * 1024  # page cache per connection (SQLite allocates it as needed)
+SQLITE_CHECKPOINT_PAGES = 16_384  # WAL pages between automatic checkpoints
 _READ_ONLY = "tidings_read_only"
 
 
@@ -63,6 +64,11 @@ def create_engine(url: str) -> AsyncEngine:
             # all over their indexes: a larger page cache keeps those pages in memory instead
             # of re-reading them from the file for every batch.
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            # A checkpoint copies the WAL's pages into the file and syncs it. Every 1,000 pages
+            # (SQLite's default) a bulk send checkpoints every few commits, copying the same
+            # index pages again and again; at 16,384 pages (64 MB) a page rewritten by many
+            # commits is copied once per checkpoint.
+            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
