@@ -408,17 +408,23 @@ async def test_cancelling_a_dispatched_event_stops_its_waiting_runs(env: Env) ->
         await env.runtime.services.ingest.cancel(event_id)
 
 
-async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On SQLite one bulk batch runs at a time (a second would only queue in front of
-    transactional work); a batch is written in transactions of `bulk_commit_size` runs."""
-    members = [f"m{i:03d}" for i in range(250)]
+async def crowd(env: Env, n: int) -> list[str]:
+    """Subscribers m000.. in topic `crowd`."""
+    members = [f"m{i:03d}" for i in range(n)]
     for m in members:
         await env.subscriber(m)
     topics = env.runtime.services.subscribers.topics
     await topics.create(Topic("crowd", "Crowd"))
     await topics.add_members("crowd", members, env.clock.now())
+    return members
+
+
+async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite one bulk batch runs at a time (a second would only queue in front of
+    transactional work); a batch is written in transactions of `bulk_commit_size` runs."""
+    await crowd(env, 250)
     assert env.notify.config.bulk_concurrency == 1
     assert env.notify.config.bulk_commit_size == 50
     monkeypatch.setattr(
@@ -462,12 +468,7 @@ async def test_a_bulk_batch_retried_after_a_failed_slice_makes_each_effect_once(
     """A bulk batch commits in slices; when one slice's commit fails, the job is retried
     and goes on where the committed slices left off: every recipient ends with one run,
     one inbox item and one step entry in the trail."""
-    members = [f"m{i:03d}" for i in range(120)]
-    for m in members:
-        await env.subscriber(m)
-    topics = env.runtime.services.subscribers.topics
-    await topics.create(Topic("crowd", "Crowd"))
-    await topics.add_members("crowd", members, env.clock.now())
+    members = await crowd(env, 120)
     commit, calls = env.notify.runs.commit, 0
 
     async def second_fails(writes: Any, jobs: Any = ()) -> set[str]:
@@ -490,6 +491,62 @@ async def test_a_bulk_batch_retried_after_a_failed_slice_makes_each_effect_once(
     await env.drain()
     report = await env.notify.event_report(event_id, limit=1000)
     assert report["counts"] == {"waiting": 120}  # each waits for its in-app item to be seen
+    inbox = env.runtime.services.inbox.store
+    for m in members:
+        assert len(await inbox.feed(m, limit=10)) == 1
+    steps = [t["recipient"] for t in report["trail"] if t["type"] == "step"]
+    assert sorted(steps) == members
+
+
+async def test_a_slice_is_written_while_the_next_is_worked_out_one_write_at_a_time(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk batch's slice is committed while the next slice's runs are advanced, with
+    never two writes in flight; when advancing a run fails, the write in flight still ends
+    before the batch does (its runs are stored), and the retry makes the rest once."""
+    members = await crowd(env, 120)
+    flush, advance_run = env.notify._flush, env.notify._advance_run
+    in_flight, most, advanced_during_write = 0, 0, 0
+    finished: list[int] = []
+    fail_at: str | None = "m070"
+
+    async def slow_flush(p: Any, inbox: Any, writes: Any, jobs: Any) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            await flush(p, inbox, writes, jobs)
+        finally:
+            in_flight -= 1
+            finished.append(len(writes))
+
+    async def tracked_advance(p: Any, run: Any, steps: Any, messages: Any) -> Any:
+        nonlocal advanced_during_write
+        advanced_during_write += in_flight
+        if run.recipient == fail_at:
+            raise ConnectionError("subscriber store went away")
+        return await advance_run(p, run, steps, messages)
+
+    monkeypatch.setattr(env.notify, "_flush", slow_flush)
+    monkeypatch.setattr(env.notify, "_advance_run", tracked_advance)
+    event_id = await env.send(
+        "comment.created",
+        topic="crowd",
+        payload={"author": "a", "text": "t"},
+        priority=Priority.BULK,
+    )
+    await env.drain()  # the batch fails at m070, after its first slice was handed to a write
+    assert most == 1
+    assert advanced_during_write > 0  # runs were advanced while a slice was being written
+    assert finished == [50]  # the slice in flight ended before the batch did
+    report = await env.notify.event_report(event_id, limit=1000)
+    assert report["counts"] == {"waiting": 50}
+    fail_at = None
+    env.clock.advance(300)  # past the retry's backoff
+    await env.drain()
+    report = await env.notify.event_report(event_id, limit=1000)
+    assert report["counts"] == {"waiting": 120}
     inbox = env.runtime.services.inbox.store
     for m in members:
         assert len(await inbox.feed(m, limit=10)) == 1

@@ -145,9 +145,19 @@ def batch_job(
     )
 
 
+RUN_ID_RECIPIENT = 40  # longest recipient id a run id spells out
+
+
 def run_id(event_id: str, workflow: str, recipient: str) -> str:
-    body = orjson.dumps([event_id, workflow, recipient])
-    return hashlib.sha256(body).hexdigest()[:40]
+    """A run's id: 24 hex digits of SHA-256 over ``[event_id, workflow]``, then the
+    recipient id (one longer than 40 characters as ``~`` and 39 hex digits of its SHA-256;
+    ``~`` is not in a subscriber id). A fanout makes its batches in recipient order, so the
+    runs, steps and messages of one event are appended to their indexes rather than
+    scattered over them (on SQLite each scattered insert rewrites a whole page)."""
+    prefix = hashlib.sha256(orjson.dumps([event_id, workflow])).hexdigest()[:24]
+    if len(recipient) > RUN_ID_RECIPIENT:
+        recipient = "~" + hashlib.sha256(recipient.encode()).hexdigest()[:39]
+    return prefix + recipient
 
 
 def to_recipient(subscriber_id: str, s: Subscriber | None) -> Recipient:
@@ -195,6 +205,12 @@ class _Pass:
     endpoints: list[str] | None = None
     shared: _Shared = field(default_factory=lambda: _Shared())
     broken: dict[str, str] = field(default_factory=dict)  # template ref -> contract break
+
+    def take(self) -> tuple[list[InboxItem], list[RunWrite], list[NewJob]]:
+        """The slice produced so far, for `_flush`; the pass starts the next one empty."""
+        taken = (self.inbox, self.writes, self.jobs)
+        self.inbox, self.writes, self.jobs = [], [], []
+        return taken
 
 
 ReachableFn = Callable[[str], Awaitable[bool]]
@@ -459,32 +475,46 @@ class Orchestrator:
         )
         # Bulk batches commit in slices: a write transaction of a few dozen runs keeps the
         # waits of transactional writers behind it (one SQLite writer) short.
+        # A slice is written while the next one is worked out (one write in flight at a
+        # time): the database's share of a slice overlaps the Python of the next.
         per_commit = self.config.bulk_commit_size if event.priority is Priority.BULK else len(items)
-        for n, (run, steps, messages) in enumerate(items, 1):
-            p.writes.append(await self._advance_run(p, run, steps, messages))
-            if len(p.writes) >= per_commit:
-                await self._flush(p)
-            if n % YIELD_EVERY == 0:
-                await self._gate.pause()  # transactional work in flight goes first
-        await self._flush(p)
+        writing: asyncio.Task[None] | None = None
+        try:
+            for n, (run, steps, messages) in enumerate(items, 1):
+                p.writes.append(await self._advance_run(p, run, steps, messages))
+                if len(p.writes) >= per_commit:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(self._flush(p, *p.take()))
+                if n % YIELD_EVERY == 0:
+                    await self._gate.pause()  # transactional work in flight goes first
+                elif writing is not None and not writing.done():
+                    await asyncio.sleep(0)  # the write takes its next step
+        finally:
+            if writing is not None:
+                # whatever happened above, the slice in flight is written or has failed
+                # before the batch ends; a failed write fails the batch (retried whole)
+                await writing
+        await self._flush(p, *p.take())
 
-    async def _flush(self, p: _Pass) -> None:
-        """Write what the pass produced so far: inbox items (idempotent by id) first, then
-        the runs with their steps, messages, trail and jobs in one transaction, and their
-        jobs woken; then the items' live updates (a subscriber sees an item once its run is
-        committed)."""
-        stored = await self.inbox.add_many(p.inbox, push=False) if p.inbox else []
-        if p.writes:
+    async def _flush(
+        self, p: _Pass, inbox: list[InboxItem], writes: list[RunWrite], jobs: list[NewJob]
+    ) -> None:
+        """Write what the pass produced in a slice: inbox items (idempotent by id) first,
+        then the runs with their steps, messages, trail and jobs in one transaction, and
+        their jobs woken; then the items' live updates (a subscriber sees an item once its
+        run is committed)."""
+        stored = await self.inbox.add_many(inbox, push=False) if inbox else []
+        if writes:
             # Due transactional jobs (deliveries) go straight to a local worker once stored.
-            jobs = [self._handoffs.offer(j, p.now) for j in p.jobs]
+            offered = [self._handoffs.offer(j, p.now) for j in jobs]
             handed: set[str] = set()
             try:
-                handed = await self.runs.commit(p.writes, jobs)
+                handed = await self.runs.commit(writes, offered)
             finally:
-                self._handoffs.settle(jobs, handed)
-        if p.jobs and self._on_enqueue is not None:
+                self._handoffs.settle(offered, handed)
+        if jobs and self._on_enqueue is not None:
             self._on_enqueue()
-        p.inbox, p.writes, p.jobs = [], [], []
         await self.inbox.push(stored)  # live updates once the runs are committed
 
     async def _advance_run(
@@ -707,6 +737,7 @@ class Orchestrator:
                 facts=facts,
                 already_done=key in duplicates,
             ),
+            key=key,
         )
         for decision in verdict.trail:
             note("decision", step.id, decision.to_json())
