@@ -26,6 +26,12 @@ class WorkerSettings(BaseModel):
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.2, gt=0)
     batch: int = Field(default=32, ge=1, le=1000)
+    done_job_retention: float = Field(
+        default=7 * 86400,
+        ge=0,
+        description="Seconds a finished (done) job is kept after it was due; older ones are "
+        "deleted in the background. 0 keeps them all. Dead jobs are always kept.",
+    )
 
 
 def _default_channels() -> dict[str, Any]:

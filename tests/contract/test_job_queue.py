@@ -342,3 +342,44 @@ async def test_claimers_on_separate_engines_never_share_a_job(stores: Stores) ->
     assert len(taken) == total == len(set(taken))
     depth = await stores.jobs.depth()
     assert (depth.queued, depth.running) == ({}, {})
+
+
+async def test_prune_deletes_done_jobs_due_before_the_cutoff_only(stores: Stores) -> None:
+    """Done jobs due before `before` go, up to `limit`, oldest first; queued, running and
+    dead jobs stay, and so do done jobs due later. A pruned job frees its dedupe key."""
+    now = stores.clock.now()
+    jobs = stores.jobs
+
+    async def finished(kind: str, run_at: float, dedupe: str | None = None) -> str:
+        job_id = await jobs.enqueue(NewJob(kind=kind, payload={}, run_at=run_at, dedupe_key=dedupe))
+        [job] = await jobs.claim("w", BOTH, 1, 30.0)
+        assert job.id == job_id
+        await jobs.complete(job.id, job.lease_token or "")
+        return job_id
+
+    old = [await finished(f"old{i}", now - 100 + i, dedupe=f"d{i}") for i in range(3)]
+    recent = await finished("recent", now - 5)
+    dead_id = await jobs.enqueue(NewJob(kind="dead", payload={}, run_at=now - 200))
+    [dead] = await jobs.claim("w", BOTH, 1, 30.0)
+    await jobs.dead_letter(dead.id, dead.lease_token or "", "poison")
+    running_id = await jobs.enqueue(NewJob(kind="running", payload={}, run_at=now - 300))
+    [running] = await jobs.claim("w", BOTH, 1, 30.0)
+    queued_id = await jobs.enqueue(NewJob(kind="queued", payload={}, run_at=now - 400, lane=BULK))
+    stores.clock.advance(1)
+
+    assert await jobs.prune(now - 10, 2) == 2  # the two oldest
+    assert await jobs.get(old[0]) is None and await jobs.get(old[1]) is None
+    assert await jobs.get(old[2]) is not None
+    assert await jobs.prune(now - 10, 100) == 1
+    assert await jobs.prune(now - 10, 100) == 0
+    for kept, state in (
+        (recent, JobState.DONE),
+        (dead_id, JobState.DEAD),
+        (running_id, JobState.RUNNING),
+        (queued_id, JobState.QUEUED),
+    ):
+        job = await jobs.get(kept)
+        assert job is not None and job.state is state
+    assert running.id == running_id
+    again = await jobs.enqueue(NewJob(kind="again", payload={}, dedupe_key="d0"))
+    assert again not in old  # the key was freed with its job

@@ -49,4 +49,9 @@ class JobQueue(Protocol):
         """Remove a DEAD job. NotFound if no such dead job."""
         ...
 
+    async def prune(self, before: float, limit: int) -> int:
+        """Delete up to `limit` DONE jobs due before `before`, earliest due first; returns
+        how many. Their dedupe keys are free again. Other states are never touched."""
+        ...
+
     async def depth(self) -> QueueDepth: ...

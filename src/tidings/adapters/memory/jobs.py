@@ -141,6 +141,18 @@ class MemoryJobQueue:
         self._dead(job_id)
         del self._jobs[job_id]
 
+    async def prune(self, before: float, limit: int) -> int:
+        done = sorted(
+            (j for j in self._jobs.values() if j.state == JobState.DONE and j.run_at < before),
+            key=lambda j: (j.run_at, self._seq[j.id]),
+        )[:limit]
+        for job in done:
+            del self._jobs[job.id]
+            del self._seq[job.id]
+            if job.dedupe_key is not None:
+                del self._dedupe[job.dedupe_key]
+        return len(done)
+
     async def depth(self) -> QueueDepth:
         queued: dict[str, int] = {}
         running: dict[str, int] = {}

@@ -165,6 +165,18 @@ class SqlJobQueue:
         if result.rowcount == 0:
             raise NotFound(f"dead job {job_id} not found")
 
+    async def prune(self, before: float, limit: int) -> int:
+        due = (
+            select(jobs.c.seq)
+            .where(jobs.c.state == JobState.DONE.value, jobs.c.run_at < before)
+            .order_by(jobs.c.run_at, jobs.c.seq)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        async with writer(self._engine) as conn:
+            result = await conn.execute(delete(jobs).where(jobs.c.seq.in_(due)))
+        return int(result.rowcount)
+
     async def depth(self) -> QueueDepth:
         stmt = (
             select(jobs.c.lane, jobs.c.state, func.count())
