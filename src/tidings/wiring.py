@@ -29,6 +29,8 @@ from tidings.adapters.providers import HttpWebhookProvider, SmtpConfig, SmtpProv
 from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
 from tidings.adapters.sql.campaigns import SqlCampaignStore
+from tidings.adapters.sql.checkpoint import WalCheckpointer
+from tidings.adapters.sql.engine import sqlite_path
 from tidings.adapters.sql.inbox import SqlInboxStore
 from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.online import SqlPresenceRecords
@@ -71,6 +73,7 @@ from tidings.services.providers import (
     RateLimit,
     WebhookService,
 )
+from tidings.services.retention import JobRetention
 from tidings.services.schedules import FIRE_JOB, ScheduleService
 from tidings.services.segments import SegmentService
 from tidings.services.subscriber_auth import SubscriberAuth
@@ -79,6 +82,7 @@ from tidings.services.templates import TemplateService
 from tidings.services.testsend import TemplateTestSender
 from tidings.services.worker import Handoffs, WorkerPool
 from tidings.services.workflows import WorkflowRegistry
+from tidings.tasks import cancel
 from tidings.transports import longpoll, sse
 from tidings.transports.websocket import websocket_protocol
 from tidings.types import Priority
@@ -99,8 +103,12 @@ class Runtime:
     pools: list[WorkerPool] = field(default_factory=list)
     key_watcher: KeySetWatcher | None = None
     gate: LaneGate = field(default_factory=LaneGate)  # transactional work in flight
+    retention: JobRetention | None = None  # deletes old done jobs (with the workers)
+    checkpointer: WalCheckpointer | None = None  # SQLite: WAL checkpoints off commits
 
     async def start(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         await self.hub.start()
         self.services.online.start(self.settings.presence.sweep_interval)
         if self.settings.gateway.token_jwks_file:
@@ -109,6 +117,8 @@ class Runtime:
         if self.settings.worker.enabled:
             for pool in self.pools:
                 await pool.start()
+            if self.retention is not None:
+                self.retention.start()
             pending = await self.services.ingest.redispatch_pending()
             if pending:
                 log.info("re-dispatching events accepted before a stop", extra={"count": pending})
@@ -118,18 +128,23 @@ class Runtime:
             await self.key_watcher.stop()
         await self.hub.drain()
         await self.services.online.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         for pool in self.pools:
             await pool.stop()
         await self.hub.stop()
         await self.hub.presence_store.close()
         await self.services.online.devices.close()
         await self.services.providers.aclose()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         await self.engine.dispose()
 
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     clock = clock or SystemClock()
     engine = sql.create_engine(settings.database_url)
+    db_file = sqlite_path(settings.database_url)
     events = sql.SqlEventStore(engine, clock)
     jobs = sql.SqlJobQueue(engine, clock)
     apikeys = sql.SqlApiKeyStore(engine, clock)
@@ -341,6 +356,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         services=services,
         pools=pools,
         gate=gate,
+        retention=JobRetention(jobs, clock, w.done_job_retention),
+        checkpointer=None if db_file is None else WalCheckpointer(db_file),
     )
 
 
@@ -577,10 +594,7 @@ class KeySetWatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="jwks-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _loop(self) -> None:
         while True:
@@ -637,6 +651,7 @@ def create_app(
     app.include_router(sse.router)
     app.include_router(longpoll.router)
     app.state.runtime = rt
+    app.state.gc_policy = gc_policy
     return app
 
 

@@ -33,12 +33,13 @@ that grows with the heap, too long to take every second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import sys
 import time
 from collections.abc import Callable
+
+from tidings.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,8 @@ class GcPolicy:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="gc-policy")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         gc.unfreeze()
 
     def step(self) -> None:

@@ -52,6 +52,7 @@ from tidings.errors import Forbidden, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.online import DeviceStore, PresenceRecords
 from tidings.services.gateway import ClientConnection, Hub
+from tidings.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,8 @@ class OnlineService:
         self._task = asyncio.get_running_loop().create_task(self._sweep_loop(every))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._pending_update.clear()
 
     def counters(self) -> Counters:

@@ -8,8 +8,11 @@ import asyncio
 import gc
 import sys
 import weakref
+from pathlib import Path
 
+from tests.api.conftest import make_settings
 from tidings.services.gcpolicy import GcPolicy
+from tidings.wiring import build_runtime, create_app, migrate
 
 
 class Node:
@@ -104,3 +107,24 @@ async def test_zero_interval_leaves_the_collector_alone() -> None:
     assert gc.get_freeze_count() == 0 and policy.full_collections == 0
     await policy.stop()
     await asyncio.sleep(0)
+
+
+async def test_the_servers_policy_is_quiet_only_without_transactional_work(
+    tmp_path: Path,
+) -> None:
+    """`create_app(manage_gc=True)` (what `tidings serve` runs) applies the policy, and a
+    full collection counts as quiet only while no transactional job is in flight."""
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/gc.db", gc_freeze_interval=3600)
+    migrate(settings)
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime, manage_gc=True)
+    async with app.router.lifespan_context(app):
+        policy = app.state.gc_policy
+        assert isinstance(policy, GcPolicy) and policy.full_collections == 1
+        assert policy.freeze_every == 3600
+        assert policy._quiet is not None and policy._quiet()
+        with runtime.gate.urgent():
+            assert not policy._quiet()
+        assert policy._quiet()
+    assert gc.get_freeze_count() == 0  # stopped with the app
+    assert create_app(settings, runtime).state.gc_policy is None

@@ -64,10 +64,11 @@ def create_engine(url: str) -> AsyncEngine:
             # all over their indexes: a larger page cache keeps those pages in memory instead
             # of re-reading them from the file for every batch.
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-            # A checkpoint copies the WAL's pages into the file and syncs it. Every 1,000 pages
-            # (SQLite's default) a bulk send checkpoints every few commits, copying the same
-            # index pages again and again; at 16,384 pages (64 MB) a page rewritten by many
-            # commits is copied once per checkpoint.
+            # A checkpoint copies the WAL's pages into the file and syncs it. A runtime runs
+            # them off the commit path (`WalCheckpointer`); this bound is for processes
+            # without one. Every 1,000 pages (SQLite's default) a bulk send would checkpoint
+            # every few commits, copying the same index pages again and again; at 16,384
+            # pages (64 MB) a page rewritten by many commits is copied once.
             cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")

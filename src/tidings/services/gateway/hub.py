@@ -13,7 +13,6 @@ publication goes out alone, one loop pass later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from tidings.core.wsframe import frame as ws_frame
 from tidings.ports.broker import Broker
 from tidings.ports.clock import Clock
 from tidings.ports.presence import PresenceStore
+from tidings.tasks import cancel
 from tidings.types import ClientInfo, HistoryResult, PresenceStats, Publication, StreamPosition
 
 if TYPE_CHECKING:
@@ -148,11 +148,8 @@ class Hub:
         self._ticker = asyncio.create_task(self._tick_loop(), name="gateway-ticker")
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await cancel(self._ticker)
+        self._ticker = None
         await self.broker.close()
 
     async def drain(self, spread: float | None = None) -> None:
