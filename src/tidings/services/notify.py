@@ -475,9 +475,12 @@ class Orchestrator:
         )
         # Bulk batches commit in slices: a write transaction of a few dozen runs keeps the
         # waits of transactional writers behind it (one SQLite writer) short.
-        # A slice is written while the next one is worked out (one write in flight at a
-        # time): the database's share of a slice overlaps the Python of the next.
-        per_commit = self.config.bulk_commit_size if event.priority is Priority.BULK else len(items)
+        # With one bulk batch at a time (SQLite), a slice is written while the next one is
+        # worked out (one write in flight at a time): the database's share of a slice
+        # overlaps the Python of the next. Several batches at once overlap each other.
+        bulk = event.priority is Priority.BULK
+        per_commit = self.config.bulk_commit_size if bulk else len(items)
+        ahead = bulk and self.config.bulk_concurrency == 1
         writing: asyncio.Task[None] | None = None
         try:
             for n, (run, steps, messages) in enumerate(items, 1):
@@ -486,6 +489,8 @@ class Orchestrator:
                     if writing is not None:
                         await writing
                     writing = asyncio.ensure_future(self._flush(p, *p.take()))
+                    if not ahead:
+                        await writing
                 if n % YIELD_EVERY == 0:
                     await self._gate.pause()  # transactional work in flight goes first
                 elif writing is not None and not writing.done():
@@ -504,8 +509,12 @@ class Orchestrator:
         then the runs with their steps, messages, trail and jobs in one transaction, and
         their jobs woken; then the items' live updates (a subscriber sees an item once its
         run is committed)."""
+        # Bulk waits while transactional work is in flight before each of its two
+        # transactions, so neither takes SQLite's one writer lock from under it.
+        await self._gate.pause()
         stored = await self.inbox.add_many(inbox, push=False) if inbox else []
         if writes:
+            await self._gate.pause()
             # Due transactional jobs (deliveries) go straight to a local worker once stored.
             offered = [self._handoffs.offer(j, p.now) for j in jobs]
             handed: set[str] = set()
