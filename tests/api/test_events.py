@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from tests.api.conftest import Api
 from tidings.services.dispatch import Dispatcher
-from tidings.types import Job, JobState, Priority
+from tidings.types import Job, JobState, Priority, Scope
 
 EVENT = {
     "type": "order.shipped",
@@ -72,6 +72,28 @@ async def test_body_id_is_the_idempotency_key(api: Api) -> None:
     again = await api.client.post("/v1/events", json={**EVENT, "id": "ext-7"}, headers=api.auth())
     assert first.json()["id"] == again.json()["id"]
     assert first.json()["idempotency_key"] == "ext-7"
+
+
+async def test_idempotency_keys_are_global_across_api_keys(api: Api) -> None:
+    """Two services with their own API keys share one key space: the second sender of the
+    same key and body gets the first one's event, and a different body is a conflict."""
+    _, other = await api.runtime.services.apikeys.create("billing", frozenset({Scope.PUBLISH}))
+    first = await api.client.post(
+        "/v1/events", json=EVENT, headers={**api.auth(), "Idempotency-Key": "order-9"}
+    )
+    again = await api.client.post(
+        "/v1/events", json=EVENT, headers={**api.auth(other), "Idempotency-Key": "order-9"}
+    )
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    clash = await api.client.post(
+        "/v1/events",
+        json={**EVENT, "payload": {"order": 99}},
+        headers={**api.auth(other), "Idempotency-Key": "order-9"},
+    )
+    assert clash.status_code == 409
+    assert await count_events(api) == 1
 
 
 async def test_same_key_different_body_is_409(api: Api) -> None:

@@ -236,3 +236,41 @@ async def test_explicit_recipients_are_bounded_by_notify_max_recipients(tmp_path
         assert r.headers["content-type"].startswith("application/problem+json")
         assert "1501 recipients; at most 1500" in r.text
         assert "recipients" in r.text
+
+
+async def test_a_subscribers_report_pages_its_trail_oldest_first_and_messages_newest_first(
+    api: Api,
+) -> None:
+    """The trail comes in the order it was written, page after page, each entry once; the
+    messages newest first; another subscriber's entries never appear."""
+    h = api.auth()
+    one_step = {
+        "steps": [{"id": "inapp", "type": "in_app", "content": {"title": "{{ payload.n }}"}}]
+    }
+    r = await api.client.put("/v1/workflows/note", json=one_step, headers=h)
+    assert r.status_code == 200, r.text
+    events = []
+    for n in range(4):
+        r = await api.client.post(
+            "/v1/events",
+            json={"type": "note", "recipients": ["ann", "bob"], "payload": {"n": n}},
+            headers=h,
+        )
+        assert r.status_code == 202, r.text
+        events.append(r.json()["id"])
+        await settle(api, events[-1], {"done"})
+    whole = (await api.client.get("/v1/subscribers/ann/notifications?limit=500", headers=h)).json()
+    runs = [(await api.runtime.services.notify.event_report(e))["runs"] for e in events]
+    ann_runs = [r["id"] for rs in runs for r in rs if r["recipient"] == "ann"]
+    assert [t["run_id"] for t in whole["trail"] if t["type"] == "step"] == ann_runs
+    assert {t["recipient"] for t in whole["trail"]} == {"ann"}
+    assert [m["event_id"] for m in whole["messages"]] == events[::-1]
+    paged, cursor = [], None
+    while True:
+        q = "?limit=1" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.client.get(f"/v1/subscribers/ann/notifications{q}", headers=h)).json()
+        paged += page["trail"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == whole["trail"]

@@ -23,9 +23,10 @@ from tests.api.conftest import make_settings
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.sql.tables import inbox_items, jobs, subscribers, topic_members, topics
 from tidings.config import NotifySettings, WorkerSettings
-from tidings.errors import InvalidInput
+from tidings.errors import InvalidInput, NotFound
 from tidings.ports.campaigns import Campaign, CampaignState
 from tidings.services import campaigns as campaigns_module
+from tidings.services import segments as segments_module
 from tidings.services.campaigns import TICK_JOB, CampaignService
 from tidings.services.segments import SegmentService
 from tidings.types import Job, JobState, Priority
@@ -349,6 +350,48 @@ async def test_a_segment_campaign_reaches_exactly_its_subscribers_once(env: Env)
     assert done.campaign.state is CampaignState.COMPLETED
     assert (done.total, done.campaign.enqueued, done.delivered) == (50, 49, 49)
     assert await env.recipients() == [i for i in chosen if i != "u00500"]
+
+
+async def test_deleting_its_segment_leaves_a_running_campaign_alone(env: Env) -> None:
+    spec = {"subscriber.data.plan": "pro"}
+    await env.segments.put("pros", name=None, topic="all", filter=spec)
+    chosen = [f"u{i:05d}" for i in range(MEMBERS) if i % 5 == 0]
+    c = await env.campaigns.create(
+        workflow="promo", segment="pros", payload={"text": "for you"}, rate=100
+    )
+    await env.seconds(1)
+    assert (await env.campaigns.get(c.id)).enqueued == 100
+    await env.segments.delete("pros")
+    with pytest.raises(NotFound):
+        await env.segments.get("pros")
+    await env.seconds(3)
+    done = await env.campaigns.progress(c.id)
+    assert done.campaign.state is CampaignState.COMPLETED
+    assert (done.campaign.segment, done.campaign.filter) == ("pros", spec)
+    assert (done.total, done.campaign.enqueued, done.delivered) == (200, 200, 200)
+    assert await env.recipients() == chosen
+
+
+async def test_a_segment_preview_page_looks_at_a_bounded_number_of_candidates(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of a sparse segment's members stops after `PREVIEW_EXAMINE` candidates: it
+    may hold fewer ids than asked for, and its cursor goes on from the last one looked at."""
+    monkeypatch.setattr(segments_module, "PREVIEW_EXAMINE", 100)
+    await env.segments.put(
+        "vips", name=None, topic=None, filter={"subscriber.data.tags": {"contains": "vip"}}
+    )
+    chosen = [f"u{i:05d}" for i in range(MEMBERS) if i % 7 == 0]
+    page = await env.segments.members("vips", cursor=None, limit=50)
+    assert page.ids == chosen[:15]  # u00000..u00099 looked at, 15 of them VIPs
+    assert page.next_cursor is not None
+    seen, cursor, pages = list(page.ids), page.next_cursor, 1
+    while cursor is not None:
+        page = await env.segments.members("vips", cursor=cursor, limit=50)
+        seen += page.ids
+        cursor, pages = page.next_cursor, pages + 1
+    assert seen == chosen
+    assert pages >= MEMBERS // 100  # every page looked at no more than 100
 
 
 async def test_a_sparse_segment_is_walked_a_bounded_number_per_tick(
