@@ -41,10 +41,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from tidings.core import subscribers as subscriber_rules
 from tidings.core.delivery.email import address
@@ -52,7 +49,6 @@ from tidings.core.delivery.messages import (
     DeliveryChannel,
     DeliveryResult,
     EmailMessage,
-    WebhookMessage,
 )
 from tidings.core.retry import FailureClass
 from tidings.core.templates import Channel, Rendered
@@ -212,8 +208,6 @@ class TemplateTestSender:
                 f"endpoint disabled: {endpoint.disabled_reason}",
                 attempted=False,
             )
-        now = self.clock.now()
-        stamp = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
         data = {
             "test": True,
             "template": rendered.template,
@@ -224,15 +218,13 @@ class TemplateTestSender:
             "fields": dict(rendered.fields),
             "payload": dict(payload),
         }
-        body = orjson.dumps({"type": WEBHOOK_EVENT_TYPE, "timestamp": stamp, "data": data})
         result = await self.providers.send(
-            WebhookMessage(
-                endpoint_id=endpoint.id,
-                url=endpoint.url,
-                event_type=WEBHOOK_EVENT_TYPE,
-                body=body.decode(),
+            self.webhooks.message(
+                endpoint,
+                WEBHOOK_EVENT_TYPE,
+                data,
                 message_id=f"test_{uuid.uuid4().hex}",
-                secrets=endpoint.signing_secrets(now),
+                occurred_at=self.clock.now(),
             )
         )
         if result.disable:

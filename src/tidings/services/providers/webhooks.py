@@ -157,6 +157,29 @@ class WebhookService:
                 return found
             after = page[-1].id
 
+    def message(
+        self,
+        endpoint: WebhookEndpoint,
+        event_type: str,
+        data: Mapping[str, Any],
+        *,
+        message_id: str,
+        occurred_at: float,
+    ) -> WebhookMessage:
+        """The message for one endpoint: the Standard Webhooks envelope `{"type",
+        "timestamp", "data"}` (the same bytes for the same arguments), to be signed with
+        the endpoint's secrets current now."""
+        stamp = datetime.fromtimestamp(occurred_at, UTC).isoformat().replace("+00:00", "Z")
+        body = orjson.dumps({"type": event_type, "timestamp": stamp, "data": data}).decode()
+        return WebhookMessage(
+            endpoint_id=endpoint.id,
+            url=endpoint.url,
+            event_type=event_type,
+            body=body,
+            message_id=message_id,
+            secrets=endpoint.signing_secrets(self._clock.now()),
+        )
+
     async def deliver(
         self,
         endpoint_id: str,
@@ -180,18 +203,8 @@ class WebhookService:
             return DeliveryResult.failed(
                 FailureClass.POLICY, f"endpoint does not take {event_type}", attempted=False
             )
-        stamp = datetime.fromtimestamp(occurred_at, UTC).isoformat().replace("+00:00", "Z")
-        body = orjson.dumps({"type": event_type, "timestamp": stamp, "data": data}).decode()
-        now = self._clock.now()
         result = await self.provider.send(
-            WebhookMessage(
-                endpoint_id=endpoint.id,
-                url=endpoint.url,
-                event_type=event_type,
-                body=body,
-                message_id=message_id,
-                secrets=endpoint.signing_secrets(now),
-            )
+            self.message(endpoint, event_type, data, message_id=message_id, occurred_at=occurred_at)
         )
         if not result.attempted:
             return result
