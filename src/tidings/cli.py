@@ -1,4 +1,5 @@
-"""The `tidings` command: serve, migrate, API keys, dead letters, campaigns."""
+"""The `tidings` command: serve, migrate, API keys, dead letters, templates, campaigns,
+segments."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ from tidings.config import Settings, load_settings
 from tidings.core.tokens import connection_claims, encode_token, subscription_claims
 from tidings.errors import InvalidInput, NotFound, TidingsError
 from tidings.ports.campaigns import ACTIVE_STATES, CampaignState
+from tidings.ports.segments import Segment
 from tidings.services.campaigns import CampaignService
 from tidings.services.campaigns import Progress as CampaignProgress
 from tidings.services.deadletters import DeadFilter, DeadLetters
+from tidings.services.segments import MAX_PAGE as MAX_SEGMENT_PAGE
+from tidings.services.segments import Members, SegmentService
 from tidings.services.testsend import TemplateTestResult
 from tidings.types import Scope
 from tidings.wiring import (
@@ -478,11 +482,14 @@ campaign_app = typer.Typer(
 app.add_typer(campaign_app, name="campaign")
 
 
-def _campaigns(rt: Runtime) -> CampaignService:
-    found = rt.services.campaigns
-    if found is None:  # pragma: no cover - the runtime always builds one
-        raise NotFound("campaigns are not configured")
+def _configured(found: T | None, what: str) -> T:
+    if found is None:  # pragma: no cover - the runtime always builds them
+        raise NotFound(f"{what} are not configured")
     return found
+
+
+def _campaigns(rt: Runtime) -> CampaignService:
+    return _configured(rt.services.campaigns, "campaigns")
 
 
 def _campaign_pace(p: CampaignProgress) -> str:
@@ -653,3 +660,125 @@ def campaign_resume(campaign_id: str, config: ConfigOpt = None) -> None:
 def campaign_cancel(campaign_id: str, config: ConfigOpt = None) -> None:
     """Cancel for good (the batches already enqueued still run)."""
     _campaign_action(campaign_id, "cancel", config)
+
+
+# -- segments --------------------------------------------------------------------------------
+
+segment_app = typer.Typer(
+    help="Named audiences (a topic and/or a filter on subscriber profiles): create or "
+    "replace, list, show, count, preview, delete.",
+    no_args_is_help=True,
+)
+app.add_typer(segment_app, name="segment")
+
+
+def _segments(rt: Runtime) -> SegmentService:
+    return _configured(rt.services.segments, "segments")
+
+
+def _segment_op(config: str | None, op: Callable[[SegmentService], Awaitable[T]]) -> T:
+    """Run `op` on the segment service; a bad input exits 2 naming the field."""
+
+    async def run(rt: Runtime) -> T | InvalidInput:
+        try:
+            return await op(_segments(rt))
+        except InvalidInput as exc:
+            return exc
+
+    outcome = _with_runtime(_settings(config), run)
+    if isinstance(outcome, InvalidInput):
+        raise _fail(f"{outcome.field}: {outcome.message}", 2)
+    return outcome
+
+
+def _segment_line(s: Segment) -> str:
+    where = f"topic {s.topic}" if s.topic else "every subscriber"
+    rule = json.dumps(s.filter, sort_keys=True) if s.filter is not None else "no filter"
+    return f"{s.key} ({s.name}): {where}, {rule}"
+
+
+@segment_app.command("put")
+def segment_put(
+    key: Annotated[str, typer.Argument(help="The segment's key.")],
+    filter: Annotated[
+        str | None, typer.Option("--filter", help="The filter: JSON, or @file.")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Only members of this topic.")] = None,
+    name: Annotated[str | None, typer.Option(help="A label (default: the key).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a segment or replace it whole; campaigns already created keep their copy."""
+    rule = None if filter is None else _json_object(filter, "--filter")
+
+    async def op(service: SegmentService) -> tuple[Segment, bool, int]:
+        segment, created = await service.put(key, name=name, topic=topic, filter=rule)
+        return segment, created, await service.count(key)
+
+    segment, created, count = _segment_op(config, op)
+    verb = "created" if created else "replaced"
+    out.print(
+        f"{verb} {_segment_line(segment)}; {count:,} subscribers", markup=False, highlight=False
+    )
+
+
+@segment_app.command("list")
+def segment_list(config: ConfigOpt = None) -> None:
+    """Every segment, in key order."""
+
+    async def op(service: SegmentService) -> list[Segment]:
+        found: list[Segment] = []
+        after: str | None = None
+        while True:
+            page = await service.page(after=after, limit=MAX_SEGMENT_PAGE)
+            found += page
+            if len(page) < MAX_SEGMENT_PAGE:
+                return found
+            after = page[-1].key
+
+    segments = _segment_op(config, op)
+    table = Table("key", "name", "topic", "filter")
+    for s in segments:
+        rule = "" if s.filter is None else json.dumps(s.filter, sort_keys=True)
+        table.add_row(s.key, s.name, s.topic or "", rule)
+    out.print(table)
+
+
+@segment_app.command("show")
+def segment_show(key: str, config: ConfigOpt = None) -> None:
+    """One segment and how many subscribers it holds now."""
+
+    async def op(service: SegmentService) -> tuple[Segment, int]:
+        return await service.get(key), await service.count(key)
+
+    segment, count = _segment_op(config, op)
+    out.print(f"{_segment_line(segment)}; {count:,} subscribers", markup=False, highlight=False)
+
+
+@segment_app.command("members")
+def segment_members(
+    key: str,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_SEGMENT_PAGE)] = 100,
+    cursor: Annotated[str | None, typer.Option(help="next cursor of the page before")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A page of the segment's subscribers in id order, then the next cursor if any."""
+
+    async def op(service: SegmentService) -> Members:
+        return await service.members(key, cursor=cursor, limit=limit)
+
+    page = _segment_op(config, op)
+    for sid in page.ids:
+        out.print(sid, markup=False, highlight=False)
+    if page.next_cursor is not None:
+        out.print(f"next cursor: {page.next_cursor}", markup=False, highlight=False)
+
+
+@segment_app.command("delete")
+def segment_delete(key: str, config: ConfigOpt = None) -> None:
+    """Delete a segment; campaigns already created keep the copy they took."""
+
+    async def op(service: SegmentService) -> None:
+        await service.delete(key)
+
+    _segment_op(config, op)
+    out.print(f"deleted {key}", markup=False, highlight=False)

@@ -35,6 +35,16 @@ DE_PRO = {
 }
 
 
+def cli_env(api: Api) -> dict[str, str]:
+    """The environment for `tidings` commands on the API's database."""
+    return {
+        "TIDINGS_DATABASE_URL": api.runtime.settings.database_url,
+        "TIDINGS_TOKEN_SECRET": "t" * 64,
+        "TIDINGS_NOTIFY__WORKFLOWS": json.dumps(api.runtime.settings.notify.workflows),
+        "COLUMNS": "200",
+    }
+
+
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     async for a in open_api(settings_with_workflows(tmp_path, WORKFLOWS)):
@@ -143,12 +153,7 @@ async def test_bad_segments_are_problems_naming_the_field(api: Api) -> None:
 async def test_cli_creates_a_campaign_to_a_segment_paced_per_channel(api: Api) -> None:
     c, h = api.client, api.auth()
     assert (await c.put("/v1/segments/de-pro", json=DE_PRO, headers=h)).status_code == 201
-    env = {
-        "TIDINGS_DATABASE_URL": api.runtime.settings.database_url,
-        "TIDINGS_TOKEN_SECRET": "t" * 64,
-        "TIDINGS_NOTIFY__WORKFLOWS": json.dumps(api.runtime.settings.notify.workflows),
-        "COLUMNS": "200",
-    }
+    env = cli_env(api)
 
     def create(*args: str) -> tuple[int, str]:
         base = ["campaign", "create", "--workflow", "promo", "--payload", '{"text": "hi"}']
@@ -170,3 +175,59 @@ async def test_cli_creates_a_campaign_to_a_segment_paced_per_channel(api: Api) -
     assert code == 2 and "rates.emial" in output
     code, output = await asyncio.to_thread(create, "--segment", "nope", "--rate", "5")
     assert code == 2 and "segment: unknown segment 'nope'" in output
+
+
+async def test_cli_puts_lists_shows_previews_and_deletes_segments(api: Api, tmp_path: Path) -> None:
+    env = cli_env(api)
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, ["segment", *args], env=env)
+        return result.exit_code, result.output
+
+    rule = tmp_path / "de-pro.json"
+    rule.write_text(json.dumps(DE_PRO["filter"]))
+    code, output = await asyncio.to_thread(
+        run, "put", "de-pro", "--topic", "news", "--filter", f"@{rule}", "--name", "Pros"
+    )
+    assert code == 0, output
+    assert output.startswith("created de-pro (Pros): topic news, ")
+    assert output.rstrip().endswith("; 2 subscribers")  # ana and ben
+    code, output = await asyncio.to_thread(
+        run, "put", "everyone-pro", "--filter", '{"subscriber.data.plan": "pro"}'
+    )
+    assert code == 0 and "created everyone-pro (everyone-pro): every subscriber" in output
+    assert "; 4 subscribers" in output  # ana, ben, cem, eli
+    stored = (await api.client.get("/v1/segments/de-pro", headers=api.auth())).json()
+    assert (stored["name"], stored["topic"], stored["filter"]) == ("Pros", "news", DE_PRO["filter"])
+
+    code, output = await asyncio.to_thread(run, "list")
+    assert code == 0
+    assert [line.split()[1] for line in output.splitlines() if line.startswith("│")] == [
+        "de-pro",
+        "everyone-pro",
+    ]
+    code, output = await asyncio.to_thread(run, "show", "everyone-pro")
+    assert code == 0 and output.rstrip().endswith("; 4 subscribers")
+    code, output = await asyncio.to_thread(run, "members", "everyone-pro", "--limit", "3")
+    assert code == 0
+    lines = output.splitlines()
+    assert lines[:3] == ["ana", "ben", "cem"] and lines[3].startswith("next cursor: ")
+    cursor = lines[3].removeprefix("next cursor: ")
+    code, output = await asyncio.to_thread(
+        run, "members", "everyone-pro", "--limit", "3", "--cursor", cursor
+    )
+    assert code == 0 and output.splitlines() == ["eli"]
+
+    # bad input: exit 2 naming the field; unknown segments: exit 1
+    code, output = await asyncio.to_thread(run, "put", "x", "--filter", "[1]")
+    assert code == 2 and "--filter must be a JSON object" in output
+    code, output = await asyncio.to_thread(run, "put", "x", "--topic", "nope")
+    assert code == 2 and "topic: unknown topic 'nope'" in output
+    code, output = await asyncio.to_thread(run, "put", "x")
+    assert code == 2 and "filter: a segment needs a topic, a filter or both" in output
+    code, output = await asyncio.to_thread(run, "members", "de-pro", "--cursor", "junk")
+    assert code == 2 and "cursor" in output
+    code, output = await asyncio.to_thread(run, "delete", "de-pro")
+    assert code == 0 and "deleted de-pro" in output
+    code, output = await asyncio.to_thread(run, "show", "de-pro")
+    assert code == 1 and "de-pro" in output
