@@ -126,3 +126,15 @@ async def test_sqlite_readers_do_not_wait_for_a_writer(tmp_path: Path) -> None:
 def test_other_databases_are_refused() -> None:
     with pytest.raises(ValueError, match="unsupported database URL"):
         sql.create_engine("mysql+aiomysql://u@h/db")
+
+
+async def test_postgresql_connections_plan_each_execution_afresh(pg_url: str) -> None:
+    """No generic plan made while a table was nearly empty outlives its growth: every
+    pooled connection asks for custom plans."""
+    engine = sql.create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.execute(text("SHOW plan_cache_mode"))).scalar()
+        assert mode == "force_custom_plan"
+    finally:
+        await engine.dispose()

@@ -91,6 +91,13 @@ def create_engine(url: str) -> AsyncEngine:
     if backend == "postgresql":
         return create_async_engine(
             url,
+            # asyncpg prepares every statement, and after five executions PostgreSQL may
+            # keep one generic plan for it. Planned while a table was nearly empty (the
+            # inbox, the runs, at the start of a fanout), that plan scans the table; it
+            # stays while the table grows to 100k rows before the next ANALYZE, and every
+            # batch's lookups then scan it whole. Custom plans see the table's current
+            # size each time, for a fraction of a millisecond of planning.
+            connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
             pool_size=10,
             max_overflow=20,
             pool_pre_ping=True,
