@@ -186,13 +186,7 @@ async def run(n: int, rate: float, idle_s: float, gc_freeze: float, commit: int)
         accepted[seq] = time.time()
 
     async def load(seconds: float, first: int) -> int:
-        seq, start, tasks = first, time.perf_counter(), []
-        while time.perf_counter() - start < seconds:
-            tasks.append(asyncio.create_task(one(seq)))
-            seq += 1
-            await asyncio.sleep(max(0.0, start + (seq - first) / rate - time.perf_counter()))
-        await asyncio.gather(*tasks)
-        return seq
+        return await nb.at_rate(one, rate, seconds, first)
 
     engine = nb.create_engine(url)
     try:

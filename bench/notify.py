@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,13 +250,25 @@ def api_key(url: str) -> str:
     return out.strip().splitlines()[-1]
 
 
+async def at_rate(
+    one: Callable[[int], Awaitable[None]], rate: float, seconds: float, first: int
+) -> int:
+    """Start `one(seq)` for seq = first, first + 1, ... at `rate`/s for `seconds` (each on
+    its own task, so a slow one delays none of the next), wait for all; returns the next
+    sequence number."""
+    seq, start, tasks = first, time.perf_counter(), []
+    while time.perf_counter() - start < seconds:
+        tasks.append(asyncio.create_task(one(seq)))
+        seq += 1
+        await asyncio.sleep(max(0.0, start + (seq - first) / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    return seq
+
+
 async def tx_load(
     client: httpx.AsyncClient, rate: float, seconds: float, first: int, accepted: dict[int, float]
 ) -> int:
     """Send transactional events at `rate`/s for `seconds`; returns the next sequence number."""
-    seq = first
-    start = time.perf_counter()
-    tasks = []
 
     async def one(n: int) -> None:
         r = await client.post(
@@ -271,12 +284,7 @@ async def tx_load(
             raise RuntimeError(f"{r.status_code} {r.text}")
         accepted[n] = time.perf_counter()
 
-    while time.perf_counter() - start < seconds:
-        tasks.append(asyncio.create_task(one(seq)))
-        seq += 1
-        await asyncio.sleep(max(0.0, start + (seq - first) / rate - time.perf_counter()))
-    await asyncio.gather(*tasks)
-    return seq
+    return await at_rate(one, rate, seconds, first)
 
 
 def latencies(sink: Sink, accepted: dict[int, float], seqs: range) -> dict[str, float]:
