@@ -141,6 +141,27 @@ class Job:
     last_error: str | None
     created_at: float
 
+    @staticmethod
+    def stored(job: NewJob, now: float, job_id: str) -> Job:
+        """`job` as a queue stores it at `now`: QUEUED under `job_id`, or, with a hand-off,
+        RUNNING under the hand-off's id and lease with its first attempt counted."""
+        h = job.handoff
+        return Job(
+            id=job_id if h is None else h.job_id,
+            kind=job.kind,
+            payload=job.payload,
+            lane=job.lane,
+            state=JobState.QUEUED if h is None else JobState.RUNNING,
+            run_at=now if job.run_at is None else job.run_at,
+            attempts=0 if h is None else 1,
+            max_attempts=job.max_attempts,
+            dedupe_key=job.dedupe_key,
+            lease_token=None if h is None else h.lease_token,
+            locked_until=None if h is None else now + h.lease_seconds,
+            last_error=None,
+            created_at=now,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth:

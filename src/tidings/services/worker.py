@@ -21,7 +21,7 @@ from tidings.errors import LeaseLost
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.lanes import LaneGate
-from tidings.types import CURRENT_LANE, Handoff, Job, JobState, NewJob, Priority
+from tidings.types import CURRENT_LANE, Handoff, Job, NewJob, Priority
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +124,7 @@ class WorkerPool:
         self._reserved -= 1
         if self._stopping:
             return
-        now = self._clock.now()
-        claimed = Job(
-            id=handoff.job_id,
-            kind=job.kind,
-            payload=job.payload,
-            lane=job.lane,
-            state=JobState.RUNNING,
-            run_at=now if job.run_at is None else job.run_at,
-            attempts=1,
-            max_attempts=job.max_attempts,
-            dedupe_key=job.dedupe_key,
-            lease_token=handoff.lease_token,
-            locked_until=now + handoff.lease_seconds,
-            last_error=None,
-            created_at=now,
-        )
+        claimed = Job.stored(dataclasses.replace(job, handoff=handoff), self._clock.now(), "")
         task = asyncio.create_task(self.execute(claimed))
         self._inflight.add(task)
         task.add_done_callback(self._done)

@@ -24,24 +24,9 @@ class MemoryJobQueue:
     async def enqueue(self, job: NewJob) -> str:
         if job.dedupe_key is not None and job.dedupe_key in self._dedupe:
             return self._dedupe[job.dedupe_key]
-        now = self._clock.now()
-        handoff = job.handoff
-        job_id = str(uuid.uuid4()) if handoff is None else handoff.job_id
-        self._jobs[job_id] = Job(
-            id=job_id,
-            kind=job.kind,
-            payload=job.payload,
-            lane=job.lane,
-            state=JobState.QUEUED if handoff is None else JobState.RUNNING,
-            run_at=now if job.run_at is None else job.run_at,
-            attempts=0 if handoff is None else 1,
-            max_attempts=job.max_attempts,
-            dedupe_key=job.dedupe_key,
-            lease_token=None if handoff is None else handoff.lease_token,
-            locked_until=None if handoff is None else now + handoff.lease_seconds,
-            last_error=None,
-            created_at=now,
-        )
+        stored = Job.stored(job, self._clock.now(), str(uuid.uuid4()))
+        job_id = stored.id
+        self._jobs[job_id] = stored
         self._seq[job_id] = next(self._counter)
         if job.dedupe_key is not None:
             self._dedupe[job.dedupe_key] = job_id
