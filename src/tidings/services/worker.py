@@ -124,8 +124,11 @@ class WorkerPool:
         self._reserved -= 1
         if self._stopping:
             return
-        claimed = Job.stored(dataclasses.replace(job, handoff=handoff), self._clock.now(), "")
-        task = asyncio.create_task(self.execute(claimed))
+        self._spawn(Job.stored(dataclasses.replace(job, handoff=handoff), self._clock.now(), ""))
+
+    def _spawn(self, job: Job) -> None:
+        """Run a claimed job in a slot of its own."""
+        task = asyncio.create_task(self.execute(job))
         self._inflight.add(task)
         task.add_done_callback(self._done)
 
@@ -144,9 +147,7 @@ class WorkerPool:
                 except Exception:
                     log.exception("claim failed", extra={"worker": self.worker_id})
             for job in claimed:
-                task = asyncio.create_task(self.execute(job))
-                self._inflight.add(task)
-                task.add_done_callback(self._done)
+                self._spawn(job)
             if not claimed or free <= len(claimed):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

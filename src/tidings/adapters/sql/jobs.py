@@ -207,27 +207,21 @@ def insert_jobs(engine: AsyncEngine) -> Insert:
 def job_row(job: NewJob, now: float) -> dict[str, Any]:
     """The row of a new job (also written by the event store's outbox and the run store):
     queued, or running under its hand-off's lease."""
-    row = dict(
-        id=str(uuid.uuid4()),
-        kind=job.kind,
-        payload=job.payload,
-        lane=job.lane.value,
-        state=JobState.QUEUED.value,
-        run_at=now if job.run_at is None else job.run_at,
-        attempts=0,
-        max_attempts=job.max_attempts,
-        dedupe_key=job.dedupe_key,
-        created_at=now,
+    j = Job.stored(job, now, str(uuid.uuid4()))
+    return dict(
+        id=j.id,
+        kind=j.kind,
+        payload=j.payload,
+        lane=j.lane.value,
+        state=j.state.value,
+        run_at=j.run_at,
+        attempts=j.attempts,
+        max_attempts=j.max_attempts,
+        dedupe_key=j.dedupe_key,
+        lease_token=j.lease_token,
+        locked_until=j.locked_until,
+        created_at=j.created_at,
     )
-    if job.handoff is not None:
-        row.update(
-            id=job.handoff.job_id,
-            state=_RUNNING,
-            attempts=1,
-            lease_token=job.handoff.lease_token,
-            locked_until=now + job.handoff.lease_seconds,
-        )
-    return row
 
 
 def _job(m: Any) -> Job:
