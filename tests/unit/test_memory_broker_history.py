@@ -1,38 +1,104 @@
-"""The memory broker keeps history as plain tuples, which the garbage collector stops
-tracking: after a bulk send, hundreds of thousands of kept publications must not lengthen
-every full collection."""
+"""The memory broker keeps its streams as plain tuples, which the garbage collector stops
+tracking: after a bulk send, hundreds of thousands of inbox channels must not lengthen every
+full collection. Their memory is bounded: right-sized data, and expired streams dropped."""
 
 from __future__ import annotations
 
 import gc
+import tracemalloc
+
+import orjson
 
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryBroker
+from tidings.adapters.memory.broker import SWEEP_BATCH
 from tidings.types import ClientInfo
 
 
-async def test_history_entries_drop_out_of_the_collectors_tracking() -> None:
+async def test_kept_streams_drop_out_of_the_collectors_tracking() -> None:
     broker = MemoryBroker(ManualClock(1000.0))
     for n in range(50):
-        await broker.publish(
-            f"inbox:#s{n}",
-            b'{"type":"item"}',
-            history_size=50,
-            history_ttl=600,
-            tags={"kind": "item"},
-            idempotency_key=f"item:{n}",
-        )
-    for _ in range(3):  # a tuple inside a tuple drops out one collection before its holder
+        for data in (b'{"type":"item"}', b'{"type":"counts"}'):
+            await broker.publish(
+                f"inbox:#s{n}",
+                data,
+                history_size=50,
+                history_ttl=600,
+                tags={"kind": "item"},
+                idempotency_key=f"item:{n}" if data.endswith(b'"item"}') else None,
+            )
+    for _ in range(6):  # a tuple inside a tuple drops out one collection before its holder
         gc.collect()
-    tracked = [
-        obj
-        for stream in broker._streams.values()
-        for entry in stream.items
-        for obj in (entry, entry[4])
-        if gc.is_tracked(obj)
+    kept = [
+        *broker._streams.values(),
+        *(e for s in broker._streams.values() for e in s[2]),
+        *broker._seen.values(),
+        *broker._expiry,
+        *broker._seen_expiry,
     ]
-    assert tracked == []
-    assert all(not gc.is_tracked(s.seen_keys) for s in broker._streams.values())
+    assert len(kept) == 50 + 100 + 50 + 50 + 50
+    assert [obj for obj in kept if gc.is_tracked(obj)] == []
+
+
+async def test_history_keeps_a_right_sized_copy_of_the_data() -> None:
+    """orjson returns its output in a 4 KiB buffer: kept as it is, each small publication
+    would cost 4 KiB of memory for as long as the history keeps it."""
+    broker = MemoryBroker(ManualClock(1000.0))
+    payloads = [orjson.dumps({"type": "item", "n": n, "body": "x" * 200}) for n in range(300)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, data in enumerate(payloads):
+            await broker.publish(f"inbox:#s{n}", data, history_size=10, history_ttl=600)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / len(payloads) < 1024  # about 230 bytes of data and the tuples around it
+    history = await broker.history("inbox:#s7", limit=-1)
+    assert [p.data for p in history.publications] == [payloads[7]]
+
+
+async def test_expired_streams_and_keys_go_without_being_asked_for() -> None:
+    clock = ManualClock(1000.0)
+    broker = MemoryBroker(clock)
+    for n in range(3 * SWEEP_BATCH):
+        await broker.publish(
+            f"inbox:#s{n}", b"{}", history_size=5, history_ttl=600, idempotency_key=f"k{n}"
+        )
+    await broker.publish("chat:kept", b"{}", history_size=5)  # no TTL: kept for good
+    clock.advance(300)
+    await broker.publish("inbox:#s0", b"{}", history_size=5, history_ttl=600)  # restarts
+    clock.advance(301)
+    for _ in range(3):  # each call sweeps a batch: a mass expiry never stops the loop
+        await broker.publish("chat:other", b"{}", history_size=5)
+    assert set(broker._streams) == {"inbox:#s0", "chat:kept", "chat:other"}
+    assert broker._seen == {}  # remembered max(600, 60) s
+    clock.advance(300)
+    await broker.history("chat:kept")
+    assert set(broker._streams) == {"chat:kept", "chat:other"}
+
+
+async def test_an_idempotency_key_is_remembered_for_its_stream_only() -> None:
+    clock = ManualClock(1000.0)
+    broker = MemoryBroker(clock)
+    first = await broker.publish(
+        "chat:1", b"1", history_size=1, history_ttl=10, idempotency_key="op"
+    )
+    await broker.publish("chat:1", b"2", history_size=1, history_ttl=10)  # pushes it out
+    again = await broker.publish(
+        "chat:1", b"3", history_size=1, history_ttl=10, idempotency_key="op"
+    )
+    assert again == first  # remembered beyond the history (60 s)
+    clock.advance(11)  # the stream expires: a new epoch forgets the key
+    fresh = await broker.publish(
+        "chat:1", b"4", history_size=1, history_ttl=10, idempotency_key="op"
+    )
+    assert (fresh.offset, fresh.data) == (1, b"4") and fresh.epoch != first.epoch
+    await broker.remove_history("chat:1")
+    after = await broker.publish(
+        "chat:1", b"5", history_size=1, history_ttl=10, idempotency_key="op"
+    )
+    assert (after.offset, after.data) == (1, b"5") and after.epoch != fresh.epoch
 
 
 async def test_history_and_replays_give_back_whole_publications() -> None:

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 
 from tidings.ports.broker import JoinLeaveHandler, PublicationHandler
@@ -15,30 +15,40 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-# A publication kept in history, as a plain tuple: (data, offset, time, key, tags as pairs,
-# info). Its channel and epoch are the stream's. A tuple of atomic values (bytes, numbers,
-# strings, None, tuples of those) drops out of the garbage collector's tracking within its
-# first few collections: a stream's history costs the collector nothing, where `Publication`
-# objects (two or more per inbox channel, hundreds of thousands after a bulk send) would be
-# walked by every full collection. (A dict inside would keep the tuple tracked, hence the
-# tags as pairs; a client's `info` does too, but only client publications carry one.)
+# A channel's kept state is made of plain tuples of atomic values (bytes, numbers, strings,
+# None, tuples of those), which the garbage collector stops tracking within its first few
+# collections. A bulk send leaves hundreds of thousands of inbox channels with a stream each;
+# objects with a `__dict__`, deques or dicts there would be walked by every full collection
+# and lengthen its pause. (A dict inside would keep a tuple tracked, hence the tags as pairs;
+# a client's `info` does too, but only client publications carry one.)
+#
+# A publication kept in history: (data, offset, time, key, tags as pairs, info). Its channel
+# and epoch are the stream's.
 _Tags = tuple[tuple[str, str], ...]
 _Entry = tuple[bytes, int, float, str | None, _Tags | None, ClientInfo | None]
+# A stream: (epoch, last offset, kept entries oldest first, expires_at; 0.0 never).
+_Stream = tuple[str, int, tuple[_Entry, ...], float]
+
+# Expired streams and idempotency results are swept at most this many at a time (each publish
+# and history read sweeps), so a mass expiry never stops the event loop; the rest go on the
+# next calls, and an expired stream found meanwhile is treated as gone anyway.
+SWEEP_BATCH = 256
+# An idempotency key is remembered for max(history_ttl, this) seconds (as on Redis).
+IDEMPOTENCY_MIN_TTL = 60.0
 
 
-@dataclass(slots=True)
-class _Stream:
-    epoch: str
-    offset: int = 0
-    items: deque[_Entry] = field(default_factory=deque)
-    expires_at: float = 0.0
-    seen_keys: dict[str, tuple[_Entry, float]] = field(default_factory=dict)
+def _kept(data: bytes) -> bytes:
+    """A right-sized copy of `data` to keep. orjson (3.12 and later) returns its output in a
+    4 KiB buffer that is never trimmed: kept as it is, a 300-byte inbox update costs 4 KiB
+    for as long as the history keeps it."""
+    return bytes(memoryview(data))
 
-    def publication(self, channel: str, entry: _Entry) -> Publication:
-        data, offset, time, key, tags, info = entry
-        return Publication(
-            channel, data, offset, self.epoch, info, None if tags is None else dict(tags), key, time
-        )
+
+def _publication(channel: str, epoch: str, entry: _Entry) -> Publication:
+    data, offset, time, key, tags, info = entry
+    return Publication(
+        channel, data, offset, epoch, info, None if tags is None else dict(tags), key, time
+    )
 
 
 @dataclass(slots=True)
@@ -56,11 +66,20 @@ class MemoryBroker:
     publication to the subscriber callback, so history save and publish are atomic per channel;
     the callback gets a channel's publications one at a time, in offset order.
     History is lost on restart; the fresh epoch of each new stream tells clients so.
+
+    A stream with a TTL is dropped once it expires, whether or not its channel is used again:
+    expiry times wait in a heap, swept a few at a time by later calls.
     """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        # (expires_at, channel, epoch) of streams with a TTL; a stream's TTL restarts with
+        # each publish, so a popped time that is no longer the stream's is pushed again.
+        self._expiry: list[tuple[float, str, str]] = []
+        # (channel, idempotency key) -> (epoch, entry, expires_at), and its expiry heap.
+        self._seen: dict[tuple[str, str], tuple[str, _Entry, float]] = {}
+        self._seen_expiry: list[tuple[float, str, str]] = []
         self._subscribed: set[str] = set()
         self._on_pub: PublicationHandler | None = None
         self._on_jl: JoinLeaveHandler | None = None
@@ -81,15 +100,35 @@ class MemoryBroker:
     async def unsubscribe(self, channel: str) -> None:
         self._subscribed.discard(channel)
 
-    def _stream(self, channel: str, now: float, create: bool) -> _Stream | None:
+    def _stream(self, channel: str, now: float) -> _Stream | None:
+        """The channel's live stream, None when there is none (or it has expired)."""
         stream = self._streams.get(channel)
-        if stream is not None and stream.expires_at and stream.expires_at <= now:
+        if stream is not None and stream[3] and stream[3] <= now:
             del self._streams[channel]
-            stream = None
-        if stream is None and create:
-            stream = _Stream(epoch=new_epoch())
-            self._streams[channel] = stream
+            return None
         return stream
+
+    def _sweep(self, now: float) -> None:
+        expiry = self._expiry
+        for _ in range(SWEEP_BATCH):
+            if not expiry or expiry[0][0] > now:
+                break
+            _, channel, epoch = heapq.heappop(expiry)
+            stream = self._streams.get(channel)
+            if stream is None or stream[0] != epoch or not stream[3]:
+                continue  # gone, replaced by a newer stream (with its own time), or kept
+            if stream[3] <= now:
+                del self._streams[channel]
+            else:
+                heapq.heappush(expiry, (stream[3], channel, epoch))
+        seen_expiry = self._seen_expiry
+        for _ in range(SWEEP_BATCH):
+            if not seen_expiry or seen_expiry[0][0] > now:
+                break
+            _, channel, key = heapq.heappop(seen_expiry)
+            found = self._seen.get((channel, key))
+            if found is not None and found[2] <= now:
+                del self._seen[(channel, key)]
 
     async def publish(
         self,
@@ -104,26 +143,29 @@ class MemoryBroker:
         idempotency_key: str | None = None,
     ) -> Publication:
         now = self._clock.now()
+        self._sweep(now)
         if history_size > 0:
-            stream = self._stream(channel, now, create=True)
-            assert stream is not None
+            stream = self._stream(channel, now)
+            epoch, offset, items = (new_epoch(), 0, ()) if stream is None else stream[:3]
             if idempotency_key is not None:
-                seen = stream.seen_keys.get(idempotency_key)
-                if seen is not None and seen[1] > now:
-                    return stream.publication(channel, seen[0])
-            stream.offset += 1
+                seen = self._seen.get((channel, idempotency_key))
+                if seen is not None and seen[0] == epoch and seen[2] > now:
+                    return _publication(channel, epoch, seen[1])
+            offset += 1
             pairs = None if tags is None else tuple(tags.items())
-            entry: _Entry = (data, stream.offset, now, key, pairs, info)
-            pub = stream.publication(channel, entry)
-            stream.items.append(entry)
-            while len(stream.items) > history_size:
-                stream.items.popleft()
-            stream.expires_at = now + history_ttl if history_ttl > 0 else 0.0
+            entry: _Entry = (_kept(data), offset, now, key, pairs, info)
+            if len(items) >= history_size:  # the oldest go
+                items = items[len(items) + 1 - history_size :]
+            kept = (*items, entry)
+            expires_at = now + history_ttl if history_ttl > 0 else 0.0
+            self._streams[channel] = (epoch, offset, kept, expires_at)
+            if expires_at and (stream is None or not stream[3]):
+                heapq.heappush(self._expiry, (expires_at, channel, epoch))
             if idempotency_key is not None:
-                stream.seen_keys[idempotency_key] = (entry, now + max(history_ttl, 60.0))
-                if len(stream.seen_keys) > 4 * history_size + 64:
-                    for k in [k for k, (_, exp) in stream.seen_keys.items() if exp <= now]:
-                        del stream.seen_keys[k]
+                until = now + max(history_ttl, IDEMPOTENCY_MIN_TTL)
+                self._seen[(channel, idempotency_key)] = (epoch, entry, until)
+                heapq.heappush(self._seen_expiry, (until, channel, idempotency_key))
+            pub = _publication(channel, epoch, (data, offset, now, key, pairs, info))
         else:
             pub = Publication(
                 channel=channel,
@@ -168,23 +210,26 @@ class MemoryBroker:
         self, channel: str, *, since: StreamPosition | None = None, limit: int = 0
     ) -> HistoryResult:
         now = self._clock.now()
-        stream = self._stream(channel, now, create=True)
-        assert stream is not None
-        position = StreamPosition(offset=stream.offset, epoch=stream.epoch)
+        self._sweep(now)
+        stream = self._stream(channel, now)
+        if stream is None:  # the position of a new stream, kept (with no TTL) from now on
+            stream = self._streams[channel] = (new_epoch(), 0, (), 0.0)
+        epoch, offset, items, _ = stream
+        position = StreamPosition(offset=offset, epoch=epoch)
         if limit == 0:
             return HistoryResult(position=position, publications=())
-        entries: list[_Entry]
+        entries: tuple[_Entry, ...] | list[_Entry]
         if since is None:
-            entries = list(stream.items)
-        elif since.epoch != stream.epoch:
-            entries = []
+            entries = items
+        elif since.epoch != epoch:
+            entries = ()
         else:
-            entries = [e for e in stream.items if e[1] > since.offset]
+            entries = [e for e in items if e[1] > since.offset]
         if limit > 0:
             entries = entries[:limit]
         return HistoryResult(
             position=position,
-            publications=tuple(stream.publication(channel, e) for e in entries),
+            publications=tuple(_publication(channel, epoch, e) for e in entries),
         )
 
     async def remove_history(self, channel: str) -> None:
