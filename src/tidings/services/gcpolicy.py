@@ -11,10 +11,14 @@ and again finds nothing.
 after start-up and then every `freeze_every` seconds, so full collections walk only what was
 created since. The price of freezing is that a reference cycle which becomes garbage while
 frozen is not collected. To bound that, the policy watches the heap: once it holds
-`refreeze_factor` times as many memory blocks as just after its last full collection, it
-unfreezes, runs one full collection and freezes again. That pause is the one a default
-process takes routinely (CPython's own rule collects in full every time the old objects grow
-by a quarter), but here it comes only when the heap has grown that much.
+`refreeze_factor` times as many tracked objects (the containers a full collection walks, of
+which cyclic garbage is made) as just after its last full collection, it unfreezes, runs one
+full collection and freezes again. That pause is the one a default process takes routinely
+(CPython's own rule collects in full every time the old objects grow by a quarter), but here
+it comes only when the heap has grown that much. Growth in untracked objects (strings, bytes,
+tuples of atomic values: the inbox history a bulk send leaves in the memory broker) costs a
+collection nothing and frees nothing, so it counts only discounted by the factor squared: a
+backstop for garbage cycles that hold much untracked memory.
 
 Full collections are also spaced: one falls due on a doubled heap only when `min_interval`
 seconds (120) have passed since the last, unless the heap has grown by the factor twice over
@@ -25,9 +29,10 @@ A full collection that falls due while `quiet()` says work is in flight that sho
 stopped (a transactional job, in `tidings serve`) waits for a quiet moment, freezing as
 usual meanwhile, for at most `max_defer` seconds; then it runs regardless.
 
-The heap is measured with `sys.getallocatedblocks()`, which reads the allocator's arenas,
-not with `gc.get_freeze_count()`, which walks every frozen object: a stop of the event loop
-that grows with the heap, too long to take every second.
+The heap is first measured with `sys.getallocatedblocks()`, which reads the allocator's
+arenas; only when its blocks have grown by the factor since the last look does the policy
+count the tracked objects with `gc.get_freeze_count()`, which walks every frozen object (a few
+milliseconds per million: too long to take every second).
 """
 
 from __future__ import annotations
@@ -63,7 +68,10 @@ class GcPolicy:
         self.min_interval = min_interval
         self._last_full = 0.0  # monotonic time of the last full collection
         self._due_since: float | None = None  # monotonic time the full collection fell due
-        self._baseline = 0
+        self._tracked = 0  # tracked objects after the last full collection
+        self._full_blocks = 0  # memory blocks after the last full collection
+        self._armed = 0  # blocks at the last look at the heap's growth
+        self._pending = False  # due, but too soon after the last full collection
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -81,36 +89,53 @@ class GcPolicy:
     def step(self) -> None:
         """One round: freeze the survivors, or collect everything when the heap grew past
         its bound."""
-        blocks = sys.getallocatedblocks()
-        bound = max(self._baseline, 100_000) * self.refreeze_factor
+        gc.freeze()
         now = time.monotonic()
-        if blocks <= bound or (
-            now - self._last_full < self.min_interval and blocks <= bound * self.refreeze_factor
-        ):
-            gc.freeze()
-            return
+        factor = self.refreeze_factor
         if self._due_since is None:
+            blocks = sys.getallocatedblocks()
+            spaced_out = self._pending and now - self._last_full >= self.min_interval
+            if not spaced_out and blocks <= max(self._armed, 100_000) * factor:
+                return
+            grown = self._growth(blocks)
+            if grown <= factor:  # grown by what a collection passes over: look again later
+                self._armed, self._pending = blocks, False
+                return
+            if now - self._last_full < self.min_interval and grown <= factor * factor:
+                self._armed, self._pending = blocks, True  # due once spaced out
+                return
             self._due_since = now
         if self._quiet is None or self._quiet() or now - self._due_since >= self.max_defer:
             self._due_since = None
             self._collect_and_freeze()
         else:
             self.deferred += 1
-            gc.freeze()
+
+    def _growth(self, blocks: int) -> float:
+        """How many times over the heap has grown since the last full collection: by its
+        tracked objects, or by its blocks discounted by the factor squared."""
+        tracked = gc.get_freeze_count()  # all of them: step() has just frozen the young
+        return max(
+            tracked / max(self._tracked, 50_000),
+            blocks / (max(self._full_blocks, 100_000) * self.refreeze_factor**2),
+        )
 
     def _collect_and_freeze(self) -> None:
         started = time.perf_counter()
         gc.unfreeze()
         collected = gc.collect()
         gc.freeze()
-        self._baseline = sys.getallocatedblocks()
+        self._tracked = gc.get_freeze_count()
+        self._full_blocks = self._armed = sys.getallocatedblocks()
+        self._pending = False
         self._last_full = time.monotonic()
         self.full_collections += 1
         log.info(
             "full garbage collection",
             extra={
                 "collected": collected,
-                "blocks": self._baseline,
+                "tracked": self._tracked,
+                "blocks": self._full_blocks,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )

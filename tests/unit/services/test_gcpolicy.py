@@ -1,6 +1,6 @@
 """The garbage-collector policy freezes survivors, and collects in full once the heap has
-grown past its bound (spaced, and waiting for a quiet moment), so frozen cyclic garbage
-cannot grow without limit."""
+grown past its bound in tracked objects (spaced, and waiting for a quiet moment), so frozen
+cyclic garbage cannot grow without limit."""
 
 from __future__ import annotations
 
@@ -31,11 +31,20 @@ async def test_start_freezes_and_stop_unfreezes() -> None:
     assert gc.get_freeze_count() == 0
 
 
-async def test_frozen_cyclic_garbage_is_collected_once_the_heap_doubles() -> None:
+def grow(keep: list[list[Node]], tracked: int, blocks: int) -> None:
+    """Grow `keep` (two tracked objects and a few memory blocks an item) until the heap
+    holds more than `tracked` tracked objects and `blocks` blocks."""
+    while gc.get_freeze_count() + len(gc.get_objects()) <= tracked or (
+        sys.getallocatedblocks() <= blocks
+    ):
+        keep.extend([[Node()] for _ in range(20_000)])
+
+
+async def test_frozen_cyclic_garbage_is_collected_once_the_tracked_objects_double() -> None:
     policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=0)
     policy.start()
     try:
-        baseline = sys.getallocatedblocks()
+        tracked, blocks = gc.get_freeze_count(), sys.getallocatedblocks()
         # A cycle that becomes garbage after it was frozen: plain freezing never frees it.
         a, b = Node(), Node()
         a.other, b.other = b, a
@@ -44,16 +53,35 @@ async def test_frozen_cyclic_garbage_is_collected_once_the_heap_doubles() -> Non
         del a, b
         gc.collect()
         assert probe() is not None  # frozen: out of the collector's reach
-        # Grow the heap short of twice its blocks after the last full collection (a
-        # one-item list and a Node take a few blocks each), then past it.
-        room = max(baseline, 100_000) - (sys.getallocatedblocks() - baseline)
-        keep = [[Node()] for _ in range(room // 10)]
+        keep: list[list[Node]] = []
+        grow(keep, int(tracked * 1.5), 0)  # short of twice
         policy.step()
         assert policy.full_collections == 1 and probe() is not None
-        keep.extend([[Node()] for _ in range(room)])
+        grow(keep, 2 * tracked, 2 * max(blocks, 100_000))
         policy.step()
         assert policy.full_collections == 2
         assert probe() is None  # the unfreeze + full collection freed the cycle
+        del keep
+    finally:
+        await policy.stop()
+
+
+async def test_growth_in_untracked_objects_alone_collects_nothing() -> None:
+    """A bulk send leaves the memory broker holding strings, bytes and tuples of atomic
+    values: more blocks, nothing for a collection to walk or free."""
+    policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=0)
+    policy.start()
+    try:
+        blocks = max(sys.getallocatedblocks(), 100_000)
+        keep = [b"%d" % i for i in range(2 * blocks)]  # untracked, a block each
+        assert sys.getallocatedblocks() > 2 * blocks
+        policy.step()
+        assert policy.full_collections == 1
+        # Past the backstop (the factor cubed: 1.2 ** 3 = 1.73) it collects all the same.
+        policy.refreeze_factor = 1.2
+        keep.extend(b"x%d" % i for i in range(len(keep) // 2))  # past the last look's bound
+        policy.step()
+        assert policy.full_collections == 2
         del keep
     finally:
         await policy.stop()
@@ -87,15 +115,33 @@ async def test_full_collections_are_spaced_unless_the_heap_grows_fourfold() -> N
     policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=3600)
     policy.start()
     try:
-        start = max(sys.getallocatedblocks(), 100_000)
-        keep = [[Node()] for _ in range(start // 2)]  # a few blocks each: past twice
-        assert sys.getallocatedblocks() > 2 * start
+        tracked, blocks = gc.get_freeze_count(), max(sys.getallocatedblocks(), 100_000)
+        keep: list[list[Node]] = []
+        grow(keep, int(2.5 * tracked), 2 * blocks)  # past twice
         policy.step()
         assert policy.full_collections == 1  # too soon after the last one
-        while sys.getallocatedblocks() <= 4 * start:
-            keep.extend([[Node()] for _ in range(start // 4)])
+        # fourfold in tracked objects, and the blocks doubled since the policy's last look
+        grow(keep, 4 * tracked, 2 * sys.getallocatedblocks())
         policy.step()
         assert policy.full_collections == 2  # fourfold: no more waiting
+        del keep
+    finally:
+        await policy.stop()
+
+
+async def test_a_spaced_out_collection_runs_once_the_interval_has_passed() -> None:
+    policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=3600)
+    policy.start()
+    try:
+        tracked, blocks = gc.get_freeze_count(), max(sys.getallocatedblocks(), 100_000)
+        keep: list[list[Node]] = []
+        grow(keep, int(2.5 * tracked), 2 * blocks)
+        policy.step()
+        policy.step()  # the heap has not grown since: still waiting
+        assert policy.full_collections == 1
+        policy.min_interval = 0.0
+        policy.step()
+        assert policy.full_collections == 2
         del keep
     finally:
         await policy.stop()
