@@ -175,14 +175,7 @@ async def run(n: int, rate: float, idle_s: float, gc_freeze: float, commit: int)
     accepted: dict[int, float] = {}
 
     async def one(seq: int) -> None:
-        await runtime.services.ingest.ingest(
-            EventInput(
-                type="tx.code",
-                recipients=(f"s{seq % 1000:07d}",),
-                payload={"seq": seq, "code": f"{seq:06d}"},
-                priority=Priority.TRANSACTIONAL,
-            )
-        )
+        await runtime.services.ingest.ingest(EventInput(**nb.tx_event(seq)))
         accepted[seq] = time.time()
 
     async def load(seconds: float, first: int) -> int:

@@ -45,6 +45,7 @@ from tidings.adapters.sql.tables import (
     topic_members,
     topics,
 )
+from tidings.types import Priority
 
 WORKFLOWS = """
 workflows:
@@ -130,7 +131,6 @@ async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
     from tidings.config import NotifySettings, Settings, WorkerSettings
     from tidings.services.gcpolicy import GcPolicy
     from tidings.services.ingest import EventInput
-    from tidings.types import Priority
     from tidings.wiring import build_runtime
 
     settings = Settings(
@@ -265,21 +265,26 @@ async def at_rate(
     return seq
 
 
+def tx_event(n: int) -> dict[str, Any]:
+    """The transactional event number `n`: one email (`tx.code`, its subject carries `n`) to
+    one of the first 1000 subscribers. Its fields are the keyword arguments of `EventInput`
+    and, encoded as JSON (a tuple as a list, a `Priority` as its value), the body of
+    POST /v1/events."""
+    return {
+        "type": "tx.code",
+        "recipients": (f"s{n % 1000:07d}",),
+        "payload": {"seq": n, "code": f"{n:06d}"},
+        "priority": Priority.TRANSACTIONAL,
+    }
+
+
 async def tx_load(
     client: httpx.AsyncClient, rate: float, seconds: float, first: int, accepted: dict[int, float]
 ) -> int:
     """Send transactional events at `rate`/s for `seconds`; returns the next sequence number."""
 
     async def one(n: int) -> None:
-        r = await client.post(
-            "/v1/events",
-            json={
-                "type": "tx.code",
-                "recipients": [f"s{n % 1000:07d}"],
-                "payload": {"seq": n, "code": f"{n:06d}"},
-                "priority": "transactional",
-            },
-        )
+        r = await client.post("/v1/events", json=tx_event(n))
         if r.status_code != 202:
             raise RuntimeError(f"{r.status_code} {r.text}")
         accepted[n] = time.perf_counter()

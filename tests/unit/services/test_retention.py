@@ -23,6 +23,22 @@ async def finish(jobs: MemoryJobQueue, n: int) -> list[str]:
     return ids
 
 
+def watch_prune(jobs: MemoryJobQueue, *, fail_first: bool = False) -> list[float]:
+    """Wrap `jobs.prune`; the list returned gets each call's cutoff. With `fail_first`, the
+    first call raises, as a store that went away would."""
+    calls: list[float] = []
+    prune = jobs.prune
+
+    async def watched(before: float, limit: int) -> Any:
+        calls.append(before)
+        if fail_first and len(calls) == 1:
+            raise ConnectionError("database went away")
+        return await prune(before, limit)
+
+    jobs.prune = watched  # type: ignore[method-assign]
+    return calls
+
+
 async def test_prune_deletes_old_done_jobs_in_bounded_batches() -> None:
     clock = ManualClock(1_000_000.0)
     jobs = MemoryJobQueue(clock)
@@ -54,10 +70,19 @@ async def test_prune_deletes_old_done_jobs_in_bounded_batches() -> None:
 async def test_zero_retention_keeps_everything_and_starts_nothing() -> None:
     clock = ManualClock(1_000_000.0)
     jobs = MemoryJobQueue(clock)
-    retention = JobRetention(jobs, clock, 0)
+    old = await finish(jobs, 3)
+    clock.advance(30 * DAY)
+    calls = watch_prune(jobs)
+    retention = JobRetention(jobs, clock, 0, every=0.01)
     retention.start()
-    assert retention._task is None
-    await retention.stop()
+    try:
+        # A loop, had it started, would have pruned at once and then every 10 ms.
+        await asyncio.sleep(0.1)
+    finally:
+        await retention.stop()
+    assert calls == [] and retention.pruned == 0
+    kept = [await jobs.get(i) for i in old]
+    assert [j.state if j else None for j in kept] == [JobState.DONE] * 3
 
 
 async def test_the_loop_goes_on_after_a_failing_prune(caplog: pytest.LogCaptureFixture) -> None:
@@ -65,17 +90,7 @@ async def test_the_loop_goes_on_after_a_failing_prune(caplog: pytest.LogCaptureF
     jobs = MemoryJobQueue(clock)
     await finish(jobs, 2)
     clock.advance(2 * DAY)
-    attempts = 0
-    prune = jobs.prune
-
-    async def flaky(before: float, limit: int) -> Any:
-        nonlocal attempts
-        attempts += 1
-        if attempts == 1:
-            raise ConnectionError("database went away")
-        return await prune(before, limit)
-
-    jobs.prune = flaky  # type: ignore[method-assign]
+    attempts = watch_prune(jobs, fail_first=True)
     retention = JobRetention(jobs, clock, DAY, every=0.01)
     retention.start()
     try:
@@ -85,5 +100,5 @@ async def test_the_loop_goes_on_after_a_failing_prune(caplog: pytest.LogCaptureF
             await asyncio.sleep(0.01)
     finally:
         await retention.stop()
-    assert retention.pruned == 2 and attempts >= 2
+    assert retention.pruned == 2 and len(attempts) >= 2
     assert "done jobs not pruned" in caplog.text

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import uuid
 from collections.abc import Sequence
@@ -127,10 +128,13 @@ class MemoryJobQueue:
         del self._jobs[job_id]
 
     async def prune(self, before: float, limit: int) -> int:
-        done = sorted(
+        # The `limit` oldest due, without sorting every done job: a queue holds many more
+        # done jobs than one batch deletes.
+        done = heapq.nsmallest(
+            limit,
             (j for j in self._jobs.values() if j.state == JobState.DONE and j.run_at < before),
             key=lambda j: (j.run_at, self._seq[j.id]),
-        )[:limit]
+        )
         for job in done:
             del self._jobs[job.id]
             del self._seq[job.id]
