@@ -123,14 +123,10 @@ class IngestService:
             send_at=data.send_at,
         )
         # A transactional event's dispatch goes straight to a local worker once stored.
-        job = self._handoffs.offer(_dispatch_job(new), self._clock.now())
-        stored: set[str] = set()
-        try:
-            record, created = await self._events.append(new, then=job)
-            if created and job.handoff is not None:
-                stored.add(job.handoff.job_id)
-        finally:
-            self._handoffs.settle([job], stored)
+        with self._handoffs.offering([_dispatch_job(new)], self._clock.now()) as offered:
+            record, created = await self._events.append(new, then=offered.jobs[0])
+            if created:
+                offered.stored = offered.handed()
         if created:
             if self._on_enqueue is not None:
                 self._on_enqueue()

@@ -516,12 +516,8 @@ class Orchestrator:
         if writes:
             await self._gate.pause()
             # Due transactional jobs (deliveries) go straight to a local worker once stored.
-            offered = [self._handoffs.offer(j, p.now) for j in jobs]
-            handed: set[str] = set()
-            try:
-                handed = await self.runs.commit(writes, offered)
-            finally:
-                self._handoffs.settle(offered, handed)
+            with self._handoffs.offering(jobs, p.now) as offered:
+                offered.stored = await self.runs.commit(writes, offered.jobs)
         if jobs and self._on_enqueue is not None:
             self._on_enqueue()
         await self.inbox.push(stored)  # live updates once the runs are committed

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence, Set
 
 from tidings.core.retry import FailureClass, RetryPolicy, decide
 from tidings.errors import LeaseLost
@@ -233,6 +233,19 @@ class WorkerPool:
                 await self._jobs.extend(job_id, token, self._lease)
 
 
+@dataclasses.dataclass
+class Offered:
+    """Jobs offered for hand-off (`Handoffs.offering`), and the ids of the hand-off jobs the
+    transaction stored (a deduplicated job is not stored)."""
+
+    jobs: list[NewJob]
+    stored: Set[str] = frozenset()
+
+    def handed(self) -> set[str]:
+        """The ids of every job offered with a hand-off: all of them, once stored."""
+        return {j.handoff.job_id for j in self.jobs if j.handoff is not None}
+
+
 class Handoffs:
     """Hands jobs enqueued in this process straight to a local worker pool with a free slot,
     skipping the claim transaction and the poll (`Handoff`). Only due transactional jobs are
@@ -253,6 +266,17 @@ class Handoffs:
                 self._pending[handoff.job_id] = pool
                 return dataclasses.replace(job, handoff=handoff)
         return job
+
+    @contextlib.contextmanager
+    def offering(self, jobs: Sequence[NewJob], now: float) -> Iterator[Offered]:
+        """Offer `jobs` (see `offer`) for the transaction in the block, which stores
+        `Offered.jobs` and sets `Offered.stored`; on leaving, however the block ends, the
+        stored hand-offs run and the other slots are freed (`settle`)."""
+        offered = Offered([self.offer(j, now) for j in jobs])
+        try:
+            yield offered
+        finally:
+            self.settle(offered.jobs, offered.stored)
 
     def settle(self, jobs: Sequence[NewJob], stored: Set[str]) -> None:
         """Run the offered jobs that were stored (ids in `stored`); free the other slots."""

@@ -490,3 +490,35 @@ async def test_a_scheduled_events_dispatch_is_not_handed_off(
     job = await kit.handler.next_run()
     assert job.id == queued.id and job.attempts == 1
     assert queued.id in kit.jobs.claimed()
+
+
+# -- Handoffs.offering ----------------------------------------------------------------------
+
+
+async def test_offering_runs_what_was_stored_and_frees_the_rest(clock: ManualClock) -> None:
+    r = rig(clock, concurrency=2)
+    async with r.running():
+        jobs = [NewJob(kind="k", payload={"n": n}) for n in range(2)]
+        with r.handoffs.offering(jobs, clock.now()) as offered:
+            assert all(j.handoff is not None for j in offered.jobs)
+            assert free_slots(r.pool) == 0
+            kept = offered.jobs[0]
+            assert kept.handoff is not None
+            await r.jobs.enqueue(kept)  # the other one is, say, deduplicated
+            offered.stored = {kept.handoff.job_id}
+        job = await r.handler.next_run()
+        assert job.id == kept.handoff.job_id and job.payload == {"n": 0}
+        await wait_until(lambda: is_done(r.jobs, job.id))
+        assert free_slots(r.pool) == 2
+
+
+async def test_offering_frees_every_slot_when_the_write_fails(clock: ManualClock) -> None:
+    r = rig(clock, concurrency=1)
+    async with r.running():
+        job = NewJob(kind="k", payload={})
+        with pytest.raises(ConnectionError), r.handoffs.offering([job], clock.now()) as offered:
+            assert offered.handed() and free_slots(r.pool) == 0
+            raise ConnectionError("database went away")
+        assert free_slots(r.pool) == 1
+        await quiet()
+        assert r.handler.seen == []
