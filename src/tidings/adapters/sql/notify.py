@@ -144,12 +144,12 @@ class SqlRunStore:
             queued = [job_row(j, now) for j in jobs if j.handoff is None]
             if queued:
                 await conn.execute(self._ins_job, queued)
-            handed: set[str] = set()
-            for job in jobs:  # one at a time: whether each was stored (not deduplicated)
-                if job.handoff is not None:
-                    stored = await conn.execute(self._ins_job_id, job_row(job, now))
-                    handed.update(str(i) for i in stored.scalars())
-        return handed
+            handing = [job_row(j, now) for j in jobs if j.handoff is not None]
+            if not handing:
+                return set()
+            # RETURNING gives the ids of the rows stored: a deduplicated job is not one
+            stored = await conn.execute(self._ins_job_id, handing)
+            return {str(i) for i in stored.scalars()}
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
         found: set[str] = set()
