@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -558,6 +559,46 @@ async def test_a_slice_is_written_while_the_next_is_worked_out_one_write_at_a_ti
         assert len(await inbox.feed(m, limit=10)) == 1
     steps = [t["recipient"] for t in report["trail"] if t["type"] == "step"]
     assert sorted(steps) == members
+
+
+@pytest.mark.parametrize("recent", [False, True])
+async def test_bulk_batches_take_turns_while_transactional_work_is_recent(
+    env: Env, monkeypatch: pytest.MonkeyPatch, recent: bool
+) -> None:
+    """Several bulk batches at once (PostgreSQL's default) interleave; while transactional
+    work is recent, only the oldest goes on and the others wait their turn."""
+    members = await crowd(env, 120)
+    config = dataclasses.replace(env.notify.config, bulk_concurrency=4, bulk_batch_size=40)
+    monkeypatch.setattr(env.notify, "config", config)
+    monkeypatch.setattr(env.notify, "_bulk_slots", asyncio.Semaphore(4))
+    batch_of = {m: i // 40 for i, m in enumerate(members)}
+    order: list[int] = []
+    advance_run = env.notify._advance_run
+
+    async def tracked(p: Any, run: Any, steps: Any, messages: Any) -> Any:
+        order.append(batch_of[run.recipient])
+        return await advance_run(p, run, steps, messages)
+
+    monkeypatch.setattr(env.notify, "_advance_run", tracked)
+    event_id = await env.send(
+        "comment.created",
+        topic="crowd",
+        payload={"author": "a", "text": "t"},
+        priority=Priority.BULK,
+    )
+    pool = env.runtime.pools[-1]
+    assert await pool.run_once(10) == 1  # the dispatch enqueues three batches
+    batches = await pool.claim(10)
+    assert len(batches) == 3
+    if recent:
+        with env.notify._gate.urgent():  # a transactional job just ended
+            pass
+    await asyncio.gather(*(pool.execute(job) for job in batches))
+    assert sorted(order) == [0] * 40 + [1] * 40 + [2] * 40
+    switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
+    assert (switches == 2) is recent  # each batch's runs in one stretch, or interleaved
+    report = await env.notify.event_report(event_id, limit=1000)
+    assert report["counts"] == {"waiting": 120}
 
 
 async def test_a_payload_breaking_a_contract_published_after_ingest_fails_the_step(

@@ -9,6 +9,13 @@ transactional job's next step.
 A transactional section counts as urgent only for its first `horizon` seconds: one that waits
 on a slow provider (an SMTP server taking its time) holds bulk back for at most that long,
 never indefinitely.
+
+`BulkTurns` does it for the database: on PostgreSQL several bulk batches run at once, and
+while transactional work is recent (in flight, or ended less than `window` seconds ago) only
+the oldest of them goes on past its yield points. Their queries would otherwise share the
+database server's cores with the transactional ones (measured at 100k recipients with 20
+transactional emails/s: one batch at a time, p99 2.0x idle; two, 2.7x; four, 3.9x); with
+no transactional traffic, all of them run.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 from collections.abc import Iterator
 
 from tidings.types import CURRENT_LANE, Priority
@@ -29,6 +37,7 @@ class LaneGate:
         self._urgent: dict[int, float] = {}  # section -> loop time it began
         self._ids = itertools.count()
         self._changed: asyncio.Event | None = None
+        self._ended = -math.inf  # loop time the last urgent section ended
         self.waits = 0  # times bulk work waited
 
     @contextlib.contextmanager
@@ -40,12 +49,20 @@ class LaneGate:
             yield
         finally:
             del self._urgent[key]
+            self._ended = asyncio.get_running_loop().time()
             if not self._urgent and self._changed is not None:
                 self._changed.set()
 
     def busy(self) -> bool:
         """Whether transactional work is in flight (young or not)."""
         return bool(self._urgent)
+
+    def recent(self, window: float) -> float:
+        """Seconds for which transactional work still counts as recent: `window` while some
+        is in flight, else what is left of `window` after the last ended (0: none)."""
+        if self._urgent:
+            return window
+        return max(0.0, self._ended + window - asyncio.get_running_loop().time())
 
     def _pending(self, now: float) -> float:
         """Seconds until every urgent section in flight is done or has aged out (0: none)."""
@@ -78,3 +95,41 @@ class LaneGate:
             await self.clear()
         else:
             await asyncio.sleep(0)
+
+
+class BulkTurns:
+    """Bulk batches running at once in one process, oldest first: while transactional work
+    is recent, a batch other than the oldest waits at its yield points (`turn`)."""
+
+    def __init__(self, gate: LaneGate, window: float = 1.0) -> None:
+        self._gate = gate
+        self._window = window
+        self._running: list[object] = []
+        self._changed = asyncio.Event()
+        self.waits = 0  # times a batch waited for its turn
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[object]:
+        """Register a bulk batch for its run; the token is the batch's for `turn`."""
+        token = object()
+        self._running.append(token)
+        try:
+            yield token
+        finally:
+            self._running.remove(token)
+            self._changed.set()
+
+    async def turn(self, token: object) -> None:
+        """At a yield point of the batch: return once it is the oldest running, or no
+        transactional work is recent (at once when either holds)."""
+        waited = False
+        while self._running and self._running[0] is not token:
+            left = self._gate.recent(self._window)
+            if left <= 0:
+                break
+            if not waited:
+                self.waits += 1
+                waited = True
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)

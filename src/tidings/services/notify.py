@@ -93,7 +93,7 @@ from tidings.ports.notify import (
 from tidings.ports.preferences import PreferenceStore, SuppressionStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, TopicStore
 from tidings.services.inbox import InboxService
-from tidings.services.lanes import LaneGate
+from tidings.services.lanes import BulkTurns, LaneGate
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import Handoffs, PermanentJobError, RetryableJobError
@@ -260,6 +260,7 @@ class Orchestrator:
         # Bulk batches at once in this process: more only queue on the event loop (and on
         # SQLite's writer) in front of transactional work.
         self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
+        self._turns = BulkTurns(self._gate)
 
     # -- at ingest -----------------------------------------------------------------------
 
@@ -408,13 +409,20 @@ class Orchestrator:
             raise PermanentJobError(f"workflow {key} no longer exists")
         if event.priority is Priority.BULK:
             async with self._bulk_slots:
-                await self._run_batch(event, workflow, recipients)
+                with self._turns.running() as turn:
+                    await self._run_batch(event, workflow, recipients, turn)
         else:
             await self._run_batch(event, workflow, recipients)
 
     async def _run_batch(
-        self, event: EventRecord, workflow: Workflow, recipients: Sequence[str]
+        self,
+        event: EventRecord,
+        workflow: Workflow,
+        recipients: Sequence[str],
+        turn: object | None = None,
     ) -> None:
+        if turn is not None:
+            await self._turns.turn(turn)  # its reads too wait while others go first
         key = workflow.key
         now = self._now()
         fresh = [
@@ -428,7 +436,7 @@ class Orchestrator:
         waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         loaded = await self.runs.load_many(waiting) if waiting else {}
         items = [loaded.get(r.id) or (stored.get(r.id, r), {}, {}) for r in fresh]
-        await self._advance(event, workflow, items)
+        await self._advance(event, workflow, items, turn)
 
     async def handle_run(self, job: Job) -> None:
         rid = str(job.payload.get("run_id", ""))
@@ -454,7 +462,10 @@ class Orchestrator:
         event: EventRecord,
         workflow: Workflow,
         items: list[tuple[Run, dict[str, StepRow], dict[str, Message]]],
+        turn: object | None = None,
     ) -> None:
+        """Advance the runs. `turn`: a bulk batch's token (`BulkTurns`): while
+        transactional work is recent, it goes on only as the oldest bulk batch running."""
         items = [i for i in items if i[0].state is not RunState.DONE]
         if not items:
             return
@@ -493,6 +504,8 @@ class Orchestrator:
                         await writing
                 if n % YIELD_EVERY == 0:
                     await self._gate.pause()  # transactional work in flight goes first
+                    if turn is not None:
+                        await self._turns.turn(turn)
                 elif writing is not None and not writing.done():
                     await asyncio.sleep(0)  # the write takes its next step
         finally:
@@ -752,25 +765,26 @@ class Orchestrator:
         release = result.sent_at if result.sent_at is not None else p.now
         held = verdict.kind is DecisionKind.HOLD
         variant = _variant(template, recipient.id)
-        base = Message(
-            id=key,
-            run_id=run.id,
-            event_id=run.event_id,
-            recipient=recipient.id,
-            workflow=run.workflow,
-            step_id=step.id,
-            channel=channel.value,
-            template=template_id,
-            template_version=version_ref,
-            lane=run.lane,
-            status=QUEUED,
-            release_at=release,
-            created_at=p.now,
-            updated_at=p.now,
-            variant=variant,
-            locale=recipient.locale,
-        )
+        # The message's fields but its status: each outcome below builds its message once.
+        fields: dict[str, Any] = {
+            "id": key,
+            "run_id": run.id,
+            "event_id": run.event_id,
+            "recipient": recipient.id,
+            "workflow": run.workflow,
+            "step_id": step.id,
+            "channel": channel.value,
+            "template": template_id,
+            "template_version": version_ref,
+            "lane": run.lane,
+            "release_at": release,
+            "created_at": p.now,
+            "updated_at": p.now,
+            "variant": variant,
+            "locale": recipient.locale,
+        }
         if channel is Channel.WEBHOOK:
+            base = Message(**fields, status=QUEUED)
             endpoints = [step.endpoint] if step.endpoint else await self._endpoints(p)
             if not endpoints:
                 note(
@@ -794,9 +808,18 @@ class Orchestrator:
             p.jobs.extend(self._deliver_job(m) for m in msgs)
             return result, msgs
         if channel is Channel.IN_APP and not held:
+            # the inbox item's id is the message's: delivered as the item is stored
+            sent = Message(
+                **fields,
+                status=DeliveryStatus.DELIVERED.value,
+                statuses={"sent": p.now, "delivered": p.now},
+                provider="inbox",
+                provider_id=key,
+                attempts=1,
+            )
             try:
                 item = self._inbox_item(
-                    p.event, p.now, base, template, recipient, action.context, p.shared
+                    p.event, p.now, sent, template, recipient, action.context, p.shared
                 )
             except RenderError as exc:
                 note(
@@ -805,17 +828,9 @@ class Orchestrator:
                     {"status": "failed", "class": "permanent", "reason": str(exc)},
                 )
                 return self._failed(step, p.now, f"render_failed: {exc.message}"), [
-                    _replace(base, status=DeliveryStatus.FAILED.value, error=exc.message)
+                    Message(**fields, status=DeliveryStatus.FAILED.value, error=exc.message)
                 ]
             p.inbox.append(item)
-            sent = _replace(
-                base,
-                status=DeliveryStatus.DELIVERED.value,
-                statuses={"sent": p.now, "delivered": p.now},
-                provider="inbox",
-                provider_id=item.id,
-                attempts=1,
-            )
             note("delivery", step.id, {"status": "delivered", "provider": "inbox", "message": key})
             return result, [sent]
         if channel not in (Channel.IN_APP, Channel.EMAIL) or (
@@ -824,10 +839,11 @@ class Orchestrator:
             detail = f"no provider configured for {channel.value}"
             note("delivery", step.id, {"status": "not_sent", "reason": detail})
             return self._failed(step, p.now, f"no_provider: {detail}"), [
-                _replace(base, status=DeliveryStatus.NOT_SENT.value, error=detail)
+                Message(**fields, status=DeliveryStatus.NOT_SENT.value, error=detail)
             ]
-        p.jobs.append(self._deliver_job(base))
-        return result, [base]
+        queued = Message(**fields, status=QUEUED)
+        p.jobs.append(self._deliver_job(queued))
+        return result, [queued]
 
     def _failed(self, step: ChannelStep, now: float, reason: str) -> StepResult:
         return StepResult(

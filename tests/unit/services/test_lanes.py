@@ -7,7 +7,7 @@ import asyncio
 
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryJobQueue
-from tidings.services.lanes import LaneGate
+from tidings.services.lanes import BulkTurns, LaneGate
 from tidings.services.worker import WorkerPool
 from tidings.types import CURRENT_LANE, Job, NewJob, Priority
 
@@ -112,3 +112,61 @@ async def test_a_worker_runs_transactional_jobs_urgent_and_bulk_jobs_in_their_la
         (Priority.BULK, False, Priority.BULK),
     ]
     assert not gate.busy()
+
+
+# -- bulk turns ----------------------------------------------------------------------------
+
+
+async def batch(turns: BulkTurns, name: str, log: list[str], steps: int) -> None:
+    with turns.running() as token:
+        for i in range(steps):
+            await turns.turn(token)
+            log.append(f"{name}{i}")
+            await asyncio.sleep(0)
+
+
+async def test_without_recent_transactional_work_bulk_batches_interleave() -> None:
+    turns = BulkTurns(LaneGate(), window=1.0)
+    log: list[str] = []
+    await asyncio.gather(batch(turns, "a", log, 3), batch(turns, "b", log, 3))
+    assert log == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert turns.waits == 0
+
+
+async def test_while_transactional_work_is_recent_only_the_oldest_batch_goes_on() -> None:
+    gate = LaneGate()
+    turns = BulkTurns(gate, window=0.2)
+    log: list[str] = []
+    with gate.urgent():  # ends at once: recent for 0.2 s
+        pass
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(batch(turns, "a", log, 3), batch(turns, "b", log, 3))
+    assert log == ["a0", "a1", "a2", "b0", "b1", "b2"]  # b waited for a to end
+    assert turns.waits == 1
+    assert asyncio.get_running_loop().time() - started < 0.2  # woken by a's end, not a timer
+
+
+async def test_a_waiting_batch_goes_on_once_transactional_work_is_no_longer_recent() -> None:
+    gate = LaneGate()
+    turns = BulkTurns(gate, window=0.1)
+    log: list[str] = []
+    hold = asyncio.Event()
+
+    async def oldest() -> None:
+        with turns.running() as token:
+            await turns.turn(token)
+            log.append("a0")
+            await hold.wait()  # stays running, e.g. on a long query
+            log.append("a1")
+
+    with gate.urgent():
+        a = asyncio.create_task(oldest())
+        await asyncio.sleep(0)
+        b = asyncio.create_task(batch(turns, "b", log, 1))
+        await asyncio.sleep(0.05)
+        assert log == ["a0"]  # in flight: b waits however long the section lasts
+    await asyncio.sleep(0.15)  # the section ended 0.15 s ago: no longer recent
+    assert log == ["a0", "b0"]
+    hold.set()
+    await asyncio.gather(a, b)
+    assert log == ["a0", "b0", "a1"]
