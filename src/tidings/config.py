@@ -212,6 +212,14 @@ class NotifySettings(BaseModel):
     frequency_caps: list[FrequencyCapSettings] = Field(default_factory=list)
     delivery_attempts: int = Field(default=8, ge=1, le=100)
     workflow_refresh: float = Field(default=5.0, ge=0)
+    history_retention: float = Field(
+        default=30 * 86400,
+        ge=0,
+        description="Seconds the history of a finished notification run (its steps, messages "
+        "and trail) is kept after its last change, and an event after its creation once no "
+        "run of it is left; older ones are deleted in the background. 0 keeps them all. A "
+        "deleted event frees its idempotency key. Waiting runs and inbox items are kept.",
+    )
 
 
 class Settings(BaseSettings):

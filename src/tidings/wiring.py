@@ -73,7 +73,7 @@ from tidings.services.providers import (
     RateLimit,
     WebhookService,
 )
-from tidings.services.retention import JobRetention
+from tidings.services.retention import Retention, history_steps, job_steps
 from tidings.services.schedules import FIRE_JOB, ScheduleService
 from tidings.services.segments import SegmentService
 from tidings.services.subscriber_auth import SubscriberAuth
@@ -103,7 +103,7 @@ class Runtime:
     pools: list[WorkerPool] = field(default_factory=list)
     key_watcher: KeySetWatcher | None = None
     gate: LaneGate = field(default_factory=LaneGate)  # transactional work in flight
-    retention: JobRetention | None = None  # deletes old done jobs (with the workers)
+    retention: Retention | None = None  # old done jobs and history (with the workers)
     checkpointer: WalCheckpointer | None = None  # SQLite: WAL checkpoints off commits
 
     async def start(self) -> None:
@@ -356,7 +356,13 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         services=services,
         pools=pools,
         gate=gate,
-        retention=JobRetention(jobs, clock, w.done_job_retention),
+        retention=Retention(
+            clock,
+            [
+                *job_steps(jobs, w.done_job_retention),
+                *history_steps(notify.runs, events, settings.notify.history_retention),
+            ],
+        ),
         checkpointer=None if db_file is None else WalCheckpointer(db_file),
     )
 

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
+from typing import Any
 
 import pytest
 
 from tests.contract.conftest import Stores
 from tidings.errors import Conflict, IdempotencyConflict, NotFound
-from tidings.types import EventState, NewEvent, NewJob, Outcome, Priority
+from tidings.ports.campaigns import Campaign, CampaignState
+from tidings.ports.notify import Run, RunState, RunWrite
+from tidings.types import EventRecord, EventState, NewEvent, NewJob, Outcome, Priority
+
+DAY = 86400.0
 
 
 def new_event(key: str = "k1", body_hash: str = "h1", **kw: object) -> NewEvent:
@@ -246,3 +252,89 @@ async def test_a_replay_leaves_the_key_on_the_original(stores: Stores) -> None:
         await stores.events.append(new_event("once", body_hash="h2"))
     got = await stores.events.get_by_key("once")
     assert got is not None and got.id == first.id and got.body_hash == "h1"
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+def linked(stores: Stores) -> Any:
+    """The event store, seeing the runs and campaigns that refer to events: the SQL stores
+    share one database, the memory one asks the other memory stores."""
+    if stores.backend == "memory":
+
+        async def referenced(event_id: str) -> bool:
+            if await stores.runs.count_runs(event_id):
+                return True
+            campaigns = await stores.campaigns.page(after=None, limit=1_000_000)
+            return any(c.event_id == event_id for c in campaigns)
+
+        stores.events.referenced = referenced
+    return stores.events
+
+
+async def stored(stores: Stores, key: str, state: EventState, **kw: Any) -> EventRecord:
+    record, _ = await stores.events.append(new_event(key, **kw))
+    if state is not EventState.ACCEPTED:
+        await stores.events.set_state(record.id, state)
+    return dataclasses.replace(record, state=state)
+
+
+async def test_prune_deletes_old_settled_events_that_nothing_refers_to(stores: Stores) -> None:
+    events = linked(stores)
+    t = stores.clock.now()
+    dispatched = await stored(stores, "dispatched", EventState.DISPATCHED)
+    await events.add_outcome(dispatched.id, Outcome("channel", "orders:u1", "published"))
+    failed = await stored(stores, "failed", EventState.FAILED)
+    cancelled = await stored(stores, "cancelled", EventState.CANCELLED)
+    accepted = await stored(stores, "accepted", EventState.ACCEPTED)  # its dispatch is to run
+    scheduled = await stored(stores, "scheduled", EventState.CANCELLED, send_at=t + 10 * DAY)
+    with_run = await stored(stores, "with-run", EventState.DISPATCHED)
+    r = Run("r1", with_run.id, "wf", "u1", Priority.TRANSACTIONAL, created_at=t)
+    await stores.runs.commit([RunWrite(dataclasses.replace(r, state=RunState.DONE))])
+    of_campaign = await stored(stores, "campaign:c1", EventState.DISPATCHED)
+    campaign = Campaign(
+        id="c1",
+        workflow="wf",
+        topic="news",
+        payload={},
+        rate=10.0,
+        state=CampaignState.SCHEDULED,
+        event_id=of_campaign.id,
+        created_at=t,
+        updated_at=t,
+        start_at=t + 90 * DAY,
+    )
+    await stores.campaigns.create(campaign, then=NewJob("campaign.tick", {"campaign": "c1"}))
+    stores.clock.advance(7 * DAY)
+    recent = await stored(stores, "recent", EventState.DISPATCHED)
+    cutoff = t + 5 * DAY
+
+    assert await events.prune(cutoff, 100) == 3
+    assert await events.prune(cutoff, 100) == 0
+    for gone in (dispatched, failed, cancelled):
+        assert await events.get(gone.id) is None
+        assert await events.get_by_key(gone.idempotency_key) is None
+    for kept in (accepted, scheduled, with_run, of_campaign, recent):
+        got = await events.get(kept.id)
+        assert got is not None and got.state is kept.state
+        assert await events.get_by_key(kept.idempotency_key) == got
+    # The key is free again: the same request stores a new event, without the old outcomes.
+    again, created = await events.append(new_event("dispatched", id=dispatched.id))
+    assert created and again.outcomes == ()
+    got = await events.get(dispatched.id)
+    assert got is not None and got.outcomes == () and got.state is EventState.ACCEPTED
+    # Once its runs are gone, the event goes too.
+    assert await stores.runs.prune(cutoff, 100) == 1
+    assert await events.prune(cutoff, 100) == 1
+    assert await events.get(with_run.id) is None
+    assert await events.get(of_campaign.id) is not None
+
+
+async def test_prune_deletes_at_most_limit_events_per_call(stores: Stores) -> None:
+    events = linked(stores)
+    for i in range(5):
+        await stored(stores, f"k{i}", EventState.DISPATCHED)
+    stores.clock.advance(DAY)
+    before = stores.clock.now()
+    assert [await events.prune(before, 2) for _ in range(4)] == [2, 2, 1, 0]
+    assert await events.list_in_state(EventState.DISPATCHED, 10) == []

@@ -670,3 +670,152 @@ async def test_concurrent_puts_each_bump_the_revision(stores: Stores) -> None:
     assert sorted(r.revision for r in records) == [1, 2, 3, 4, 5]
     stored = await store.get("w")
     assert stored is not None and stored.revision == 5
+
+
+# -- retention -------------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def done(r: Run, outcome: str = "completed") -> Run:
+    return dataclasses.replace(r, state=RunState.DONE, outcome=outcome)
+
+
+async def test_prune_deletes_old_done_runs_with_everything_recorded_about_them(
+    stores: Stores,
+) -> None:
+    t = stores.clock.now()
+    old, waiting, recent = run("e1", "alice"), run("e1", "bob"), run("e2", "alice")
+    old_message = message(old, status="sent", at=t)
+    assert (await stores.runs.join_digest("d1", old.id, "e1", {"n": 1}, None, t)).leader
+    await stores.runs.close_digest("d1")
+    await stores.runs.commit(
+        [
+            RunWrite(
+                done(old),
+                steps=[step(old, "throttle", at=t, reason="k"), step(old, "email", at=t)],
+                messages=[old_message],
+                trail=[entry(old, n=1), entry(old, "run", n=2)],
+            ),
+            RunWrite(
+                dataclasses.replace(waiting, state=RunState.WAITING, wake_at=t + 99 * DAY),
+                steps=[step(waiting, "throttle", at=t, reason="k")],
+                messages=[message(waiting, status="sent", at=t)],
+                trail=[entry(waiting, n=3)],
+            ),
+        ]
+    )
+    stores.clock.advance(10 * DAY)
+    now = stores.clock.now()
+    await stores.runs.commit(
+        [
+            RunWrite(
+                done(recent),
+                steps=[step(recent, "email", at=now)],
+                messages=[message(recent, status="sent", at=now)],
+                trail=[entry(recent, n=4)],
+            )
+        ]
+    )
+
+    assert await stores.runs.prune(t + 5 * DAY, 100) == 1
+    assert await stores.runs.prune(t + 5 * DAY, 100) == 0
+    runs = stores.runs
+    assert set(await runs.get_runs([old.id, waiting.id, recent.id])) == {waiting.id, recent.id}
+    assert await runs.load_many([old.id]) == {}
+    assert await runs.count_runs("e1") == {RunState.WAITING: 1}
+    # Its messages, step rows and trail went with it ...
+    assert await runs.message(old_message.id) is None
+    assert await runs.messages_for_runs([old.id]) == []
+    assert await runs.effects_done([old_message.id], {}) == set()
+    alice = await runs.messages_for_recipient("alice", before=None, limit=10)
+    assert [m.run_id for m in alice] == [recent.id]
+    assert await runs.count_passed("wf", "throttle", "alice", "k", t - 1, t + 1) == 0
+    assert [x.data["n"] for x in await runs.trail_for_event("e1", after=0, limit=10)] == [3]
+    assert [x.data["n"] for x in await runs.trail_for_recipient("alice", after=0, limit=10)] == [4]
+    assert await runs.trail_for_recipients("e1", ["alice"]) == []
+    # ... and so did its closed digest: a join to that id leads a new one.
+    again = await runs.join_digest("d1", "r-late", "e9", {}, None, now)
+    assert (again.leader, again.closed) == (True, False)
+    # The waiting run and the recent one keep everything.
+    _, steps, messages = (await runs.load_many([waiting.id]))[waiting.id]
+    assert (set(steps), set(messages)) == ({"throttle"}, {"email"})
+    assert await runs.count_passed("wf", "throttle", "bob", "k", t - 1, t + 1) == 1
+    _, steps, messages = (await runs.load_many([recent.id]))[recent.id]
+    assert (set(steps), set(messages)) == ({"email"}, {"email"})
+    # However old a waiting run grows, it stays.
+    stores.clock.advance(365 * DAY)
+    assert await runs.prune(stores.clock.now(), 100) == 1  # the recent one, now old
+    assert set(await runs.get_runs([waiting.id, recent.id])) == {waiting.id}
+
+
+async def test_prune_deletes_at_most_limit_runs_oldest_first(stores: Stores) -> None:
+    runs = [run(f"e{i}", "alice") for i in range(5)]
+    for r in reversed(runs):  # e4 is written first: the oldest
+        await stores.runs.commit(
+            [RunWrite(done(r), messages=[message(r, status="sent")], trail=[entry(r)])]
+        )
+        stores.clock.advance(60)
+    before = stores.clock.now()
+    ids = [r.id for r in runs]
+    assert await stores.runs.prune(before, 2) == 2
+    assert set(await stores.runs.get_runs(ids)) == set(ids[:3])
+    assert await stores.runs.prune(before, 2) == 2
+    assert set(await stores.runs.get_runs(ids)) == {ids[0]}
+    assert await stores.runs.prune(before, 2) == 1
+    assert await stores.runs.prune(before, 2) == 0
+    assert await stores.runs.messages_for_runs(ids) == []
+    assert await stores.runs.trail_for_recipient("alice", after=0, limit=10) == []
+
+
+async def test_prune_keeps_done_runs_with_a_message_or_a_digest_still_to_go(
+    stores: Stores,
+) -> None:
+    t = stores.clock.now()
+    runs = stores.runs
+    leader, member, held = run("e1", workflow="dg"), run("e2", workflow="dg"), run("e3")
+    assert (await runs.join_digest("d", leader.id, "e1", {"n": 1}, None, t)).leader
+    assert not (await runs.join_digest("d", member.id, "e2", {"n": 2}, None, t)).leader
+    held_message = message(held, status="queued", release_at=t + 20 * DAY)
+    await runs.commit(
+        [
+            RunWrite(dataclasses.replace(leader, state=RunState.WAITING, wake_at=t + 20 * DAY)),
+            RunWrite(done(member, "merged")),
+            RunWrite(done(held), messages=[held_message]),
+        ]
+    )
+    stores.clock.advance(10 * DAY)
+    cutoff = stores.clock.now()
+    assert await runs.prune(cutoff, 100) == 0
+    # The window ends: the digest closes and its leader is done (recently). The member goes.
+    assert [e[0] for e in await runs.close_digest("d")] == ["e1", "e2"]
+    await runs.commit([RunWrite(done(leader))])
+    assert await runs.prune(cutoff, 100) == 1
+    assert set(await runs.get_runs([leader.id, member.id, held.id])) == {leader.id, held.id}
+    assert [e[0] for e in await runs.close_digest("d")] == ["e1"]
+    # The held message went out: its run goes.
+    await runs.update_message(held_message.id, status="sent", at=cutoff)
+    assert await runs.prune(cutoff, 100) == 1
+    assert await runs.message(held_message.id) is None
+    # The leader grows old: it goes, and the digest with it.
+    stores.clock.advance(10 * DAY)
+    assert await runs.prune(stores.clock.now(), 100) == 1
+    assert await runs.get_runs([leader.id]) == {}
+    assert (await runs.join_digest("d", "r-late", "e9", {}, None, t)).leader
+
+
+async def test_an_open_digest_whose_leader_ended_keeps_no_member(stores: Stores) -> None:
+    t = stores.clock.now()
+    leader, member = run("e1", workflow="dg"), run("e2", workflow="dg")
+    await stores.runs.join_digest("d", leader.id, "e1", {}, None, t)
+    await stores.runs.join_digest("d", member.id, "e2", {}, None, t)
+    await stores.runs.commit(
+        [
+            RunWrite(dataclasses.replace(leader, state=RunState.WAITING, wake_at=t + DAY)),
+            RunWrite(done(member, "merged")),
+        ]
+    )
+    assert await stores.runs.cancel_runs("e1", t, "event cancelled") == 1  # never closes
+    stores.clock.advance(10 * DAY)
+    assert await stores.runs.prune(stores.clock.now(), 100) == 2
+    assert await stores.runs.get_runs([leader.id, member.id]) == {}

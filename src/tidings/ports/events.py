@@ -4,6 +4,10 @@ from typing import Protocol
 
 from tidings.types import EventRecord, EventState, NewEvent, NewJob, Outcome
 
+# The states in which an event's dispatch has run or never will: an ACCEPTED event's dispatch
+# job is still to run (perhaps at its `send_at`), so only these events are ever pruned.
+SETTLED_STATES = frozenset({EventState.DISPATCHED, EventState.FAILED, EventState.CANCELLED})
+
 
 class EventStore(Protocol):
     """Authoritative events, stored exactly once per idempotency key.
@@ -16,6 +20,12 @@ class EventStore(Protocol):
     - `then`: a job enqueued in the same transaction as a new event (an outbox), so an event
       is never stored without its dispatch job; nothing is enqueued for a replay or conflict.
     - Outcomes are appended in order and returned in that order with the event.
+    - `prune(before, limit)` deletes, in ONE transaction, up to `limit` events with their
+      outcomes and returns how many: events in a settled state (`SETTLED_STATES`) created
+      before `before`, not scheduled (`send_at`) at or after it, that no notification run
+      and no campaign refers to. An accepted event stays whatever its age. A deleted event
+      is gone for `get` and `get_by_key`, and its idempotency key is free again: the next
+      append with it stores a new event.
     """
 
     async def append(
@@ -42,4 +52,9 @@ class EventStore(Protocol):
 
     async def list_in_state(self, state: EventState, limit: int) -> list[EventRecord]:
         """Oldest first; used to re-dispatch events accepted before a crash."""
+        ...
+
+    async def prune(self, before: float, limit: int) -> int:
+        """Delete up to `limit` old settled events nothing refers to any more, with their
+        outcomes (see the contract); returns how many."""
         ...

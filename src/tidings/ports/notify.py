@@ -151,6 +151,15 @@ class RunStore(Protocol):
       creation order (`seq`/`created_at`), cursor = the last seq seen.
     - `count_runs(event_id)` counts the event's runs per state (states without runs are
       left out), however many runs the event has.
+    - `prune(before, limit)` deletes, in ONE transaction, up to `limit` runs that are DONE
+      and were last written (`updated_at`) before `before`, oldest first, with their step
+      rows, messages, trail entries and digest-event rows, then the closed digests it left
+      without an event row or without their leader run (with any rows left in them); it
+      returns how many runs it deleted.
+      A waiting or active run stays whatever its age, and so does a done run that still
+      has a `queued` message (held, or being delivered) or that belongs to a digest not
+      closed yet whose leader run is not done (the digest still to go out lists it).
+      Nothing else is deleted: events, inbox items and jobs are not the run store's.
     """
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]: ...
@@ -236,6 +245,11 @@ class RunStore(Protocol):
     async def messages_for_recipient(
         self, recipient: str, *, before: float | None, limit: int
     ) -> list[Message]: ...
+
+    async def prune(self, before: float, limit: int) -> int:
+        """Delete up to `limit` done runs last written before `before` with everything
+        recorded about them (see the contract); returns how many runs."""
+        ...
 
 
 class WorkflowStore(Protocol):

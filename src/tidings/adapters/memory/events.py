@@ -1,17 +1,31 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 from tidings.errors import Conflict, IdempotencyConflict, NotFound
 from tidings.ports.clock import Clock
+from tidings.ports.events import SETTLED_STATES
 from tidings.ports.jobs import JobQueue
 from tidings.types import EventRecord, EventState, NewEvent, NewJob, Outcome
 
 
 class MemoryEventStore:
-    def __init__(self, clock: Clock, jobs: JobQueue | None = None) -> None:
+    """`referenced(event_id)`: whether a run or a campaign refers to the event, asked by
+    `prune` (the SQL store reads those tables instead). It must not suspend (a memory
+    store's read does not), so that a prune is one step with respect to other coroutines;
+    without it `prune` refuses."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        jobs: JobQueue | None = None,
+        *,
+        referenced: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self._clock = clock
         self._jobs = jobs  # where `append(..., then=job)` enqueues
+        self.referenced = referenced
         self._by_id: dict[str, EventRecord] = {}
         self._by_key: dict[str, str] = {}
 
@@ -71,3 +85,27 @@ class MemoryEventStore:
         found = [r for r in self._by_id.values() if r.state == state]
         found.sort(key=lambda r: r.created_at)
         return found[:limit]
+
+    async def prune(self, before: float, limit: int) -> int:
+        if self.referenced is None:
+            raise ValueError("this event store has no `referenced` to ask about runs")
+        due = sorted(
+            (
+                r
+                for r in self._by_id.values()
+                if r.state in SETTLED_STATES
+                and r.created_at < before
+                and (r.send_at is None or r.send_at < before)
+            ),
+            key=lambda r: r.created_at,
+        )
+        gone: list[EventRecord] = []
+        for record in due:
+            if len(gone) == limit:
+                break
+            if not await self.referenced(record.id):
+                gone.append(record)
+        for record in gone:
+            del self._by_id[record.id]
+            del self._by_key[record.idempotency_key]
+        return len(gone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -297,6 +298,75 @@ class MemoryRunStore:
         found.sort(key=lambda m: m.created_at, reverse=True)
         return found[:limit]
 
+    # -- retention -------------------------------------------------------------------------
+
+    async def prune(self, before: float, limit: int) -> int:
+        pending = self._pending_digest_members()
+        due = heapq.nsmallest(
+            limit,
+            (
+                r
+                for r in self._runs.values()
+                if r.state is RunState.DONE
+                and r.updated_at < before
+                and r.id not in pending
+                and not any(
+                    self._messages[i].status == "queued"
+                    for i in self._messages_by_run.get(r.id, ())
+                )
+            ),
+            key=lambda r: (r.updated_at, r.id),
+        )
+        gone = {r.id for r in due}
+        for run in due:
+            self._drop_run(run)
+        for key in {r.event_id for r in due}:
+            self._trail_by_event[key] = [
+                t for t in self._trail_by_event.get(key, ()) if t.run_id not in gone
+            ]
+            if not self._trail_by_event[key]:
+                del self._trail_by_event[key]
+        for key in {r.recipient for r in due}:
+            self._trail_by_recipient[key] = [
+                t for t in self._trail_by_recipient.get(key, ()) if t.run_id not in gone
+            ]
+            if not self._trail_by_recipient[key]:
+                del self._trail_by_recipient[key]
+        for digest_id, digest in list(self._digests.items()):
+            left = gone.intersection(digest.events)
+            if not left:
+                continue
+            for run_id in left:
+                del digest.events[run_id]
+            if digest.closed and (not digest.events or digest.leader_run not in self._runs):
+                del self._digests[digest_id]
+        return len(due)
+
+    def _pending_digest_members(self) -> set[str]:
+        """Runs in a digest not closed yet whose leader run is stored and not done."""
+        held: set[str] = set()
+        for digest in self._digests.values():
+            leader = self._runs.get(digest.leader_run)
+            if not digest.closed and leader is not None and leader.state is not RunState.DONE:
+                held.update(digest.events)
+        return held
+
+    def _drop_run(self, run: Run) -> None:
+        """Forget the run, its step rows and its messages (the trail and digests are the
+        caller's)."""
+        del self._runs[run.id]
+        _discard(self._runs_by_event, run.event_id, run.id)
+        for row, workflow, recipient in self._steps.pop(run.id, {}).values():
+            if row.outcome == "passed":
+                key = (workflow, row.step_id, recipient)
+                self._passed[key] = [s for s in self._passed[key] if s.run_id != run.id]
+                if not self._passed[key]:
+                    del self._passed[key]
+        for message_id in self._messages_by_run.pop(run.id, ()):
+            message = self._messages.pop(message_id)
+            _discard(self._messages_by_event, message.event_id, message_id)
+            _discard(self._messages_by_recipient, message.recipient, message_id)
+
     # -- writing ---------------------------------------------------------------------------
 
     def _queue(self, jobs: Sequence[NewJob]) -> MemoryJobQueue | None:
@@ -374,6 +444,14 @@ async def _enqueue(queue: MemoryJobQueue | None, jobs: Sequence[NewJob]) -> set[
         if job.handoff is not None and job_id == job.handoff.job_id:
             handed.add(job_id)
     return handed
+
+
+def _discard(index: dict[str, list[str]], key: str, value: str) -> None:
+    """Take `value` out of the list under `key`, and the key once its list is empty."""
+    values = index[key]
+    values.remove(value)
+    if not values:
+        del index[key]
 
 
 def _page(entries: list[TrailEntry], after: int, limit: int) -> list[TrailEntry]:

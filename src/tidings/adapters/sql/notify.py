@@ -420,6 +420,73 @@ class SqlRunStore:
             rows = await conn.execute(query.order_by(_m.created_at.desc()).limit(limit))
             return [_message(r._mapping) for r in rows]
 
+    # -- retention -------------------------------------------------------------------------
+
+    async def prune(self, before: float, limit: int) -> int:
+        """The ids first (by the (state, updated_at) index, oldest first, `limit` of them),
+        then one DELETE per table by those ids, in one transaction; the digests the deleted
+        rows belonged to are looked at last."""
+        d, de = notify_digests.c, notify_digest_events.c
+        leader = notify_runs.alias("leader")
+        queued = select(_m.id).where(_m.run_id == _r.id, _m.status == "queued")
+        pending_digest = (
+            select(de.run_id)
+            .join(notify_digests, d.id == de.digest_id)
+            .join(leader, leader.c.id == d.leader_run)
+            .where(
+                de.run_id == _r.id,
+                d.closed.is_(False),
+                leader.c.state != RunState.DONE.value,
+            )
+        )
+        due = (
+            select(_r.id)
+            .where(
+                _r.state == RunState.DONE.value,
+                _r.updated_at < before,
+                ~queued.exists(),
+                ~pending_digest.exists(),
+            )
+            .order_by(_r.updated_at, _r.id)
+            .limit(limit)
+        )
+        if is_postgres(self._engine):  # processes pruning at once take different runs
+            due = due.with_for_update(skip_locked=True)
+        by_run = (
+            (notify_steps, _s.run_id),
+            (notify_messages, _m.run_id),
+            (notify_trail, _t.run_id),
+            (notify_digest_events, de.run_id),
+            (notify_runs, _r.id),
+        )
+        async with writer(self._engine) as conn:
+            ids = [str(i) for i in (await conn.execute(due)).scalars()]
+            digests: set[str] = set()
+            for chunk in _chunks(ids):
+                found = await conn.execute(
+                    select(de.digest_id).where(de.run_id.in_(chunk)).distinct()
+                )
+                digests.update(str(i) for i in found.scalars())
+                for table, run_id in by_run:
+                    await conn.execute(delete(table).where(run_id.in_(chunk)))
+            # A closed digest is history once its rows or its leader are gone: the rest of
+            # its rows (members kept longer) go with it.
+            for chunk in _chunks(sorted(digests)):
+                gone = await conn.execute(
+                    delete(notify_digests)
+                    .where(
+                        d.id.in_(chunk),
+                        d.closed.is_(True),
+                        ~select(de.run_id).where(de.digest_id == d.id).exists()
+                        | ~select(_r.id).where(_r.id == d.leader_run).exists(),
+                    )
+                    .returning(d.id)
+                )
+                closed = [str(i) for i in gone.scalars()]
+                if closed:
+                    await conn.execute(delete(notify_digest_events).where(de.digest_id.in_(closed)))
+        return len(ids)
+
 
 class SqlWorkflowStore:
     def __init__(self, engine: AsyncEngine) -> None:

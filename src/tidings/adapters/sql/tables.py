@@ -310,6 +310,7 @@ notify_runs = Table(
     Column("created_at", Epoch, nullable=False),
     Column("updated_at", Epoch, nullable=False),
     Index("ix_notify_runs_event", "event_id"),
+    Index("ix_notify_runs_state_updated", "state", "updated_at"),  # retention: old done runs
 )
 
 notify_steps = Table(
@@ -371,6 +372,7 @@ notify_trail = Table(
     Column("data", JSON, nullable=False),
     Index("ix_notify_trail_event", "event_id", "seq"),
     Index("ix_notify_trail_recipient", "recipient", "seq"),
+    Index("ix_notify_trail_run", "run_id"),  # retention deletes a run's entries
 )
 
 notify_digests = Table(
@@ -391,6 +393,7 @@ notify_digest_events = Table(
     Column("actor", String(200)),
     Column("payload", JSON, nullable=False),
     Column("at", Epoch, nullable=False),
+    Index("ix_notify_digest_events_run", "run_id"),  # retention deletes a run's rows
 )
 
 notify_workflows = Table(
