@@ -32,7 +32,7 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """JSON columns are written with orjson: several times faster than the json module on
     the bulk paths (the trail, step results, inbox data)."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -51,7 +51,7 @@ def create_engine(url: str) -> AsyncEngine:
             pool_size=8,
             max_overflow=0,
             module=sqlite_driver.dbapi(),
-            json_serializer=_json_text,
+            json_serializer=json_text,
             json_deserializer=orjson.loads,
         )
 
@@ -102,7 +102,7 @@ def create_engine(url: str) -> AsyncEngine:
             max_overflow=20,
             pool_pre_ping=True,
             pool_recycle=1800,
-            json_serializer=_json_text,
+            json_serializer=json_text,
             json_deserializer=orjson.loads,
         )
     raise ValueError(
@@ -164,25 +164,30 @@ _WRITE_LOCKS: weakref.WeakKeyDictionary[Any, LaneLock] = weakref.WeakKeyDictiona
 
 
 @contextlib.asynccontextmanager
-async def writer(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A writing transaction. SQLite has one writer at a time: within a process writers queue
-    on a lock instead of polling SQLite's busy handler, whose sleeps (up to 100 ms) would
-    dominate latency under concurrency, and transactional work queues ahead of bulk work
-    (the lane of the running job, `CURRENT_LANE`). Other processes still wait via
-    busy_timeout."""
+async def write_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """This process's turn to write to a SQLite `engine` (see `writer`); nothing elsewhere."""
     if engine.dialect.name != "sqlite":
-        async with engine.begin() as conn:
-            yield conn
+        yield
         return
     lock = _WRITE_LOCKS.get(engine.sync_engine)
     if lock is None:
         lock = _WRITE_LOCKS[engine.sync_engine] = LaneLock()
     await lock.acquire(CURRENT_LANE.get())
     try:
-        async with engine.begin() as conn:
-            yield conn
+        yield
     finally:
         lock.release()
+
+
+@contextlib.asynccontextmanager
+async def writer(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A writing transaction. SQLite has one writer at a time: within a process writers queue
+    on a lock instead of polling SQLite's busy handler, whose sleeps (up to 100 ms) would
+    dominate latency under concurrency, and transactional work queues ahead of bulk work
+    (the lane of the running job, `CURRENT_LANE`). Other processes still wait via
+    busy_timeout."""
+    async with write_lock(engine), engine.begin() as conn:
+        yield conn
 
 
 def reader(engine: AsyncEngine) -> AsyncEngine:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
 from tidings.adapters.sql.jobs import insert_jobs, job_row
+from tidings.adapters.sql.script import Statement, run_script, script
 from tidings.adapters.sql.tables import (
     jobs,
     notify_digest_events,
@@ -80,6 +81,20 @@ class SqlRunStore:
                 result=bindparam("b_result"),
             )
         )
+        # On SQLite a commit runs as one call on the connection's thread (`run_script`).
+        self._script = not is_postgres(engine)
+        self._script_steps = [
+            Statement(s)
+            for s in (
+                self._ins_step,
+                self._upd_step,
+                self._ins_msg,
+                self._ins_trail,
+                self._put_run,
+                self._ins_job,
+                self._ins_job_id,
+            )
+        ]
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -130,6 +145,23 @@ class SqlRunStore:
         messages = [_message_row(m) for w in writes for m in w.messages]
         trail = [_trail_row(t) for w in writes for t in w.trail]
         runs = [{**_run_row(w.run), "updated_at": now} for w in writes]
+        queued = [job_row(j, now) for j in jobs if j.handoff is None]
+        handing = [job_row(j, now) for j in jobs if j.handoff is not None]
+        if self._script:  # SQLite: the transaction as one call on the connection's thread
+            done = await run_script(
+                self._engine,
+                script(
+                    self._engine.dialect,
+                    (self._script_steps[0], steps),
+                    (self._script_steps[1], replaced),
+                    (self._script_steps[2], messages),
+                    (self._script_steps[3], trail),
+                    (self._script_steps[4], runs),
+                    (self._script_steps[5], queued),
+                    (self._script_steps[6], handing),
+                ),
+            )
+            return {str(row[0]) for row in done[-1]}
         async with writer(self._engine) as conn:
             if steps:
                 await conn.execute(self._ins_step, steps)
@@ -141,10 +173,8 @@ class SqlRunStore:
                 await conn.execute(self._ins_trail, trail)
             if runs:
                 await conn.execute(self._put_run, runs)
-            queued = [job_row(j, now) for j in jobs if j.handoff is None]
             if queued:
                 await conn.execute(self._ins_job, queued)
-            handing = [job_row(j, now) for j in jobs if j.handoff is not None]
             if not handing:
                 return set()
             # RETURNING gives the ids of the rows stored: a deduplicated job is not one

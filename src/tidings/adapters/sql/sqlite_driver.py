@@ -13,8 +13,8 @@ Server-side (streaming) cursors keep SQLAlchemy's own implementation.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util.concurrency import await_
 
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
+_T = TypeVar("_T")
 
 
 class _Finished:
@@ -98,8 +99,18 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         return OneHopConnection(self, cast(Any, await_(connection)))
 
 
+async def run_on_thread(connection: Any, fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(sqlite3_connection, *args)` as one call on the thread of `connection` (a pooled
+    connection's DB-API object), in turn with its statements."""
+    adapt: OneHopConnection = connection
+    aio: Any = adapt._connection  # an aiosqlite.Connection
+    async with adapt._execute_mutex:
+        result: _T = await aio._execute(fn, aio._conn, *args)
+        return result
+
+
 def dbapi() -> OneHopDBAPI:
     return OneHopDBAPI(aiosqlite, sqlite3)
 
 
-__all__: Sequence[str] = ("OneHopDBAPI", "dbapi")
+__all__: Sequence[str] = ("OneHopDBAPI", "dbapi", "run_on_thread")

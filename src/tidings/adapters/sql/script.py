@@ -1,0 +1,119 @@
+"""A SQLite write transaction in one call on the connection's thread.
+
+Through SQLAlchemy a write transaction of several statements is several round trips between
+the event loop and the connection's thread: BEGIN, each statement, COMMIT. Each waits for
+the loop to come round while the transaction holds SQLite's only write lock, and each
+statement's parameters are bound row by row on the loop. A bulk send's slice (steps,
+messages, trail, runs and jobs of 50 runs) was seven such trips.
+
+`run_script` runs BEGIN IMMEDIATE, the statements and COMMIT (or ROLLBACK) as one call on the
+connection's thread, under the process's writer lock (`writer`'s), with rows given as
+tuples. `Statement` compiles a statement once for the engine's dialect and turns row
+mappings into tuples in its parameter order, each value through its bind's processor.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import UpdateBase
+
+from tidings.adapters.sql.engine import write_lock
+from tidings.adapters.sql.sqlite_driver import run_on_thread
+
+
+class Statement:
+    """A DML statement (with its ON CONFLICT and RETURNING clauses), compiled once per dialect
+    and set of row keys; `Compiled.row` makes a row's parameters, each through its bind's
+    processor (JSON columns serialized as SQLAlchemy would)."""
+
+    def __init__(self, stmt: UpdateBase) -> None:
+        self._stmt = stmt
+        self._compiled: dict[tuple[int, tuple[str, ...]], Compiled] = {}
+
+    def bind(self, dialect: Dialect, keys: Sequence[str]) -> Compiled:
+        """The statement compiled for `dialect` and rows holding `keys`."""
+        key = (id(dialect), tuple(keys))
+        found = self._compiled.get(key)
+        if found is None:
+            found = self._compiled[key] = Compiled(self._stmt, dialect, list(keys))
+        return found
+
+
+class Compiled:
+    def __init__(self, stmt: UpdateBase, dialect: Dialect, keys: list[str]) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=keys)
+        self.sql = str(compiled)
+        self.returning = bool(getattr(compiled, "effective_returning", None))
+        self._names = list(compiled.positiontup or [])
+        self._process = [compiled.binds[n].type.bind_processor(dialect) for n in self._names]
+
+    def row(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            values[n] if process is None else process(values[n])
+            for n, process in zip(self._names, self._process, strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement of a script and its rows (as `Insert.row` makes them)."""
+
+    statement: Compiled
+    rows: Sequence[tuple[Any, ...]]
+
+
+def script(dialect: Dialect, *pairs: tuple[Statement, Sequence[Mapping[str, Any]]]) -> list[Step]:
+    """The steps of `(statement, rows as mappings with the same keys)` pairs for `dialect`,
+    in order (a step without rows runs nothing and returns nothing)."""
+    out: list[Step] = []
+    for statement, rows in pairs:
+        if not rows:
+            out.append(Step(_NOTHING, ()))
+            continue
+        compiled = statement.bind(dialect, list(rows[0]))
+        out.append(Step(compiled, [compiled.row(r) for r in rows]))
+    return out
+
+
+_NOTHING = Compiled.__new__(Compiled)  # the statement of a step without rows: never run
+
+
+def _run(conn: sqlite3.Connection, steps: Sequence[Step]) -> list[list[Any]]:
+    """On the connection's thread: the whole transaction. Each step's returned rows."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out: list[list[Any]] = []
+        for step in steps:
+            if not step.rows:  # with `_NOTHING`, or a statement given no rows
+                out.append([])
+            elif step.statement.returning:  # executemany() returns no rows: one at a time
+                found: list[Any] = []
+                for row in step.rows:
+                    found.extend(conn.execute(step.statement.sql, row).fetchall())
+                out.append(found)
+            else:
+                conn.executemany(step.statement.sql, step.rows)
+                out.append([])
+        conn.execute("COMMIT")
+        return out
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+async def run_script(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[Any]]:
+    """Run `steps` in one write transaction of a SQLite `engine`, in one call on a pooled
+    connection's thread; returns each step's returned rows (empty without RETURNING). All
+    or nothing: an error rolls the transaction back and is raised."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        async with write_lock(engine):  # released before the pool resets the connection
+            result: list[list[Any]] = await run_on_thread(raw.dbapi_connection, _run, steps)
+        return result

@@ -1,0 +1,117 @@
+"""A SQLite write transaction in one call on the connection's thread: rows written as
+SQLAlchemy would write them (JSON columns), ids returned by RETURNING, all or nothing, and
+in turn with the process's other writers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import JSON, Column, Double, Integer, MetaData, String, Table, select
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.adapters.sql import create_engine
+from tidings.adapters.sql.engine import writer
+from tidings.adapters.sql.script import Statement, run_script, script
+from tidings.types import CURRENT_LANE, Priority
+
+meta = MetaData()
+docs = Table(
+    "docs",
+    meta,
+    Column("id", String(20), primary_key=True),
+    Column("body", JSON, nullable=False),
+    Column("at", Double, nullable=False),
+)
+log = Table(
+    "log",
+    meta,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("doc", String(20), nullable=False),
+)
+
+PUT = Statement(insert(docs).on_conflict_do_nothing(index_elements=[docs.c.id]))
+PUT_ID = Statement(
+    insert(docs).on_conflict_do_nothing(index_elements=[docs.c.id]).returning(docs.c.id)
+)
+LOG = Statement(insert(log))
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    e = create_engine(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    async with e.begin() as conn:
+        await conn.run_sync(meta.create_all)
+    yield e
+    await e.dispose()
+
+
+def doc(i: int, **body: object) -> dict[str, object]:
+    return {"id": f"d{i}", "body": body, "at": 1.5 + i}
+
+
+async def rows(engine: AsyncEngine) -> list[tuple[object, ...]]:
+    async with engine.connect() as conn:
+        return [tuple(r) for r in await conn.execute(select(docs).order_by(docs.c.id))]
+
+
+async def test_rows_are_written_as_sqlalchemy_writes_them(engine: AsyncEngine) -> None:
+    await run_script(
+        engine,
+        [
+            *script(
+                engine.dialect,
+                (PUT, [doc(1, a=[1, 2]), doc(2, b={"c": None})]),
+                (LOG, [{"doc": "d1"}, {"doc": "d2"}]),
+            )
+        ],
+    )
+    assert await rows(engine) == [("d1", {"a": [1, 2]}, 2.5), ("d2", {"b": {"c": None}}, 3.5)]
+    async with engine.connect() as conn:
+        assert list(await conn.execute(select(log.c.seq, log.c.doc))) == [(1, "d1"), (2, "d2")]
+
+
+async def test_returning_gives_the_ids_of_the_rows_stored(engine: AsyncEngine) -> None:
+    await run_script(engine, script(engine.dialect, (PUT, [doc(1)])))
+    out = await run_script(engine, script(engine.dialect, (PUT_ID, [doc(1), doc(2)]), (LOG, [])))
+    assert out == [[("d2",)], []]  # d1 was there already
+
+
+async def test_a_failing_statement_leaves_nothing_of_the_transaction(engine: AsyncEngine) -> None:
+    with pytest.raises(Exception, match="NOT NULL"):
+        await run_script(
+            engine,
+            script(engine.dialect, (PUT, [doc(1)]), (LOG, [{"doc": None}])),
+        )
+    assert await rows(engine) == []
+    await run_script(engine, script(engine.dialect, (PUT, [doc(3)])))  # still usable
+    assert [r[0] for r in await rows(engine)] == ["d3"]
+
+
+async def test_it_waits_its_turn_behind_the_processs_writer(engine: AsyncEngine) -> None:
+    order: list[str] = []
+    inside = asyncio.Event()
+
+    async def other() -> None:
+        async with writer(engine) as conn:
+            inside.set()
+            await asyncio.sleep(0.05)
+            await conn.execute(insert(log).values(doc="first"))
+            order.append("writer")
+
+    async def scripted() -> None:
+        await inside.wait()
+        CURRENT_LANE.set(Priority.BULK)
+        await run_script(engine, script(engine.dialect, (LOG, [{"doc": "second"}])))
+        order.append("script")
+
+    await asyncio.gather(other(), scripted())
+    assert order == ["writer", "script"]
+    async with engine.connect() as conn:
+        assert [r[0] for r in await conn.execute(select(log.c.doc).order_by(log.c.seq))] == [
+            "first",
+            "second",
+        ]
