@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Column, Double, Integer, MetaData, String, Table, s
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.adapters.sql import create_engine
+from tests.unit.test_sqlite_driver import sqlite_engine
 from tidings.adapters.sql.engine import writer
 from tidings.adapters.sql.script import Statement, run_script, script
 from tidings.types import CURRENT_LANE, Priority
@@ -42,11 +42,8 @@ LOG = Statement(insert(log))
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    e = create_engine(f"sqlite+aiosqlite:///{tmp_path}/s.db")
-    async with e.begin() as conn:
-        await conn.run_sync(meta.create_all)
-    yield e
-    await e.dispose()
+    async with sqlite_engine(tmp_path, meta) as e:
+        yield e
 
 
 def doc(i: int, **body: object) -> dict[str, object]:

@@ -3,6 +3,7 @@ batches, errors and streaming come back as SQLAlchemy expects them."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,13 +24,22 @@ things = Table(
 )
 
 
+@contextlib.asynccontextmanager
+async def sqlite_engine(tmp_path: Path, schema: MetaData) -> AsyncIterator[AsyncEngine]:
+    """An engine on a new SQLite file holding `schema`'s tables."""
+    e = create_engine(f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    try:
+        async with e.begin() as conn:
+            await conn.run_sync(schema.create_all)
+        yield e
+    finally:
+        await e.dispose()
+
+
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    e = create_engine(f"sqlite+aiosqlite:///{tmp_path}/d.db")
-    async with e.begin() as conn:
-        await conn.run_sync(meta.create_all)
-    yield e
-    await e.dispose()
+    async with sqlite_engine(tmp_path, meta) as e:
+        yield e
 
 
 async def test_the_engine_uses_the_one_hop_cursor(engine: AsyncEngine) -> None:
