@@ -125,16 +125,22 @@ def validate_channel(channel: str, *, max_length: int = MAX_CHANNEL_LENGTH) -> N
         )
 
 
+def _namespace(body: str) -> str:
+    """The namespace of a channel without its private prefix ("" for the default)."""
+    namespace, separator, _ = body.partition(NAMESPACE_SEPARATOR)
+    if not separator:
+        return ""
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise ChannelError(f"bad namespace in channel: {namespace!r}", field="channel")
+    return namespace
+
+
 def parse_channel(channel: str, *, max_length: int = MAX_CHANNEL_LENGTH) -> ChannelName:
     """Validate and split a channel into its namespace, private flag and allowed users."""
     validate_channel(channel, max_length=max_length)
     private = channel.startswith(PRIVATE_PREFIX)
     body = channel[1:] if private else channel
-    namespace = ""
-    if NAMESPACE_SEPARATOR in body:
-        namespace = body.split(NAMESPACE_SEPARATOR, 1)[0]
-        if not _NAMESPACE_RE.fullmatch(namespace):
-            raise ChannelError(f"bad namespace in channel: {namespace!r}", field="channel")
+    namespace = _namespace(body)
     users: frozenset[str] | None = None
     if USER_SEPARATOR in body:
         listed = body.rsplit(USER_SEPARATOR, 1)[1]
@@ -172,18 +178,22 @@ class ChannelResolver:
 
     def options(self, channel: str) -> NamespaceOptions:
         """The channel's options; `UnknownChannel` if its namespace is not configured,
-        `ChannelError` if the name is invalid."""
-        return self.options_for(self.parse(channel))
+        `ChannelError` if the name is invalid. (Every publish asks: the name is checked and
+        its namespace read without parsing the rest.)"""
+        validate_channel(channel, max_length=self._max_length)
+        body = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+        return self._options(_namespace(body))
 
     def options_for(self, name: ChannelName) -> NamespaceOptions:
-        if not name.namespace:
+        return self._options(name.namespace)
+
+    def _options(self, namespace: str) -> NamespaceOptions:
+        if not namespace:
             return self._default
         try:
-            return self._namespaces[name.namespace]
+            return self._namespaces[namespace]
         except KeyError:
-            raise UnknownChannel(
-                f"unknown namespace: {name.namespace!r}", field="channel"
-            ) from None
+            raise UnknownChannel(f"unknown namespace: {namespace!r}", field="channel") from None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ChannelResolver:

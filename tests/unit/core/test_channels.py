@@ -61,6 +61,17 @@ def test_resolver() -> None:
     with pytest.raises(UnknownChannel) as info:
         resolver.options("other:1")
     assert info.value.field == "channel"
+    assert resolver.options("chat:#u1,u2") is chat  # a user-limited channel
+    assert resolver.options_for(parse_channel("$chat:#u1")) is chat
+    for bad, message in (
+        ("x:room", "bad namespace"),
+        ("chat:1 2", "may contain only"),
+        ("", "empty"),
+    ):
+        with pytest.raises(ChannelError, match=message):
+            resolver.options(bad)
+    with pytest.raises(ChannelError, match="longer than 8"):
+        ChannelResolver(max_length=8).options("chat:1234")
     with pytest.raises(ChannelError):
         ChannelResolver(namespaces={"x": chat})
 
