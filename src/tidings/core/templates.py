@@ -144,11 +144,24 @@ def locale_chain(requested: str | None, default: str) -> list[str]:
 
 
 def pick_locale(available: Mapping[str, Any], requested: str | None, default: str) -> str:
+    return _pick_locale(tuple(available), requested, default)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pick_locale(available: tuple[str, ...], requested: str | None, default: str) -> str:
+    """`pick_locale` for the tags a content has: each recipient of a fanout asks again."""
     lowered = {k.lower(): k for k in available}
     for tag in locale_chain(requested, default):
         if tag.lower() in lowered:
             return lowered[tag.lower()]
     return default
+
+
+@functools.lru_cache(maxsize=512)
+def _locale_facts(tag: str) -> tuple[Locale, str, bool]:
+    """The Babel locale of a tag, its name and whether it is written right to left."""
+    locale = _babel_locale(tag)
+    return locale, str(locale), locale.text_direction == "rtl"
 
 
 @functools.lru_cache(maxsize=512)
@@ -302,7 +315,7 @@ class Renderer:
             source = version.locales
             tag = pick_locale(source, locale, version.default_locale)
         content = source[tag]
-        babel_locale = _babel_locale(locale or tag)
+        babel_locale, locale_name, rtl = _locale_facts(locale or tag)
         try:
             tz = ZoneInfo(timezone)
         except (KeyError, ValueError):
@@ -311,8 +324,8 @@ class Renderer:
             **(extra or {}),
             "payload": dict(payload),
             "subscriber": dict(recipient or {}),
-            "locale": str(babel_locale),
-            "rtl": babel_locale.text_direction == "rtl",
+            "locale": locale_name,
+            "rtl": rtl,
         }
         fields: dict[str, str] = {}
         for name, text in content.fields.items():

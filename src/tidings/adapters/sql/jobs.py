@@ -4,7 +4,21 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import String, and_, case, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Double,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +46,7 @@ class SqlJobQueue:
         self._engine = engine
         self._read = reader(engine)
         self._clock = clock
+        self._claims: dict[tuple[tuple[str, ...], int], tuple[Select[Any], Any]] = {}
 
     async def enqueue(self, job: NewJob) -> str:
         row = job_row(job, self._clock.now())
@@ -55,10 +70,41 @@ class SqlJobQueue:
             return []
         now = self._clock.now()
         rank = {lane.value: i for i, lane in enumerate(lanes)}
+        candidates, take = self._claim_statements(tuple(rank), limit)
+        params = {
+            "now": now,
+            "until": now + lease_seconds,
+            # One random part per claim, made unique per job by its sequence number.
+            "token": uuid.uuid4().hex + ".",
+        }
+        async with writer(self._engine) as conn:
+            if is_postgres(self._engine):
+                # Lock the candidates, passing over rows another claimer holds, then take them.
+                seqs = list((await conn.execute(candidates, params)).scalars())
+                if not seqs:
+                    return []
+                result = await conn.execute(take, {**params, "seqs": seqs})
+            else:
+                # SQLite: the transaction began IMMEDIATE, so this single statement runs alone.
+                result = await conn.execute(take, params)
+            rows = [r._mapping for r in result]
+        rows.sort(key=lambda m: (rank[m["lane"]], m["run_at"], m["seq"]))
+        return [_job(m) for m in rows]
+
+    def _claim_statements(self, lanes: tuple[str, ...], limit: int) -> tuple[Select[Any], Any]:
+        """The claim's two statements for these lanes (in order of preference) and limit,
+        built once: their values are parameters (`now`, `until`, `token`; `seqs` for the
+        second on PostgreSQL). A worker claims every poll; building them is most of that."""
+        key = (lanes, limit)
+        found = self._claims.get(key)
+        if found is not None:
+            return found
+        rank = {lane: i for i, lane in enumerate(lanes)}
+        now = bindparam("now", type_=Double)
         candidates = (
             select(jobs.c.seq)
             .where(
-                jobs.c.lane.in_(list(rank)),
+                jobs.c.lane.in_(list(lanes)),
                 or_(
                     and_(jobs.c.state == JobState.QUEUED.value, jobs.c.run_at <= now),
                     and_(jobs.c.state == _RUNNING, jobs.c.locked_until <= now),
@@ -67,29 +113,19 @@ class SqlJobQueue:
             .order_by(case(rank, value=jobs.c.lane), jobs.c.run_at, jobs.c.seq)
             .limit(limit)
         )
-        # One random part per claim, made unique per job by its sequence number.
-        token = literal(uuid.uuid4().hex + ".") + cast(jobs.c.seq, String)
         take = update(jobs).values(
             state=_RUNNING,
             attempts=jobs.c.attempts + 1,
-            lease_token=token,
-            locked_until=now + lease_seconds,
+            lease_token=bindparam("token", type_=String) + cast(jobs.c.seq, String),
+            locked_until=bindparam("until", type_=Double),
         )
-        async with writer(self._engine) as conn:
-            if is_postgres(self._engine):
-                # Lock the candidates, passing over rows another claimer holds, then take them.
-                seqs = list(
-                    (await conn.execute(candidates.with_for_update(skip_locked=True))).scalars()
-                )
-                if not seqs:
-                    return []
-                stmt = take.where(jobs.c.seq.in_(seqs))
-            else:
-                # SQLite: the transaction began IMMEDIATE, so this single statement runs alone.
-                stmt = take.where(jobs.c.seq.in_(candidates.scalar_subquery()))
-            rows = [r._mapping for r in await conn.execute(stmt.returning(*jobs.c))]
-        rows.sort(key=lambda m: (rank[m["lane"]], m["run_at"], m["seq"]))
-        return [_job(m) for m in rows]
+        if is_postgres(self._engine):
+            candidates = candidates.with_for_update(skip_locked=True)
+            take = take.where(jobs.c.seq.in_(bindparam("seqs", expanding=True)))
+        else:
+            take = take.where(jobs.c.seq.in_(candidates.scalar_subquery()))
+        found = self._claims[key] = (candidates, take.returning(*jobs.c))
+        return found
 
     async def _settle(self, job_id: str, token: str, **values: Any) -> None:
         async with writer(self._engine) as conn:

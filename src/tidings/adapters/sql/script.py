@@ -14,6 +14,7 @@ mappings into tuples in its parameter order, each value through its bind's proce
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,14 +51,24 @@ class Compiled:
         compiled = stmt.compile(dialect=dialect, column_keys=keys)
         self.sql = str(compiled)
         self.returning = bool(getattr(compiled, "effective_returning", None))
-        self._names = list(compiled.positiontup or [])
-        self._process = [compiled.binds[n].type.bind_processor(dialect) for n in self._names]
+        names = list(compiled.positiontup or [])
+        processors = [compiled.binds[n].type.bind_processor(dialect) for n in names]
+        self._get = operator.itemgetter(*names) if len(names) > 1 else None
+        self._names = names
+        # (position, processor) of the values that need one (JSON): most need none
+        self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
 
     def row(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(
-            values[n] if process is None else process(values[n])
-            for n, process in zip(self._names, self._process, strict=True)
-        )
+        if self._get is None:
+            found: tuple[Any, ...] = tuple(values[n] for n in self._names)
+        else:
+            found = self._get(values)
+        if not self._process:
+            return found
+        out = list(found)
+        for i, process in self._process:
+            out[i] = process(out[i])
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -337,7 +337,8 @@ def check_idempotency(key: str, already_done: bool) -> Decision:
     """``already_done``: the effect store already holds ``key`` (an earlier attempt sent it)."""
     if already_done:
         return Decision(Stage.IDEMPOTENCY, DecisionKind.SUPPRESS, Reason.DUPLICATE, key)
-    return _send(Stage.IDEMPOTENCY, Reason.FIRST_EFFECT, key)
+    # not through `_send`'s cache: each message's key is its own
+    return Decision(Stage.IDEMPOTENCY, DecisionKind.SEND, Reason.FIRST_EFFECT, key)
 
 
 # -- the pipeline --------------------------------------------------------------------------
