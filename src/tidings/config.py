@@ -206,7 +206,8 @@ class NotifySettings(BaseModel):
         ge=1,
         le=64,
         description="Bulk batches one process runs at once; default 1 on SQLite (one writer: "
-        "more only queue in front of transactional work), 4 on PostgreSQL.",
+        "more only queue in front of transactional work), 4 on PostgreSQL. While "
+        "transactional work ran within the last second, only the oldest goes on.",
     )
     max_recipients: int = Field(default=1000, ge=1, le=100_000)
     frequency_caps: list[FrequencyCapSettings] = Field(default_factory=list)
