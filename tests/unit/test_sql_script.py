@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.unit.test_sqlite_driver import sqlite_engine
 from tidings.adapters.sql.engine import writer
-from tidings.adapters.sql.script import Statement, run_script, script
+from tidings.adapters.sql.script import MAX_ROWS, Statement, run_script, script
 from tidings.types import CURRENT_LANE, Priority
 
 meta = MetaData()
@@ -112,3 +112,16 @@ async def test_it_waits_its_turn_behind_the_processs_writer(engine: AsyncEngine)
             "first",
             "second",
         ]
+
+
+async def test_many_rows_go_in_multi_row_statements_first_row_wins(engine: AsyncEngine) -> None:
+    compiled = PUT.bind(engine.dialect, ["id", "body", "at"])
+    assert compiled.rows_per_statement() == MAX_ROWS  # an INSERT: many rows a statement
+    assert PUT_ID.bind(engine.dialect, ["id", "body", "at"]).rows_per_statement() == 1
+    many = [doc(i, n=i) for i in range(2 * MAX_ROWS + 7)]
+    again = {**doc(3, n="later"), "at": 0.0}  # the same id later in the same statement
+    await run_script(engine, script(engine.dialect, (PUT, [*many[:10], again, *many[10:]])))
+    stored = await rows(engine)
+    assert len(stored) == len(many)
+    assert dict((r[0], r[1]) for r in stored)["d3"] == {"n": 3}  # the first row of it won
+    assert sorted(r[2] for r in stored) == sorted(1.5 + i for i in range(len(many)))

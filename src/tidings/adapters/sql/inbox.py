@@ -16,6 +16,7 @@ keys in the same order (a retried batch) wait for each other instead.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -25,11 +26,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.script import run_transaction
 from tidings.adapters.sql.tables import inbox_items
 from tidings.errors import Conflict, NotFound
 from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
 
 _IN_CHUNK = 500
+Key = tuple[str, str, str]  # an item's delivery key: (subscriber, event, step)
 _SQLITE_ROWS = 1000  # rows per INSERT on SQLite: 13 parameters each, the limit is 32766
 _ZERO = Counts(unread=0, unseen=0)
 _c = inbox_items.c
@@ -82,6 +85,50 @@ def _sqlite_insert(rows: int) -> str:
     return f"INSERT INTO {inbox_items.name} ({', '.join(_COLUMNS)}) VALUES {values} {_TAIL}"
 
 
+def _pg_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """The rows as one array parameter per column, for `_PG_INSERT`."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
+
+
+def _sqlite_insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dict[str, int]:
+    """On the connection's thread: insert the rows in order, skipping those whose delivery
+    key is stored; the `seq` of each row inserted, by id."""
+    inserted: dict[str, int] = {}
+    for start in range(0, len(rows), _SQLITE_ROWS):
+        chunk = rows[start : start + _SQLITE_ROWS]
+        flat = [value for row in chunk for value in row]
+        for item_id, seq in conn.execute(_sqlite_insert(len(chunk)), flat).fetchall():
+            inserted[item_id] = int(seq)
+    return inserted
+
+
+_ALL_COLUMNS = [c.name for c in inbox_items.columns]
+_TIMES = {c.name for c in (_c.created_at, _c.seen_at, _c.read_at, _c.archived_at)}
+
+
+def _sqlite_by_keys(conn: sqlite3.Connection, keys: list[Key]) -> dict[Key, InboxItem]:
+    """On the connection's thread: the stored items of these delivery keys."""
+    found: dict[Key, InboxItem] = {}
+    for start in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[start : start + _IN_CHUNK]
+        query = (
+            f"SELECT {', '.join(_ALL_COLUMNS)} FROM {inbox_items.name} WHERE "
+            f"({_c.subscriber_id.name}, {_c.event_id.name}, {_c.step.name}) IN "
+            f"(VALUES {', '.join(['(?, ?, ?)'] * len(chunk))})"
+        )
+        for row in conn.execute(query, [v for key in chunk for v in key]).fetchall():
+            values = dict(zip(_ALL_COLUMNS, row, strict=True))
+            values[_c.data.name] = orjson.loads(values[_c.data.name])
+            for name in _TIMES:  # as `Epoch` reads them: integral REALs come back as int
+                if values[name] is not None:
+                    values[name] = float(values[name])
+            item = _item(values)
+            key = _key(item)
+            if key is not None:
+                found[key] = item
+    return found
+
+
 async def _returning(
     conn: AsyncConnection, statement: str, params: tuple[Any, ...]
 ) -> dict[str, int]:
@@ -129,12 +176,24 @@ class SqlInboxStore:
                     continue
                 first[key] = n
             rows.append(_values(item))
+
+        def stored_of(inserted: dict[str, int]) -> list[tuple[str, str, str]]:
+            return [k for k, n in first.items() if items[n].id not in inserted]
+
+        def sqlite_write(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[Key, InboxItem]]:
+            inserted = _sqlite_insert_rows(conn, rows)
+            stored = stored_of(inserted)
+            return inserted, _sqlite_by_keys(conn, stored) if stored else {}
+
         try:
-            async with writer(self._engine) as conn:
-                inserted = await self._insert(conn, rows)
-                stored = [k for k, n in first.items() if items[n].id not in inserted]
-                found = await self._by_keys(conn, stored) if stored else {}
-        except IntegrityError:
+            if self._postgres:
+                async with writer(self._engine) as conn:
+                    inserted = await _returning(conn, _PG_INSERT, _pg_columns(rows))
+                    stored = stored_of(inserted)
+                    found = await self._by_keys(conn, stored) if stored else {}
+            else:  # one call on the connection's thread: no hops while holding the writer
+                inserted, found = await run_transaction(self._engine, sqlite_write)
+        except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict(_conflict_message(items), field="id") from None
         out: list[tuple[InboxItem, bool]] = []
         for n, item in enumerate(items):
@@ -150,19 +209,6 @@ class SqlInboxStore:
                 raise Conflict(f"inbox item {items[winner].id} was purged while being added")
             out.append((earlier, False))
         return out
-
-    async def _insert(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> dict[str, int]:
-        """Insert the rows in order, skipping those whose delivery key is stored; the `seq` of
-        each row inserted, by id."""
-        if self._postgres:
-            columns = tuple(list(column) for column in zip(*rows, strict=True))
-            return await _returning(conn, _PG_INSERT, columns)
-        inserted: dict[str, int] = {}
-        for start in range(0, len(rows), _SQLITE_ROWS):
-            chunk = rows[start : start + _SQLITE_ROWS]
-            flat = tuple(value for row in chunk for value in row)
-            inserted.update(await _returning(conn, _sqlite_insert(len(chunk)), flat))
-        return inserted
 
     async def _by_keys(
         self, conn: AsyncConnection, keys: list[tuple[str, str, str]]

@@ -14,14 +14,16 @@ mappings into tuples in its parameter order, each value through its bind's proce
 
 from __future__ import annotations
 
+import functools
 import operator
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert as SqlInsert
 from sqlalchemy.sql.dml import UpdateBase
 
 from tidings.adapters.sql.engine import write_lock
@@ -57,6 +59,32 @@ class Compiled:
         self._names = names
         # (position, processor) of the values that need one (JSON): most need none
         self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
+        # An INSERT without RETURNING takes many rows per statement: one step of SQLite
+        # for them, where `executemany` steps (and gives the GIL back and takes it again,
+        # each time waiting for the event loop's thread) once per row.
+        self._values: tuple[str, str, str] | None = None
+        at = self.sql.find(" VALUES (")
+        if isinstance(stmt, SqlInsert) and not self.returning and at >= 0 and names:
+            end = self.sql.index(")", at) + 1
+            group = self.sql[at + len(" VALUES ") : end]
+            if group == "(" + ", ".join("?" * len(names)) + ")":
+                self._values = (self.sql[:at] + " VALUES ", group, self.sql[end:])
+        self._multi: dict[int, str] = {}
+
+    def rows_per_statement(self) -> int:
+        """How many rows one statement takes (1: one per statement, `executemany`)."""
+        if self._values is None:
+            return 1
+        return max(1, min(MAX_ROWS, MAX_VARIABLES // len(self._names)))
+
+    def multi(self, n: int) -> str:
+        """The statement for `n` rows at once (an INSERT whose VALUES takes many rows)."""
+        found = self._multi.get(n)
+        if found is None:
+            assert self._values is not None
+            head, group, tail = self._values
+            found = self._multi[n] = head + ", ".join([group] * n) + tail
+        return found
 
     def row(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         if self._get is None:
@@ -92,39 +120,63 @@ def script(dialect: Dialect, *pairs: tuple[Statement, Sequence[Mapping[str, Any]
     return out
 
 
+_T = TypeVar("_T")
+MAX_VARIABLES = 32_766  # SQLite's bound on parameters per statement (since 3.32)
+MAX_ROWS = 500  # rows per multi-row INSERT
+
 _NOTHING = Compiled.__new__(Compiled)  # the statement of a step without rows: never run
 
 
-def _run(conn: sqlite3.Connection, steps: Sequence[Step]) -> list[list[Any]]:
-    """On the connection's thread: the whole transaction. Each step's returned rows."""
+def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
+    """On the connection's thread, inside the transaction: each step's returned rows."""
+    out: list[list[Any]] = []
+    for step in steps:
+        if not step.rows:  # with `_NOTHING`, or a statement given no rows
+            out.append([])
+        elif step.statement.returning:  # executemany() returns no rows: one at a time
+            found: list[Any] = []
+            for row in step.rows:
+                found.extend(conn.execute(step.statement.sql, row).fetchall())
+            out.append(found)
+        elif (per := step.statement.rows_per_statement()) > 1:
+            rows = step.rows
+            for start in range(0, len(rows), per):
+                chunk = rows[start : start + per]
+                flat = [value for row in chunk for value in row]
+                conn.execute(step.statement.multi(len(chunk)), flat)
+            out.append([])
+        else:
+            conn.executemany(step.statement.sql, step.rows)
+            out.append([])
+    return out
+
+
+def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """On the connection's thread: `fn` inside BEGIN IMMEDIATE ... COMMIT."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        out: list[list[Any]] = []
-        for step in steps:
-            if not step.rows:  # with `_NOTHING`, or a statement given no rows
-                out.append([])
-            elif step.statement.returning:  # executemany() returns no rows: one at a time
-                found: list[Any] = []
-                for row in step.rows:
-                    found.extend(conn.execute(step.statement.sql, row).fetchall())
-                out.append(found)
-            else:
-                conn.executemany(step.statement.sql, step.rows)
-                out.append([])
+        result = fn(conn)
         conn.execute("COMMIT")
-        return out
+        return result
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
 
 
-async def run_script(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[Any]]:
-    """Run `steps` in one write transaction of a SQLite `engine`, in one call on a pooled
-    connection's thread; returns each step's returned rows (empty without RETURNING). All
-    or nothing: an error rolls the transaction back and is raised."""
+async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`fn(connection)` in one write transaction of a SQLite `engine` (BEGIN IMMEDIATE,
+    then COMMIT, or ROLLBACK when it raises), as one call on a pooled connection's thread,
+    under the process's writer lock. `fn` runs on that thread: plain `sqlite3` calls only."""
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         async with write_lock(engine):  # released before the pool resets the connection
-            result: list[list[Any]] = await run_on_thread(raw.dbapi_connection, _run, steps)
+            result: _T = await run_on_thread(raw.dbapi_connection, _transaction, fn)
         return result
+
+
+async def run_script(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[Any]]:
+    """Run `steps` in one write transaction of a SQLite `engine` (`run_transaction`);
+    returns each step's returned rows (empty without RETURNING). All or nothing: an error
+    rolls the transaction back and is raised."""
+    return await run_transaction(engine, functools.partial(_run, steps))
