@@ -8,8 +8,11 @@ wrapping the runtime's own pieces:
 
 - the event loop's lag (a 1 ms sleep's overshoot) and its stalls over 30 ms;
 - every garbage collection by generation (gc.callbacks);
-- SQLite writer lock waits and holds per lane (`LaneLock`);
-- per job kind and lane: claim delay (start minus due) and run time (`WorkerPool.execute`).
+- SQLite writer lock waits and holds per lane (`LaneLock`; none with `--pg`, which runs the
+  same on PostgreSQL);
+- per job kind and lane: claim delay (start minus due) and run time (`WorkerPool.execute`);
+- statements through SQLAlchemy per lane and table (on SQLite the one-call writes of
+  `adapters/sql/script.py` pass beside it: their time is in the writer holds).
 
 It is a diagnostic, not a goal: bench/notify.py measures the lanes goal against `tidings
 serve` over HTTP. Runs with several settings back the choices in bench/results/notify.md:
@@ -38,11 +41,14 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import notify as nb
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from tidings.adapters.sql import engine as sql_engine
+from tidings.adapters.sql import tables as sql_tables
 from tidings.services import worker as worker_module
 from tidings.services.gcpolicy import GcPolicy
-from tidings.types import Priority
+from tidings.types import CURRENT_LANE, Priority
 
 Samples = dict[tuple[str, str], list[float]]
 
@@ -110,6 +116,25 @@ class Probe:
         worker_module.WorkerPool.execute = timed_execute  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
 
+        # Statements through SQLAlchemy, per lane of the job running them and per table
+        # (start to result, the wait for the event loop included).
+        def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            conn.info.setdefault("bench_started", []).append(time.perf_counter())
+
+        def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            started = conn.info["bench_started"].pop()
+            words = statement.split()
+            verb = words[0].upper() if words else "?"
+            table = next(
+                (w for w in words if w in {t.name for t in sql_tables.metadata.sorted_tables}),
+                "?",
+            )
+            lane = CURRENT_LANE.get().value
+            probe.add(f"sql {lane} {verb} {table}", time.perf_counter() - started)
+
+        event.listen(Engine, "before_cursor_execute", before)
+        event.listen(Engine, "after_cursor_execute", after)
+
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_start = time.perf_counter()
@@ -126,7 +151,9 @@ class Probe:
                 self.stalls.append((self.phase, lag))
 
 
-async def run(n: int, rate: float, idle_s: float, gc_freeze: float, commit: int) -> dict[str, Any]:
+async def run(
+    n: int, rate: float, idle_s: float, gc_freeze: float, commit: int, pg: str | None = None
+) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from tidings.adapters.sql.tables import notify_runs
@@ -137,7 +164,11 @@ async def run(n: int, rate: float, idle_s: float, gc_freeze: float, commit: int)
     probe = Probe()
     probe.install()
     tmp = tempfile.mkdtemp()
-    url = f"sqlite+aiosqlite:///{tmp}/breakdown.db"
+    url = (
+        nb.pg_database(pg, "tidings_bench_breakdown")
+        if pg
+        else f"sqlite+aiosqlite:///{tmp}/breakdown.db"
+    )
     workflows = Path(tmp) / "workflows.yaml"
     workflows.write_text(nb.WORKFLOWS)
     nb.migrate(url)
@@ -259,7 +290,7 @@ SHOWN = (
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        "# Lanes breakdown (one process, SQLite)",
+        f"# Lanes breakdown (one process, {'PostgreSQL' if args.pg else 'SQLite'})",
         "",
         f"`bench/lanes_breakdown.py --recipients {args.recipients} --rate {args.rate:g}`, "
         f"measured {time.strftime('%Y-%m-%d')} on this machine; p50 / p99 / max in ms, "
@@ -277,7 +308,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             "| measure | idle n | idle p50 / p99 / max | bulk n | bulk p50 / p99 / max |",
             "|---|---|---|---|---|",
         ]
-        for name in SHOWN:
+        # and the transactional statements with the longest tail during the bulk send
+        statements = sorted(
+            (k.split("|", 1)[1] for k in r["metrics"] if k.startswith("bulk|sql transactional")),
+            key=lambda name: -r["metrics"][f"bulk|{name}"]["p99"],
+        )
+        for name in (*SHOWN, *statements[:8]):
             i = r["metrics"].get(f"idle|{name}", {"n": 0})
             b = r["metrics"].get(f"bulk|{name}", {"n": 0})
             lines.append(f"| {name} | {i['n']} | {fmt(i)} | {b['n']} | {fmt(b)} |")
@@ -298,6 +334,7 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--gc-freeze", type=float, action="append", help="seconds (repeatable)")
     ap.add_argument("--commit-size", type=int, action="append", help="runs (repeatable)")
+    ap.add_argument("--pg", help="a postgresql+asyncpg URL: run on PostgreSQL, not SQLite")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.sink is not None:
@@ -307,7 +344,9 @@ def main() -> None:
         freeze, commit = args.gc_freeze[0], args.commit_size[0]
         print(
             json.dumps(
-                asyncio.run(run(args.recipients, args.rate, args.idle_seconds, freeze, commit))
+                asyncio.run(
+                    run(args.recipients, args.rate, args.idle_seconds, freeze, commit, args.pg)
+                )
             )
         )
         return
@@ -329,6 +368,7 @@ def main() -> None:
                     str(freeze),
                     "--commit-size",
                     str(commit),
+                    *(["--pg", args.pg] if args.pg else []),
                 ],
                 check=True,
                 capture_output=True,

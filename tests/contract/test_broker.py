@@ -160,8 +160,14 @@ async def test_publication_carries_info_tags_and_key(broker_kit: BrokerKit) -> N
         CH, b"{}", history_size=5, history_ttl=60.0, info=info, tags={"t": "v"}, key="price"
     )
     assert (pub.info, pub.tags, pub.key, pub.channel) == (info, {"t": "v"}, "price", CH)
+    assert pub.time == broker_kit.clock.now() and pub.offset == 1
     [kept] = (await broker_kit.broker.history(CH, limit=-1)).publications
     assert kept == pub == rec.pubs[0]
+    # an idempotent replay gives the whole original back, however the repeat differs
+    once = {"history_size": 5, "history_ttl": 60.0, "idempotency_key": "op"}
+    first = await broker_kit.broker.publish(CH, b"1", info=info, tags={"a": "b"}, key="k", **once)
+    again = await broker_kit.broker.publish(CH, b"2", **once)
+    assert again == first and (again.info, again.tags, again.key) == (info, {"a": "b"}, "k")
 
 
 async def test_only_subscribed_channels_are_delivered(broker_kit: BrokerKit) -> None:

@@ -12,7 +12,6 @@ import orjson
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryBroker
 from tidings.adapters.memory.broker import SWEEP_BATCH
-from tidings.types import ClientInfo
 
 
 async def test_kept_streams_drop_out_of_the_collectors_tracking() -> None:
@@ -99,25 +98,3 @@ async def test_an_idempotency_key_is_remembered_for_its_stream_only() -> None:
         "chat:1", b"5", history_size=1, history_ttl=10, idempotency_key="op"
     )
     assert (after.offset, after.data) == (1, b"5") and after.epoch != fresh.epoch
-
-
-async def test_history_and_replays_give_back_whole_publications() -> None:
-    broker = MemoryBroker(ManualClock(1000.0))
-    info = ClientInfo(user="u1", client="c1")
-    first = await broker.publish(
-        "chat:1",
-        b"{}",
-        history_size=10,
-        history_ttl=60,
-        info=info,
-        tags={"a": "b"},
-        key="k",
-        idempotency_key="once",
-    )
-    again = await broker.publish(
-        "chat:1", b"{}", history_size=10, history_ttl=60, info=info, idempotency_key="once"
-    )
-    assert again == first and first.offset == 1 and first.info == info
-    history = await broker.history("chat:1", limit=-1)
-    assert history.publications == (first,)
-    assert (first.channel, first.tags, first.key, first.time) == ("chat:1", {"a": "b"}, "k", 1000.0)
