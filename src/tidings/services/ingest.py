@@ -128,7 +128,8 @@ class IngestService:
             if created:
                 offered.stored = offered.handed()
         if created:
-            if self._on_enqueue is not None:
+            # a dispatch handed to a local pool runs without a claim: no wake for it
+            if self._on_enqueue is not None and not offered.stored:
                 self._on_enqueue()
         else:
             await self._enqueue_dispatch(record)  # a replay: repair, if it ever went missing

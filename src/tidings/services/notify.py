@@ -526,12 +526,15 @@ class Orchestrator:
         # transactions, so neither takes SQLite's one writer lock from under it.
         await self._gate.pause()
         stored = await self.inbox.add_many(inbox, push=False) if inbox else []
+        queued = False
         if writes:
             await self._gate.pause()
             # Due transactional jobs (deliveries) go straight to a local worker once stored.
             with self._handoffs.offering(jobs, p.now) as offered:
                 offered.stored = await self.runs.commit(writes, offered.jobs)
-        if jobs and self._on_enqueue is not None:
+            # only queued jobs need a claim: those handed off run as they are stored
+            queued = any(j.handoff is None for j in offered.jobs)
+        if queued and self._on_enqueue is not None:
             self._on_enqueue()
         await self.inbox.push(stored)  # live updates once the runs are committed
 

@@ -79,9 +79,12 @@ class WorkerPool:
         self._stopping = False
         self._gate = gate or LaneGate()
         self._reserved = 0  # slots promised to handed-off jobs not yet stored
+        # The last claim found no more due jobs: a job ending needs no claim of its own.
+        self._drained = False
 
     def notify(self) -> None:
         """Wake the claim loop now (new work was enqueued in this process)."""
+        self._drained = False
         self._wake.set()
 
     async def start(self) -> None:
@@ -146,6 +149,9 @@ class WorkerPool:
                     claimed = await self.claim(min(free, self._batch))
                 except Exception:
                     log.exception("claim failed", extra={"worker": self.worker_id})
+            # Fewer due jobs than asked for: the queue is drained until new work is
+            # enqueued here (`notify`) or comes due (the next poll).
+            self._drained = free > 0 and len(claimed) < min(free, self._batch)
             for job in claimed:
                 self._spawn(job)
             if not claimed or free <= len(claimed):
@@ -155,7 +161,8 @@ class WorkerPool:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._wake.set()
+        if not self._drained:  # a freed slot takes queued work at once
+            self._wake.set()
 
     async def claim(self, limit: int) -> list[Job]:
         return await self._jobs.claim(self.worker_id, self._lanes, limit, self._lease)

@@ -447,7 +447,7 @@ async def test_a_transactional_events_dispatch_is_handed_off(
     assert job.kind == DISPATCH_JOB and job.payload == {"event_id": result.event.id}
     assert job.attempts == 1 and job.dedupe_key == f"dispatch:{result.event.id}"
     assert kit.handler.claims_before == [claims]
-    assert kit.enqueued == [1]
+    assert kit.enqueued == []  # handed off: no claim loop is woken for it
     await wait_until(lambda: is_done(kit.jobs, job.id))
     assert (await kit.dispatch_job(result.event.id)).id == job.id
 
@@ -464,6 +464,7 @@ async def test_a_bulk_events_dispatch_waits_for_a_claim(kit: IngestKit) -> None:
     assert result.created
     await quiet()
     assert kit.handler.seen == []
+    assert kit.enqueued == [1]  # queued: the claim loops are woken
     queued = await kit.dispatch_job(result.event.id)
     assert queued.state == JobState.QUEUED and queued.attempts == 0 and queued.lane == BULK
     kit.pool.notify()
@@ -522,3 +523,43 @@ async def test_offering_frees_every_slot_when_the_write_fails(clock: ManualClock
         assert free_slots(r.pool) == 1
         await quiet()
         assert r.handler.seen == []
+
+
+# -- claims after a job ends ---------------------------------------------------------------
+
+
+async def test_a_job_ending_claims_again_only_while_work_remained(clock: ManualClock) -> None:
+    """The claim loop polls rarely (60 s here): a job ending wakes it only when its last
+    claim filled every slot it asked for, not when it found the queue drained."""
+    r = rig(clock, concurrency=1)
+    first, second = [
+        await r.jobs.enqueue(NewJob(kind="k", payload={"n": n}, lane=BULK)) for n in range(2)
+    ]
+    release = r.handler.hold()
+    async with r.running():  # its first claim takes one of two: work remains
+        assert (await r.handler.next_run()).id == first
+        claims = len(r.jobs.claims)
+        release.set()
+        assert (await r.handler.next_run()).id == second  # claimed as the first ended
+        assert len(r.jobs.claims) == claims + 1
+        # that claim filled its one slot, so the second ending claims once more: nothing
+        await wait_until(lambda: len(r.jobs.claims) == claims + 2)
+        assert r.jobs.claims[-1] == []
+
+
+async def test_a_job_ending_claims_nothing_once_the_queue_was_drained(
+    clock: ManualClock,
+) -> None:
+    r = rig(clock, concurrency=2)
+    job_id = await r.jobs.enqueue(NewJob(kind="k", payload={}, lane=BULK))
+    release = r.handler.hold()
+    async with r.running():  # its first claim asks for two and gets one: drained
+        assert (await r.handler.next_run()).id == job_id
+        await quiet()  # the free slot's own claim, which finds nothing
+        claims = len(r.jobs.claims)
+        release.set()
+        await wait_until(lambda: is_done(r.jobs, job_id))
+        await quiet()
+        assert len(r.jobs.claims) == claims  # no claim for the freed slot
+        r.pool.notify()  # new work enqueued in this process: a claim at once
+        await wait_until(lambda: len(r.jobs.claims) == claims + 1)
