@@ -164,6 +164,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         for pool in pools:
             pool.notify()
 
+    gate = LaneGate()  # transactional work goes first on the event loop too
     ingest = IngestService(
         events,
         jobs,
@@ -172,6 +173,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         on_enqueue=wake,
         check_channel=hub.channels.options,
         handoffs=handoffs,
+        gate=gate,
     )
 
     async def emit(kind: str, key: str, payload: dict[str, object]) -> None:
@@ -199,7 +201,6 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     async def publish_inbox(channel: str, data: bytes, key: str | None) -> None:
         await hub.publish(channel, data, idempotency_key=key)
 
-    gate = LaneGate()  # transactional jobs go first on the event loop too
     inbox = InboxService(
         SqlInboxStore(engine),
         clock,

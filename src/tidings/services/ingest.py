@@ -14,6 +14,7 @@ from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
 from tidings.ports.jobs import JobQueue
+from tidings.services.lanes import LaneGate
 from tidings.services.worker import Handoffs
 from tidings.types import JSON, EventRecord, EventState, NewEvent, NewJob, Priority
 
@@ -80,6 +81,7 @@ class IngestService:
         check_channel: Callable[[str], object] | None = None,
         check_recipients: RecipientCheck | None = None,
         handoffs: Handoffs | None = None,
+        gate: LaneGate | None = None,
     ) -> None:
         self._events = events
         self._jobs = jobs
@@ -89,9 +91,19 @@ class IngestService:
         self._check_channel = check_channel
         self.check_recipients = check_recipients
         self._handoffs = handoffs or Handoffs(())  # none: every job is queued for a claim
+        self._gate = gate or LaneGate()
         self.on_cancel: Callable[[str], Awaitable[object]] | None = None
 
     async def ingest(self, data: EventInput, idempotency_key: str | None = None) -> IngestResult:
+        """Validate and store the event exactly once, with its dispatch job. Accepting a
+        transactional event is transactional work: bulk work waits at its yield points (and
+        before its write transactions) while it is in flight (`LaneGate.urgent`)."""
+        if data.priority is Priority.TRANSACTIONAL:
+            with self._gate.urgent():
+                return await self._ingest(data, idempotency_key)
+        return await self._ingest(data, idempotency_key)
+
+    async def _ingest(self, data: EventInput, idempotency_key: str | None) -> IngestResult:
         size = len(orjson.dumps(data.payload))
         if size > self._max_payload:
             raise InvalidInput(

@@ -4,9 +4,11 @@ most the horizon per urgent section; other work passes at once."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from tidings.adapters.clock import ManualClock
-from tidings.adapters.memory import MemoryJobQueue
+from tidings.adapters.memory import MemoryEventStore, MemoryJobQueue
+from tidings.services.ingest import EventInput, IngestService
 from tidings.services.lanes import BulkTurns, LaneGate
 from tidings.services.worker import WorkerPool
 from tidings.types import CURRENT_LANE, Job, NewJob, Priority
@@ -170,3 +172,31 @@ async def test_a_waiting_batch_goes_on_once_transactional_work_is_no_longer_rece
     hold.set()
     await asyncio.gather(a, b)
     assert log == ["a0", "b0", "a1"]
+
+
+# -- accepting an event ----------------------------------------------------------------------
+
+
+class WatchedEvents(MemoryEventStore):
+    """Records whether transactional work was in flight at each append."""
+
+    def __init__(self, clock: ManualClock, jobs: MemoryJobQueue, gate: LaneGate) -> None:
+        super().__init__(clock, jobs)
+        self.gate = gate
+        self.busy: list[bool] = []
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        self.busy.append(self.gate.busy())
+        return await super().append(*args, **kwargs)
+
+
+async def test_accepting_a_transactional_event_holds_bulk_work_back() -> None:
+    clock = ManualClock(1000.0)
+    jobs = MemoryJobQueue(clock)
+    gate = LaneGate()
+    events = WatchedEvents(clock, jobs, gate)
+    ingest = IngestService(events, jobs, clock, max_payload_bytes=1024, gate=gate)
+    for priority in (Priority.TRANSACTIONAL, Priority.BULK):
+        await ingest.ingest(EventInput(type="t", payload={}, recipients=("u1",), priority=priority))
+    assert events.busy == [True, False]  # urgent while a transactional one is stored
+    assert not gate.busy()
