@@ -420,6 +420,16 @@ async def crowd(env: Env, n: int) -> list[str]:
     return members
 
 
+async def comment_to_crowd(env: Env) -> str:
+    """A bulk `comment.created` event to topic `crowd`; its id."""
+    return await env.send(
+        "comment.created",
+        topic="crowd",
+        payload={"author": "a", "text": "t"},
+        priority=Priority.BULK,
+    )
+
+
 async def test_bulk_batches_run_one_at_a_time_and_commit_in_slices(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,12 +490,7 @@ async def test_a_bulk_batch_retried_after_a_failed_slice_makes_each_effect_once(
         return await commit(writes, jobs)
 
     monkeypatch.setattr(env.notify.runs, "commit", second_fails)
-    event_id = await env.send(
-        "comment.created",
-        topic="crowd",
-        payload={"author": "a", "text": "t"},
-        priority=Priority.BULK,
-    )
+    event_id = await comment_to_crowd(env)
     await env.drain()  # dispatch; the batch fails at its second slice and is retried later
     assert calls == 2
     env.clock.advance(300)  # past the retry's backoff, short of the 10 min wait_for timeout
@@ -536,12 +541,7 @@ async def test_a_slice_is_written_while_the_next_is_worked_out_one_write_at_a_ti
 
     monkeypatch.setattr(env.notify, "_flush", slow_flush)
     monkeypatch.setattr(env.notify, "_advance_run", tracked_advance)
-    event_id = await env.send(
-        "comment.created",
-        topic="crowd",
-        payload={"author": "a", "text": "t"},
-        priority=Priority.BULK,
-    )
+    event_id = await comment_to_crowd(env)
     await env.drain()  # the batch fails at m070, after its first slice was handed to a write
     assert most == 1
     # runs were advanced while a slice was being written, with one batch at a time only
@@ -580,12 +580,7 @@ async def test_bulk_batches_take_turns_while_transactional_work_is_recent(
         return await advance_run(p, run, steps, messages)
 
     monkeypatch.setattr(env.notify, "_advance_run", tracked)
-    event_id = await env.send(
-        "comment.created",
-        topic="crowd",
-        payload={"author": "a", "text": "t"},
-        priority=Priority.BULK,
-    )
+    event_id = await comment_to_crowd(env)
     pool = env.runtime.pools[-1]
     assert await pool.run_once(10) == 1  # the dispatch enqueues three batches
     batches = await pool.claim(10)
