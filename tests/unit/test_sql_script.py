@@ -9,7 +9,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import JSON, Column, Double, Integer, MetaData, String, Table, select
+from sqlalchemy import (
+    JSON,
+    Column,
+    Double,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -117,7 +128,10 @@ async def test_it_waits_its_turn_behind_the_processs_writer(engine: AsyncEngine)
 async def test_many_rows_go_in_multi_row_statements_first_row_wins(engine: AsyncEngine) -> None:
     compiled = PUT.bind(engine.dialect, ["id", "body", "at"])
     assert compiled.rows_per_statement() == MAX_ROWS  # an INSERT: many rows a statement
-    assert PUT_ID.bind(engine.dialect, ["id", "body", "at"]).rows_per_statement() == 1
+    touch = Statement(
+        update(docs).where(docs.c.id == bindparam("b_id")).values(at=bindparam("b_at"))
+    )
+    assert touch.bind(engine.dialect, ["b_id", "b_at"]).rows_per_statement() == 1  # executemany
     many = [doc(i, n=i) for i in range(2 * MAX_ROWS + 7)]
     again = {**doc(3, n="later"), "at": 0.0}  # the same id later in the same statement
     await run_script(engine, script(engine.dialect, (PUT, [*many[:10], again, *many[10:]])))
@@ -125,3 +139,24 @@ async def test_many_rows_go_in_multi_row_statements_first_row_wins(engine: Async
     assert len(stored) == len(many)
     assert dict((r[0], r[1]) for r in stored)["d3"] == {"n": 3}  # the first row of it won
     assert sorted(r[2] for r in stored) == sorted(1.5 + i for i in range(len(many)))
+
+
+async def test_returning_over_many_multi_row_statements_gives_every_stored_id(
+    engine: AsyncEngine,
+) -> None:
+    await run_script(engine, script(engine.dialect, (PUT, [doc(0), doc(MAX_ROWS)])))
+    many = [doc(i) for i in range(2 * MAX_ROWS + 3)]
+    [stored, _] = await run_script(engine, script(engine.dialect, (PUT_ID, many), (LOG, [])))
+    assert sorted(r[0] for r in stored) == sorted(
+        f"d{i}" for i in range(1, 2 * MAX_ROWS + 3) if i != MAX_ROWS
+    )  # the two stored before are not returned
+    # and an UPDATE runs through executemany, row by row
+    touch = Statement(
+        update(docs).where(docs.c.id == bindparam("b_id")).values(at=bindparam("b_at"))
+    )
+    await run_script(
+        engine,
+        script(engine.dialect, (touch, [{"b_id": "d1", "b_at": 9.0}, {"b_id": "d2", "b_at": 8.0}])),
+    )
+    found = {r[0]: r[2] for r in await rows(engine)}
+    assert (found["d1"], found["d2"], found["d3"]) == (9.0, 8.0, 4.5)

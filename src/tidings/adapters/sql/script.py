@@ -59,12 +59,12 @@ class Compiled:
         self._names = names
         # (position, processor) of the values that need one (JSON): most need none
         self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
-        # An INSERT without RETURNING takes many rows per statement: one step of SQLite
-        # for them, where `executemany` steps (and gives the GIL back and takes it again,
-        # each time waiting for the event loop's thread) once per row.
+        # An INSERT takes many rows per statement: one step of SQLite for them, where
+        # `executemany` steps (and gives the GIL back and takes it again, each time waiting
+        # for the event loop's thread) once per row, and returns no rows at all.
         self._values: tuple[str, str, str] | None = None
         at = self.sql.find(" VALUES (")
-        if isinstance(stmt, SqlInsert) and not self.returning and at >= 0 and names:
+        if isinstance(stmt, SqlInsert) and at >= 0 and names:
             end = self.sql.index(")", at) + 1
             group = self.sql[at + len(" VALUES ") : end]
             if group == "(" + ", ".join("?" * len(names)) + ")":
@@ -101,9 +101,10 @@ class Compiled:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One statement of a script and its rows (as `Insert.row` makes them)."""
+    """One statement of a script and its rows (as `Compiled.row` makes them); a step
+    without rows has no statement and runs nothing."""
 
-    statement: Compiled
+    statement: Compiled | None
     rows: Sequence[tuple[Any, ...]]
 
 
@@ -113,7 +114,7 @@ def script(dialect: Dialect, *pairs: tuple[Statement, Sequence[Mapping[str, Any]
     out: list[Step] = []
     for statement, rows in pairs:
         if not rows:
-            out.append(Step(_NOTHING, ()))
+            out.append(Step(None, ()))
             continue
         compiled = statement.bind(dialect, list(rows[0]))
         out.append(Step(compiled, [compiled.row(r) for r in rows]))
@@ -124,30 +125,26 @@ _T = TypeVar("_T")
 MAX_VARIABLES = 32_766  # SQLite's bound on parameters per statement (since 3.32)
 MAX_ROWS = 500  # rows per multi-row INSERT
 
-_NOTHING = Compiled.__new__(Compiled)  # the statement of a step without rows: never run
-
 
 def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
     """On the connection's thread, inside the transaction: each step's returned rows."""
     out: list[list[Any]] = []
     for step in steps:
-        if not step.rows:  # with `_NOTHING`, or a statement given no rows
-            out.append([])
-        elif step.statement.returning:  # executemany() returns no rows: one at a time
-            found: list[Any] = []
-            for row in step.rows:
-                found.extend(conn.execute(step.statement.sql, row).fetchall())
-            out.append(found)
-        elif (per := step.statement.rows_per_statement()) > 1:
-            rows = step.rows
+        found: list[Any] = []
+        statement, rows = step.statement, step.rows
+        if statement is None or not rows:
+            pass
+        elif (per := statement.rows_per_statement()) > 1:
             for start in range(0, len(rows), per):
                 chunk = rows[start : start + per]
                 flat = [value for row in chunk for value in row]
-                conn.execute(step.statement.multi(len(chunk)), flat)
-            out.append([])
+                found.extend(conn.execute(statement.multi(len(chunk)), flat).fetchall())
+        elif statement.returning:  # executemany() returns no rows: one at a time
+            for row in rows:
+                found.extend(conn.execute(statement.sql, row).fetchall())
         else:
-            conn.executemany(step.statement.sql, step.rows)
-            out.append([])
+            conn.executemany(statement.sql, rows)
+        out.append(found)
     return out
 
 
