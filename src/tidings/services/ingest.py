@@ -141,7 +141,7 @@ class IngestService:
                 offered.stored = offered.handed()
         if created:
             # a dispatch handed to a local pool runs without a claim: no wake for it
-            if self._on_enqueue is not None and not offered.stored:
+            if self._on_enqueue is not None and offered.queued():
                 self._on_enqueue()
         else:
             await self._enqueue_dispatch(record)  # a replay: repair, if it ever went missing

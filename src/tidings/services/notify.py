@@ -532,8 +532,7 @@ class Orchestrator:
             # Due transactional jobs (deliveries) go straight to a local worker once stored.
             with self._handoffs.offering(jobs, p.now) as offered:
                 offered.stored = await self.runs.commit(writes, offered.jobs)
-            # only queued jobs need a claim: those handed off run as they are stored
-            queued = any(j.handoff is None for j in offered.jobs)
+            queued = offered.queued()  # those handed off run as they are stored
         if queued and self._on_enqueue is not None:
             self._on_enqueue()
         await self.inbox.push(stored)  # live updates once the runs are committed

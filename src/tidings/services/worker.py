@@ -252,6 +252,11 @@ class Offered:
         """The ids of every job offered with a hand-off: all of them, once stored."""
         return {j.handoff.job_id for j in self.jobs if j.handoff is not None}
 
+    def queued(self) -> bool:
+        """Whether some job goes to the queue (no local slot took it): only then does a
+        claim loop need waking."""
+        return any(j.handoff is None for j in self.jobs)
+
 
 class Handoffs:
     """Hands jobs enqueued in this process straight to a local worker pool with a free slot,

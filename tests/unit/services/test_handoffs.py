@@ -502,6 +502,7 @@ async def test_offering_runs_what_was_stored_and_frees_the_rest(clock: ManualClo
         jobs = [NewJob(kind="k", payload={"n": n}) for n in range(2)]
         with r.handoffs.offering(jobs, clock.now()) as offered:
             assert all(j.handoff is not None for j in offered.jobs)
+            assert not offered.queued()  # every job taken by a slot: no claim loop to wake
             assert free_slots(r.pool) == 0
             kept = offered.jobs[0]
             assert kept.handoff is not None
@@ -517,6 +518,8 @@ async def test_offering_frees_every_slot_when_the_write_fails(clock: ManualClock
     r = rig(clock, concurrency=1)
     async with r.running():
         job = NewJob(kind="k", payload={})
+        with r.handoffs.offering([job, job], clock.now()) as both:  # one slot for two
+            assert both.queued() and len(both.handed()) == 1
         with pytest.raises(ConnectionError), r.handoffs.offering([job], clock.now()) as offered:
             assert offered.handed() and free_slots(r.pool) == 0
             raise ConnectionError("database went away")
