@@ -2,7 +2,8 @@
 
 A batch (`add_many`) is one transaction: one INSERT ... ON CONFLICT DO NOTHING RETURNING id,
 seq (the rows returned are the ones inserted), then, only if some delivery keys were stored
-already, one SELECT of those. The INSERT is driver SQL: on SQLite a multi-row VALUES list
+already, one SELECT of those (on SQLite after the write transaction, which runs as one call
+on the connection's thread). The INSERT is driver SQL: on SQLite a multi-row VALUES list
 (1,000 rows at most per statement), on PostgreSQL 13 array parameters unnested WITH
 ORDINALITY, inserted in input order; SQLAlchemy's per-row parameter processing cost about
 as much as SQLite's own work. `seq` comes from the table (SQLite's rowid, PostgreSQL's
@@ -32,7 +33,6 @@ from tidings.errors import Conflict, NotFound
 from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
 
 _IN_CHUNK = 500
-Key = tuple[str, str, str]  # an item's delivery key: (subscriber, event, step)
 _SQLITE_ROWS = 1000  # rows per INSERT on SQLite: 13 parameters each, the limit is 32766
 _ZERO = Counts(unread=0, unseen=0)
 _c = inbox_items.c
@@ -90,7 +90,7 @@ def _pg_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
     return tuple(list(column) for column in zip(*rows, strict=True))
 
 
-def _sqlite_insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> dict[str, int]:
+def _sqlite_insert_rows(conn: sqlite3.Connection, *, rows: list[tuple[Any, ...]]) -> dict[str, int]:
     """On the connection's thread: insert the rows in order, skipping those whose delivery
     key is stored; the `seq` of each row inserted, by id."""
     inserted: dict[str, int] = {}
@@ -100,33 +100,6 @@ def _sqlite_insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -
         for item_id, seq in conn.execute(_sqlite_insert(len(chunk)), flat).fetchall():
             inserted[item_id] = int(seq)
     return inserted
-
-
-_ALL_COLUMNS = [c.name for c in inbox_items.columns]
-_TIMES = {c.name for c in (_c.created_at, _c.seen_at, _c.read_at, _c.archived_at)}
-
-
-def _sqlite_by_keys(conn: sqlite3.Connection, keys: list[Key]) -> dict[Key, InboxItem]:
-    """On the connection's thread: the stored items of these delivery keys."""
-    found: dict[Key, InboxItem] = {}
-    for start in range(0, len(keys), _IN_CHUNK):
-        chunk = keys[start : start + _IN_CHUNK]
-        query = (
-            f"SELECT {', '.join(_ALL_COLUMNS)} FROM {inbox_items.name} WHERE "
-            f"({_c.subscriber_id.name}, {_c.event_id.name}, {_c.step.name}) IN "
-            f"(VALUES {', '.join(['(?, ?, ?)'] * len(chunk))})"
-        )
-        for row in conn.execute(query, [v for key in chunk for v in key]).fetchall():
-            values = dict(zip(_ALL_COLUMNS, row, strict=True))
-            values[_c.data.name] = orjson.loads(values[_c.data.name])
-            for name in _TIMES:  # as `Epoch` reads them: integral REALs come back as int
-                if values[name] is not None:
-                    values[name] = float(values[name])
-            item = _item(values)
-            key = _key(item)
-            if key is not None:
-                found[key] = item
-    return found
 
 
 async def _returning(
@@ -180,19 +153,24 @@ class SqlInboxStore:
         def stored_of(inserted: dict[str, int]) -> list[tuple[str, str, str]]:
             return [k for k, n in first.items() if items[n].id not in inserted]
 
-        def sqlite_write(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[Key, InboxItem]]:
-            inserted = _sqlite_insert_rows(conn, rows)
-            stored = stored_of(inserted)
-            return inserted, _sqlite_by_keys(conn, stored) if stored else {}
-
         try:
             if self._postgres:
                 async with writer(self._engine) as conn:
                     inserted = await _returning(conn, _PG_INSERT, _pg_columns(rows))
                     stored = stored_of(inserted)
                     found = await self._by_keys(conn, stored) if stored else {}
-            else:  # one call on the connection's thread: no hops while holding the writer
-                inserted, found = await run_transaction(self._engine, sqlite_write)
+            else:
+                # one call on the connection's thread: no hops while holding the writer
+                inserted = await run_transaction(
+                    self._engine, functools.partial(_sqlite_insert_rows, rows=rows)
+                )
+                # items stored before (a retried batch) are read afterwards: the insert
+                # skipped them, and only a purge could take them away in between
+                stored = stored_of(inserted)
+                found = {}
+                if stored:
+                    async with self._read.connect() as conn:
+                        found = await self._by_keys(conn, stored)
         except (IntegrityError, sqlite3.IntegrityError):
             raise Conflict(_conflict_message(items), field="id") from None
         out: list[tuple[InboxItem, bool]] = []
