@@ -3,9 +3,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import inspect
+import itertools
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tidings.ports.broker import JoinLeaveHandler, PublicationHandler
 from tidings.ports.clock import Clock
@@ -21,19 +24,25 @@ def new_epoch() -> str:
     return f"{_random.getrandbits(32):08x}"
 
 
-# A channel's kept state is made of plain tuples of atomic values (bytes, numbers, strings,
-# None, tuples of those), which the garbage collector stops tracking within its first few
-# collections. A bulk send leaves hundreds of thousands of inbox channels with a stream each;
-# objects with a `__dict__`, deques or dicts there would be walked by every full collection
-# and lengthen its pause. (A dict inside would keep a tuple tracked, hence the tags as pairs;
-# a client's `info` does too, but only client publications carry one.)
+# A channel's kept state is one flat tuple of atomic values (bytes, numbers, strings, None),
+# which the garbage collector stops tracking at the first collection that sees it. A bulk
+# send leaves hundreds of thousands of inbox channels with a stream each; objects with a
+# `__dict__`, deques or dicts there would be walked by every full collection and lengthen
+# its pause. Flat, not nested: a collection looks at a tuple before the tuples inside it, so
+# each level of nesting costs one more collection of the generation the stream has reached
+# by then, and the process freezes (`GcPolicy`) what survived a second: three levels left
+# every stream tracked for good. (A dict inside would keep a tuple tracked, hence the tags as
+# a flat tuple of keys and values, as would a client's `info`; only client publications
+# carry those.)
 #
-# A publication kept in history: (data, offset, time, key, tags as pairs, info). Its channel
-# and epoch are the stream's.
-_Tags = tuple[tuple[str, str], ...]
-_Entry = tuple[bytes, int, float, str | None, _Tags | None, ClientInfo | None]
-# A stream: (epoch, last offset, kept entries oldest first, expires_at; 0.0 never).
-_Stream = tuple[str, int, tuple[_Entry, ...], float]
+# A publication kept in history: the ENTRY fields (data, offset, time, key, tags as
+# (key, value, key, value...), info). Its channel and epoch are the stream's.
+ENTRY = 6  # fields of an entry
+# A stream: (epoch, last offset, expires_at (0.0: never), then the kept entries' fields,
+# oldest first, ENTRY fields each).
+_Stream = tuple[Any, ...]
+# An idempotency result: (epoch, expires_at, then the entry's fields).
+_Seen = tuple[Any, ...]
 
 # Expired streams and idempotency results are swept at most this many at a time (each publish
 # and history read sweeps), so a mass expiry never stops the event loop; the rest go on the
@@ -50,10 +59,18 @@ def _kept(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
-def _publication(channel: str, epoch: str, entry: _Entry) -> Publication:
-    data, offset, time, key, tags, info = entry
+def _publication(channel: str, epoch: str, fields: Sequence[Any], at: int = 0) -> Publication:
+    """The publication whose entry starts at `fields[at]`."""
+    data, offset, time, key, tags, info = fields[at : at + ENTRY]
     return Publication(
-        channel, data, offset, epoch, info, None if tags is None else dict(tags), key, time
+        channel,
+        data,
+        offset,
+        epoch,
+        info,
+        None if tags is None else dict(zip(tags[::2], tags[1::2], strict=True)),
+        key,
+        time,
     )
 
 
@@ -83,8 +100,8 @@ class MemoryBroker:
         # (expires_at, channel, epoch) of streams with a TTL; a stream's TTL restarts with
         # each publish, so a popped time that is no longer the stream's is pushed again.
         self._expiry: list[tuple[float, str, str]] = []
-        # (channel, idempotency key) -> (epoch, entry, expires_at), and its expiry heap.
-        self._seen: dict[tuple[str, str], tuple[str, _Entry, float]] = {}
+        # (channel, idempotency key) -> (epoch, expires_at, *entry), and its expiry heap.
+        self._seen: dict[tuple[str, str], _Seen] = {}
         self._seen_expiry: list[tuple[float, str, str]] = []
         self._subscribed: set[str] = set()
         self._on_pub: PublicationHandler | None = None
@@ -109,7 +126,7 @@ class MemoryBroker:
     def _stream(self, channel: str, now: float) -> _Stream | None:
         """The channel's live stream, None when there is none (or it has expired)."""
         stream = self._streams.get(channel)
-        if stream is not None and stream[3] and stream[3] <= now:
+        if stream is not None and stream[2] and stream[2] <= now:
             del self._streams[channel]
             return None
         return stream
@@ -121,19 +138,19 @@ class MemoryBroker:
                 break
             _, channel, epoch = heapq.heappop(expiry)
             stream = self._streams.get(channel)
-            if stream is None or stream[0] != epoch or not stream[3]:
+            if stream is None or stream[0] != epoch or not stream[2]:
                 continue  # gone, replaced by a newer stream (with its own time), or kept
-            if stream[3] <= now:
+            if stream[2] <= now:
                 del self._streams[channel]
             else:
-                heapq.heappush(expiry, (stream[3], channel, epoch))
+                heapq.heappush(expiry, (stream[2], channel, epoch))
         seen_expiry = self._seen_expiry
         for _ in range(SWEEP_BATCH):
             if not seen_expiry or seen_expiry[0][0] > now:
                 break
             _, channel, key = heapq.heappop(seen_expiry)
             found = self._seen.get((channel, key))
-            if found is not None and found[2] <= now:
+            if found is not None and found[1] <= now:
                 del self._seen[(channel, key)]
 
     async def publish(
@@ -152,24 +169,27 @@ class MemoryBroker:
         self._sweep(now)
         if history_size > 0:
             stream = self._stream(channel, now)
-            epoch, offset, items = (new_epoch(), 0, ()) if stream is None else stream[:3]
+            items: _Stream
+            if stream is None:
+                epoch, offset, items = new_epoch(), 0, ()
+            else:
+                epoch, offset, items = stream[0], stream[1], stream[3:]
             if idempotency_key is not None:
                 seen = self._seen.get((channel, idempotency_key))
-                if seen is not None and seen[0] == epoch and seen[2] > now:
-                    return _publication(channel, epoch, seen[1])
+                if seen is not None and seen[0] == epoch and seen[1] > now:
+                    return _publication(channel, epoch, seen, 2)
             offset += 1
-            pairs = None if tags is None else tuple(tags.items())
-            entry: _Entry = (_kept(data), offset, now, key, pairs, info)
-            if len(items) >= history_size:  # the oldest go
-                items = items[len(items) + 1 - history_size :]
-            kept = (*items, entry)
+            pairs = None if tags is None else tuple(itertools.chain.from_iterable(tags.items()))
+            entry = (_kept(data), offset, now, key, pairs, info)  # its fields, stored flat
+            if len(items) >= history_size * ENTRY:  # the oldest go
+                items = items[len(items) - (history_size - 1) * ENTRY :]
             expires_at = now + history_ttl if history_ttl > 0 else 0.0
-            self._streams[channel] = (epoch, offset, kept, expires_at)
-            if expires_at and (stream is None or not stream[3]):
+            self._streams[channel] = (epoch, offset, expires_at, *items, *entry)
+            if expires_at and (stream is None or not stream[2]):
                 heapq.heappush(self._expiry, (expires_at, channel, epoch))
             if idempotency_key is not None:
                 until = now + max(history_ttl, IDEMPOTENCY_MIN_TTL)
-                self._seen[(channel, idempotency_key)] = (epoch, entry, until)
+                self._seen[(channel, idempotency_key)] = (epoch, until, *entry)
                 heapq.heappush(self._seen_expiry, (until, channel, idempotency_key))
             pub = _publication(channel, epoch, (data, offset, now, key, pairs, info))
         else:
@@ -219,23 +239,22 @@ class MemoryBroker:
         self._sweep(now)
         stream = self._stream(channel, now)
         if stream is None:  # the position of a new stream, kept (with no TTL) from now on
-            stream = self._streams[channel] = (new_epoch(), 0, (), 0.0)
-        epoch, offset, items, _ = stream
+            stream = self._streams[channel] = (new_epoch(), 0, 0.0)
+        epoch, offset = stream[0], stream[1]
         position = StreamPosition(offset=offset, epoch=epoch)
         if limit == 0:
             return HistoryResult(position=position, publications=())
-        entries: tuple[_Entry, ...] | list[_Entry]
-        if since is None:
-            entries = items
-        elif since.epoch != epoch:
-            entries = ()
-        else:
-            entries = [e for e in items if e[1] > since.offset]
+        starts: Sequence[int] = range(3, len(stream), ENTRY)  # where each entry starts
+        if since is not None:
+            if since.epoch != epoch:
+                starts = ()
+            else:  # the entry at `at` has offset stream[at + 1]
+                starts = [at for at in starts if stream[at + 1] > since.offset]
         if limit > 0:
-            entries = entries[:limit]
+            starts = starts[:limit]
         return HistoryResult(
             position=position,
-            publications=tuple(_publication(channel, epoch, e) for e in entries),
+            publications=tuple(_publication(channel, epoch, stream, at) for at in starts),
         )
 
     async def remove_history(self, channel: str) -> None:
