@@ -22,7 +22,21 @@ from pydantic_settings import (
 
 class WorkerSettings(BaseModel):
     enabled: bool = True
-    concurrency: int = Field(default=8, ge=1, le=1024)
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Slots of the pool that runs both lanes (transactional first, then bulk).",
+    )
+    transactional_concurrency: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Slots of the pool that runs only transactional work. Its jobs mostly "
+        "wait on the database and providers, so slots are cheap; when they are all taken, a "
+        "new transactional job is not handed off but queued and claimed, which costs a write "
+        "transaction and up to a poll interval.",
+    )
     lease_seconds: float = Field(default=30.0, gt=0)
     poll_interval: float = Field(default=0.2, gt=0)
     batch: int = Field(default=32, ge=1, le=1000)

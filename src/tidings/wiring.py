@@ -324,14 +324,11 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         DELIVER_JOB: notify.fail_delivery,
     }
     # Two pools: one only for transactional work, one that takes transactional first and bulk
-    # after, so a flood of bulk jobs can never occupy every slot.
+    # after, so a flood of bulk jobs can never occupy every slot. Hand-offs try the first
+    # pool first (`Handoffs`).
     for name, lanes, share in (
-        ("tx", (Priority.TRANSACTIONAL,), max(1, w.concurrency // 2)),
-        (
-            "all",
-            (Priority.TRANSACTIONAL, Priority.BULK),
-            max(1, w.concurrency - w.concurrency // 2),
-        ),
+        ("tx", (Priority.TRANSACTIONAL,), w.transactional_concurrency),
+        ("all", (Priority.TRANSACTIONAL, Priority.BULK), w.concurrency),
     ):
         pools.append(
             WorkerPool(
