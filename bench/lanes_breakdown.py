@@ -118,6 +118,8 @@ class Probe:
 
         # Statements through SQLAlchemy, per lane of the job running them and per table
         # (start to result, the wait for the event loop included).
+        names = {t.name for t in sql_tables.metadata.sorted_tables}
+
         def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
             conn.info.setdefault("bench_started", []).append(time.perf_counter())
 
@@ -125,10 +127,7 @@ class Probe:
             started = conn.info["bench_started"].pop()
             words = statement.split()
             verb = words[0].upper() if words else "?"
-            table = next(
-                (w for w in words if w in {t.name for t in sql_tables.metadata.sorted_tables}),
-                "?",
-            )
+            table = next((w for w in words if w in names), "?")
             lane = CURRENT_LANE.get().value
             probe.add(f"sql {lane} {verb} {table}", time.perf_counter() - started)
 
