@@ -12,6 +12,7 @@ import orjson
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryBroker
 from tidings.adapters.memory.broker import SWEEP_BATCH
+from tidings.ports.broker import META_TTL
 
 
 async def test_kept_streams_drop_out_of_the_collectors_tracking() -> None:
@@ -111,3 +112,21 @@ async def test_an_idempotency_key_is_remembered_for_its_stream_only() -> None:
         "chat:1", b"5", history_size=1, history_ttl=10, idempotency_key="op"
     )
     assert (after.offset, after.data) == (1, b"5") and after.epoch != fresh.epoch
+
+
+async def test_a_position_started_by_a_read_is_kept_for_the_meta_ttl_only() -> None:
+    """Reading the history of a channel nobody published to starts its stream (the reader
+    may recover from that position later); a stream only ever read must not stay for good."""
+    clock = ManualClock(1000.0)
+    broker = MemoryBroker(clock)
+    read = await broker.history("chat:quiet")
+    assert read.position.offset == 0 and read.position.epoch
+    clock.advance(META_TTL - 1)
+    pub = await broker.publish("chat:quiet", b"1", history_size=5, history_ttl=60)
+    assert (pub.epoch, pub.offset) == (read.position.epoch, 1)  # the reader's epoch goes on
+
+    for n in range(10):
+        await broker.history(f"chat:read-only-{n}")
+    clock.advance(META_TTL + 1)
+    await broker.publish("chat:other", b"x", history_size=5)  # sweeps what expired
+    assert set(broker._streams) == {"chat:other"}

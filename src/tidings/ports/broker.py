@@ -12,6 +12,15 @@ JoinLeaveHandler = Callable[[str, ClientInfo, bool], Awaitable[None] | None]
 """Called with (channel, info, joined) for join (True) and leave (False) messages."""
 
 
+IDEMPOTENCY_MIN_TTL = 60.0
+"""An idempotency key is remembered for max(history_ttl, this) seconds, and only while the
+stream's epoch is unchanged."""
+
+META_TTL = 30 * 86400.0
+"""Lifetime of a stream's position started by `history` on a channel nobody published to
+yet (a publish with a TTL of its own, or none, replaces it)."""
+
+
 class Broker(Protocol):
     """Fanout between nodes plus per-channel history.
 
@@ -26,7 +35,8 @@ class Broker(Protocol):
       and its epoch matches, the publications with offset > since.offset (at most `limit`;
       `limit < 0` means all kept). It never fabricates: if publications after `since` are no
       longer kept the caller sees a first offset > since.offset + 1 and must treat recovery as
-      failed.
+      failed. On a channel without a stream it starts one (a fresh epoch, offset 0), kept for
+      `META_TTL` seconds unless a publish comes: a later publish continues that epoch.
     - The handler given to `start` receives publications of channels this node `subscribe`d to.
     """
 

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings.ports.broker import JoinLeaveHandler, PublicationHandler
+from tidings.ports.broker import (
+    IDEMPOTENCY_MIN_TTL,
+    META_TTL,
+    JoinLeaveHandler,
+    PublicationHandler,
+)
 from tidings.ports.clock import Clock
 from tidings.types import ClientInfo, HistoryResult, Publication, StreamPosition
 
@@ -48,8 +53,6 @@ _Seen = tuple[Any, ...]
 # and history read sweeps), so a mass expiry never stops the event loop; the rest go on the
 # next calls, and an expired stream found meanwhile is treated as gone anyway.
 SWEEP_BATCH = 256
-# An idempotency key is remembered for max(history_ttl, this) seconds (as on Redis).
-IDEMPOTENCY_MIN_TTL = 60.0
 
 
 def _kept(data: bytes) -> bytes:
@@ -238,8 +241,10 @@ class MemoryBroker:
         now = self._clock.now()
         self._sweep(now)
         stream = self._stream(channel, now)
-        if stream is None:  # the position of a new stream, kept (with no TTL) from now on
-            stream = self._streams[channel] = (new_epoch(), 0, 0.0)
+        if stream is None:  # the position of a new stream, kept for META_TTL from now on
+            expires_at = now + META_TTL
+            stream = self._streams[channel] = (new_epoch(), 0, expires_at)
+            heapq.heappush(self._expiry, (expires_at, channel, stream[0]))
         epoch, offset = stream[0], stream[1]
         position = StreamPosition(offset=offset, epoch=epoch)
         if limit == 0:

@@ -36,18 +36,16 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from tidings.ports.broker import JoinLeaveHandler, PublicationHandler
+from tidings.ports.broker import (
+    IDEMPOTENCY_MIN_TTL,
+    META_TTL,
+    JoinLeaveHandler,
+    PublicationHandler,
+)
 from tidings.ports.clock import Clock
 from tidings.types import ClientInfo, HistoryResult, Publication, StreamPosition
 
 log = logging.getLogger(__name__)
-
-IDEMPOTENCY_MIN_TTL = 60.0
-"""An idempotency key is remembered for max(history_ttl, this) seconds, and only while the
-stream's epoch is unchanged."""
-
-META_TTL = 30 * 86400.0
-"""Lifetime of a stream meta created by `history` on a channel nobody published to yet."""
 
 PING_INTERVAL = 5.0
 """Silence on the pub/sub connection after which it is pinged; a second silent interval means
