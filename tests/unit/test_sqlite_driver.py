@@ -4,15 +4,20 @@ batches, errors and streaming come back as SQLAlchemy expects them."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from sqlite3 import OperationalError
+from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.adapters.sql import create_engine
+from tidings.adapters.sql.engine import reader
 from tidings.adapters.sql.sqlite_driver import OneHopCursor
 
 meta = MetaData()
@@ -84,3 +89,76 @@ async def test_streaming_keeps_sqlalchemys_server_side_cursor(engine: AsyncEngin
         result = await conn.stream(select(things.c.name).order_by(things.c.name))
         names = [row[0] async for row in result]
     assert names == [f"s{i:03d}" for i in range(250)]
+
+
+@contextlib.contextmanager
+def counting_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the functions run on connection threads, in order."""
+    calls: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    yield calls
+
+
+async def test_begin_goes_with_the_first_statement(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of one statement is one call for BEGIN and the statement, one for ROLLBACK; a
+    transaction that runs no statement makes no call."""
+    async with engine.connect() as conn:  # a connection in the pool, opened already
+        await conn.execute(text("select 1"))
+    with counting_calls(monkeypatch) as calls:
+        async with reader(engine).connect() as conn:
+            assert (await conn.execute(text("select count(*) from things"))).scalar_one() == 0
+        assert calls == ["_run", "rollback"]
+        calls.clear()
+        async with engine.begin():
+            pass
+        assert calls == []
+        async with engine.begin() as conn:
+            await conn.execute(insert(things).values(name="w"))
+        assert calls == ["_run", "commit"]
+
+
+async def test_a_deferred_begin_still_makes_one_transaction(engine: AsyncEngine) -> None:
+    """The statements after the first run inside the transaction it began: a reader sees
+    one snapshot while a writer commits in between, and a writer's BEGIN IMMEDIATE holds
+    SQLite's write lock from its first statement."""
+    async with engine.begin() as conn:
+        await conn.execute(insert(things).values(name="a"))
+    async with reader(engine).connect() as read:
+        first = (await read.execute(text("select count(*) from things"))).scalar_one()
+        async with engine.begin() as write:
+            await write.execute(insert(things).values(name="b"))
+        again = (await read.execute(text("select count(*) from things"))).scalar_one()
+        assert (first, again) == (1, 1)  # the snapshot of its BEGIN, not autocommit reads
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("select count(*) from things"))).scalar_one() == 2
+
+    async with engine.begin() as write:
+        await write.execute(insert(things).values(name="c"))
+        raw = await write.get_raw_connection()
+        assert raw.dbapi_connection._connection._connection.in_transaction
+        with pytest.raises(OperationalError, match="locked"):
+            other = sqlite3.connect(str(engine.url.database), timeout=0)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+            finally:
+                other.close()
+
+
+async def test_a_stream_begins_before_its_cursor(engine: AsyncEngine) -> None:
+    """SQLAlchemy's server-side cursor does not go through the one-hop call: the BEGIN
+    waiting for the first statement runs before it."""
+    async with engine.begin() as conn:
+        await conn.execute(insert(things), [{"name": f"t{i}"} for i in range(3)])
+    async with reader(engine).connect() as conn:
+        result = await conn.stream(select(things.c.name).order_by(things.c.name))
+        assert [row[0] async for row in result] == ["t0", "t1", "t2"]
+        raw = await conn.get_raw_connection()
+        assert raw.dbapi_connection._connection._connection.in_transaction

@@ -82,10 +82,12 @@ def create_engine(url: str) -> AsyncEngine:
             # A writing transaction takes the write lock at BEGIN: a deferred one that reads and
             # then writes would fail with "database is locked" instead of waiting its turn.
             # Readers (see `reader`) stay deferred and, with WAL, never wait for a writer.
-            if conn.get_execution_options().get(_READ_ONLY):
-                conn.exec_driver_sql("BEGIN")
+            begin = "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
+            dbapi_conn = conn.connection.dbapi_connection
+            if isinstance(dbapi_conn, sqlite_driver.OneHopConnection):
+                dbapi_conn.begin_with_next_statement(begin)  # in the first statement's call
             else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql(begin)
 
         return engine
     if backend == "postgresql":

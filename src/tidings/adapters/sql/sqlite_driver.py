@@ -7,6 +7,11 @@ queued behind a busy loop some twenty times while holding SQLite's only write lo
 statement's execute, fetch and close run as one call on the connection's thread; the rows,
 description, rowcount and lastrowid come back together.
 
+A transaction's BEGIN waits for its first statement and runs in that statement's call
+(`OneHopConnection.begin_with_next_statement`), and a COMMIT or ROLLBACK with no transaction
+open on the connection makes no call at all: a read of one statement is two calls, not
+three or four.
+
 Server-side (streaming) cursors keep SQLAlchemy's own implementation.
 """
 
@@ -21,6 +26,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
+    AsyncAdapt_aiosqlite_ss_cursor,
 )
 from sqlalchemy.util.concurrency import await_
 
@@ -43,7 +49,11 @@ class _Finished:
         """Nothing to release: the sqlite3 cursor was closed on its thread."""
 
 
-def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
+def _run(
+    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None
+) -> _Outcome:
+    if begin is not None:
+        conn.execute(begin)
     cursor = conn.cursor()
     try:
         if many:
@@ -68,9 +78,11 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _call(self, operation: Any, parameters: Any, many: bool) -> None:
         connection: Any = self._connection  # an aiosqlite.Connection
-        async with self._adapt_connection._execute_mutex:
+        adapt: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        async with adapt._execute_mutex:
+            begin, adapt._begin = adapt._begin, None
             outcome: _Outcome = await connection._execute(
-                _run, connection._conn, operation, parameters, many
+                _run, connection._conn, operation, parameters, many, begin
             )
         finished: _Finished = self._cursor  # type: ignore[assignment]
         finished.description, finished.rowcount, finished.lastrowid, rows = outcome
@@ -85,9 +97,54 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         await self._call(operation, seq_of_parameters, many=True)
 
 
-class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+def _start(conn: sqlite3.Connection, begin: str) -> None:
+    conn.execute(begin)
+
+
+class StreamingCursor(AsyncAdapt_aiosqlite_ss_cursor):
+    """SQLAlchemy's server-side cursor, after the BEGIN waiting for a first statement."""
+
     __slots__ = ()
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        adapt: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        if adapt._begin is not None:
+            async with adapt._execute_mutex:
+                begin, adapt._begin = adapt._begin, None
+                connection: Any = self._connection  # an aiosqlite.Connection
+                await connection._execute(_start, connection._conn, begin)
+        return await super()._execute_async(operation, parameters)
+
+
+class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ("_begin",)
     _cursor_cls = OneHopCursor
+    _ss_cursor_cls = StreamingCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self._begin: str | None = None  # to run before the next statement, in its call
+
+    def begin_with_next_statement(self, sql: str) -> None:
+        """Start a transaction with `sql` (a BEGIN) on the thread, in the same call as the
+        next statement (a transaction that runs none never calls the thread)."""
+        self._begin = sql
+
+    def _open(self) -> bool:
+        """Whether the connection has a transaction to end on its thread. Read here, not
+        there: a statement's call has ended before SQLAlchemy commits or rolls back."""
+        raw: sqlite3.Connection | None = self._connection._connection
+        return raw is not None and raw.in_transaction
+
+    def rollback(self) -> None:
+        self._begin = None
+        if self._open():
+            super().rollback()
+
+    def commit(self) -> None:
+        self._begin = None
+        if self._open():
+            super().commit()
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
