@@ -3,6 +3,7 @@ batches, errors and streaming come back as SQLAlchemy expects them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.adapters.sql import create_engine
 from tidings.adapters.sql.engine import reader
+from tidings.adapters.sql.script import run_transaction
 from tidings.adapters.sql.sqlite_driver import OneHopCursor
 
 meta = MetaData()
@@ -123,6 +125,36 @@ async def test_begin_goes_with_the_first_statement(
         async with engine.begin() as conn:
             await conn.execute(insert(things).values(name="w"))
         assert calls == ["_run", "commit"]
+        calls.clear()
+        await run_transaction(engine, lambda c: c.execute("insert into things (name) values ('s')"))
+        assert calls == ["_transaction"]  # the script ended its transaction: no ROLLBACK call
+
+
+async def test_a_cancelled_statement_is_rolled_back_once_it_ends(engine: AsyncEngine) -> None:
+    """A task cancelled while its statement runs on the connection's thread: the ROLLBACK
+    queues behind the statement, so the pooled connection is not left inside a transaction
+    (holding SQLite's write lock) and the next transaction on it begins cleanly."""
+    slow = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+        "SELECT 'slow' || count(*) FROM c"
+    )
+
+    async def write() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"INSERT INTO things (name) {slow}"))
+
+    for _ in range(3):  # whichever pooled connection comes next
+        task = asyncio.create_task(write())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for n in range(10):
+        async with engine.begin() as conn:
+            await conn.execute(insert(things).values(name=f"after{n}"))
+    async with engine.connect() as conn:
+        names = (await conn.execute(select(things.c.name).order_by(things.c.name))).scalars()
+        assert list(names) == [f"after{n}" for n in range(10)]
 
 
 async def test_a_deferred_begin_still_makes_one_transaction(engine: AsyncEngine) -> None:

@@ -168,7 +168,9 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection]
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         async with write_lock(engine):  # released before the pool resets the connection
-            result: _T = await run_on_thread(raw.dbapi_connection, _transaction, fn)
+            result: _T = await run_on_thread(
+                raw.dbapi_connection, _transaction, fn, ends_transaction=True
+            )
         return result
 
 

@@ -80,7 +80,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         connection: Any = self._connection  # an aiosqlite.Connection
         adapt: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
         async with adapt._execute_mutex:
-            begin, adapt._begin = adapt._begin, None
+            begin, adapt._begin, adapt._ended = adapt._begin, None, False
             outcome: _Outcome = await connection._execute(
                 _run, connection._conn, operation, parameters, many, begin
             )
@@ -117,34 +117,41 @@ class StreamingCursor(AsyncAdapt_aiosqlite_ss_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("_begin",)
+    __slots__ = ("_begin", "_ended")
     _cursor_cls = OneHopCursor
     _ss_cursor_cls = StreamingCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self._begin: str | None = None  # to run before the next statement, in its call
+        # The last call on the thread left no transaction open and was awaited to its end
+        # (a COMMIT, a ROLLBACK, `run_on_thread` with `ends_transaction`): nothing to end.
+        self._ended = False
 
     def begin_with_next_statement(self, sql: str) -> None:
         """Start a transaction with `sql` (a BEGIN) on the thread, in the same call as the
         next statement (a transaction that runs none never calls the thread)."""
         self._begin = sql
+        self._ended = False
 
-    def _open(self) -> bool:
-        """Whether the connection has a transaction to end on its thread. Read here, not
-        there: a statement's call has ended before SQLAlchemy commits or rolls back."""
-        raw: sqlite3.Connection | None = self._connection._connection
-        return raw is not None and raw.in_transaction
+    def _nothing_to_end(self) -> bool:
+        """Whether a COMMIT or ROLLBACK can be skipped: the transaction ran no statement, or
+        the last call ended it. Known from this side alone: a call whose awaiting task was
+        cancelled may still be running on the thread, and only a COMMIT or ROLLBACK queued
+        behind it ends what it began."""
+        skip = self._begin is not None or self._ended
+        self._begin, self._ended = None, False
+        return skip
 
     def rollback(self) -> None:
-        self._begin = None
-        if self._open():
+        if not self._nothing_to_end():
             super().rollback()
+        self._ended = True  # the pool's reset on return has nothing left to end either
 
     def commit(self) -> None:
-        self._begin = None
-        if self._open():
+        if not self._nothing_to_end():
             super().commit()
+        self._ended = True
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
@@ -156,13 +163,23 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         return OneHopConnection(self, cast(Any, await_(connection)))
 
 
-async def run_on_thread(connection: Any, fn: Callable[..., _T], *args: Any) -> _T:
+async def run_on_thread(
+    connection: Any, fn: Callable[..., _T], *args: Any, ends_transaction: bool = False
+) -> _T:
     """`fn(sqlite3_connection, *args)` as one call on the thread of `connection` (a pooled
-    connection's DB-API object), in turn with its statements."""
+    connection's DB-API object), in turn with its statements. `ends_transaction`: `fn`
+    leaves no transaction open, whether it returns or raises, so the connection's release
+    makes no ROLLBACK call (unless this call was cancelled before it ended)."""
     adapt: OneHopConnection = connection
     aio: Any = adapt._connection  # an aiosqlite.Connection
     async with adapt._execute_mutex:
-        result: _T = await aio._execute(fn, aio._conn, *args)
+        adapt._ended = False
+        try:
+            result: _T = await aio._execute(fn, aio._conn, *args)
+        except Exception:
+            adapt._ended = ends_transaction
+            raise
+        adapt._ended = ends_transaction
         return result
 
 
