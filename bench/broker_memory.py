@@ -4,6 +4,11 @@ and a counts update, published as the inbox does (history 50, TTL 10 min). Measu
 publish cost, the growth of RSS, of tracked objects and of the allocator's blocks, and the
 time of one full collection afterwards. Each run is a fresh process.
 
+The process collects as `tidings serve` does (`GcPolicy`): CPython's young collections as
+they fall due, and every second what survived is frozen (moved out of the collector's reach,
+tracked or not). Objects frozen while still tracked count in the full collection that the
+policy runs when the heap has grown.
+
     .venv/bin/python bench/broker_memory.py --out bench/results/broker_memory.md
 """
 
@@ -32,10 +37,14 @@ async def measure(n: int) -> dict[str, Any]:
 
     broker = MemoryBroker(SystemClock())
     gc.collect()
-    objects, blocks = len(gc.get_objects()), sys.getallocatedblocks()
+    gc.freeze()
+    objects, blocks = gc.get_freeze_count(), sys.getallocatedblocks()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start = froze = time.perf_counter()
     for i in range(n):
+        if i % 256 == 0 and time.perf_counter() - froze >= 1.0:  # GcPolicy's freeze
+            gc.freeze()
+            froze = time.perf_counter()
         channel = f"inbox:#s{i:07d}"
         item = {"id": f"{i:040x}", "title": "Release 2.0", "body": f"Hello s{i:07d}, it is out"}
         await broker.publish(
@@ -49,16 +58,18 @@ async def measure(n: int) -> dict[str, Any]:
             channel, b'{"type":"counts","unread":1,"unseen":1}', history_size=50, history_ttl=600
         )
     elapsed = time.perf_counter() - start
-    for _ in range(6):  # as the process's young collections would, before freezing
-        gc.collect()
-    started = time.perf_counter()
+    gc.freeze()
+    tracked = gc.get_freeze_count() - objects
+    started = time.perf_counter()  # the policy's full collection: unfreeze, collect, freeze
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     full_ms = (time.perf_counter() - started) * 1000
     return {
         "channels": n,
         "publish_us": elapsed / (2 * n) * 1e6,
         "rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024,
-        "tracked": len(gc.get_objects()) - objects,
+        "tracked": tracked,
         "blocks": sys.getallocatedblocks() - blocks,
         "full_gc_ms": full_ms,
     }

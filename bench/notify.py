@@ -349,6 +349,11 @@ async def lanes(
             bulk_seconds = time.perf_counter() - bulk_start
             await asyncio.sleep(2.0)
             busy = latencies(sink, accepted, range(bulk_first, seq))
+    except BaseException:
+        log = Path(tmp) / "server.log"  # gone with the run's directory: show its errors
+        errors = [line for line in log.read_text().splitlines() if '"error"' in line]
+        print("\n".join(["server errors:", *errors[-20:]]), file=sys.stderr)
+        raise
     finally:
         proc.terminate()
         proc.wait(30)
