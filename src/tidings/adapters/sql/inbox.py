@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.script import run_transaction
+from tidings.adapters.sql.script import insert_rows, run_transaction
 from tidings.adapters.sql.tables import inbox_items
 from tidings.errors import Conflict, NotFound
 from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
@@ -93,13 +93,8 @@ def _pg_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
 def _sqlite_insert_rows(conn: sqlite3.Connection, *, rows: list[tuple[Any, ...]]) -> dict[str, int]:
     """On the connection's thread: insert the rows in order, skipping those whose delivery
     key is stored; the `seq` of each row inserted, by id."""
-    inserted: dict[str, int] = {}
-    for start in range(0, len(rows), _SQLITE_ROWS):
-        chunk = rows[start : start + _SQLITE_ROWS]
-        flat = [value for row in chunk for value in row]
-        for item_id, seq in conn.execute(_sqlite_insert(len(chunk)), flat).fetchall():
-            inserted[item_id] = int(seq)
-    return inserted
+    returned = insert_rows(conn, _sqlite_insert, rows, _SQLITE_ROWS)
+    return {item_id: int(seq) for item_id, seq in returned}
 
 
 async def _returning(

@@ -126,6 +126,23 @@ MAX_VARIABLES = 32_766  # SQLite's bound on parameters per statement (since 3.32
 MAX_ROWS = 500  # rows per multi-row INSERT
 
 
+def insert_rows(
+    conn: sqlite3.Connection,
+    sql: Callable[[int], str],
+    rows: Sequence[tuple[Any, ...]],
+    per: int,
+) -> list[Any]:
+    """On the connection's thread: `rows` inserted `per` at a time, each chunk by the
+    statement `sql(len(chunk))` (an INSERT whose VALUES takes that many rows); the rows
+    the statements returned (RETURNING), in order."""
+    found: list[Any] = []
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        flat = [value for row in chunk for value in row]
+        found.extend(conn.execute(sql(len(chunk)), flat).fetchall())
+    return found
+
+
 def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
     """On the connection's thread, inside the transaction: each step's returned rows."""
     out: list[list[Any]] = []
@@ -135,10 +152,7 @@ def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
         if statement is None or not rows:
             pass
         elif (per := statement.rows_per_statement()) > 1:
-            for start in range(0, len(rows), per):
-                chunk = rows[start : start + per]
-                flat = [value for row in chunk for value in row]
-                found.extend(conn.execute(statement.multi(len(chunk)), flat).fetchall())
+            found = insert_rows(conn, statement.multi, rows, per)
         elif statement.returning:  # executemany() returns no rows: one at a time
             for row in rows:
                 found.extend(conn.execute(statement.sql, row).fetchall())
