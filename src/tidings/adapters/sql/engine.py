@@ -8,7 +8,7 @@ import contextlib
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import event, text
@@ -82,12 +82,10 @@ def create_engine(url: str) -> AsyncEngine:
             # A writing transaction takes the write lock at BEGIN: a deferred one that reads and
             # then writes would fail with "database is locked" instead of waiting its turn.
             # Readers (see `reader`) stay deferred and, with WAL, never wait for a writer.
+            # The BEGIN runs in the first statement's call on the connection's thread.
             begin = "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
-            dbapi_conn = conn.connection.dbapi_connection
-            if isinstance(dbapi_conn, sqlite_driver.OneHopConnection):
-                dbapi_conn.begin_with_next_statement(begin)  # in the first statement's call
-            else:
-                conn.exec_driver_sql(begin)
+            dbapi_conn = cast(sqlite_driver.OneHopConnection, conn.connection.dbapi_connection)
+            dbapi_conn.begin_with_next_statement(begin)
 
         return engine
     if backend == "postgresql":

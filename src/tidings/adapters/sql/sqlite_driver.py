@@ -108,6 +108,7 @@ class StreamingCursor(AsyncAdapt_aiosqlite_ss_cursor):
 
     async def _execute_async(self, operation: Any, parameters: Any) -> Any:
         adapt: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        adapt._ended = False  # every call on the thread may leave a transaction open
         if adapt._begin is not None:
             async with adapt._execute_mutex:
                 begin, adapt._begin = adapt._begin, None
@@ -132,7 +133,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         """Start a transaction with `sql` (a BEGIN) on the thread, in the same call as the
         next statement (a transaction that runs none never calls the thread)."""
         self._begin = sql
-        self._ended = False
 
     def _nothing_to_end(self) -> bool:
         """Whether a COMMIT or ROLLBACK can be skipped: the transaction ran no statement, or
