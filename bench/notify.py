@@ -3,7 +3,8 @@
 1. `inapp`: one bulk event to a topic of N subscribers (default 100k) with a one-step in-app
    workflow, through the whole pipeline (dispatch -> fanout in batch jobs -> decisions -> inbox
    items + live pushes on the gateway -> trail). Measures in-app deliveries/s from the moment
-   the event is accepted until the last run is done, CPU and peak RSS of the process.
+   the event is accepted until the last run is done, CPU and peak RSS of the process, and
+   the growth in objects the garbage collector tracks (what a full collection walks).
 2. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
    sink (aiosmtpd) in this process. Transactional events (one email each) are sent at a fixed
    rate; the latency is from the API's 202 to the message arriving at the SMTP sink. First
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -145,6 +147,7 @@ async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
     # the garbage-collector policy `tidings serve` applies to its process
     gc_policy = GcPolicy(settings.gc_freeze_interval, quiet=lambda: not runtime.gate.busy())
     gc_policy.start()
+    tracked0 = tracked_objects()
     engine = create_engine(url)
     try:
         cpu0 = time.process_time()
@@ -175,6 +178,7 @@ async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
                 raise RuntimeError(f"only {done} of {n} runs done after 15 minutes")
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu0
+        tracked = tracked_objects() - tracked0
         async with engine.connect() as conn:
             items = int(
                 (await conn.execute(select(func.count()).select_from(inbox_items))).scalar_one()
@@ -190,7 +194,15 @@ async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
         "deliveries_per_s": n / elapsed,
         "cpu_percent": 100 * cpu / elapsed,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "tracked_growth": tracked,
     }
+
+
+def tracked_objects() -> int:
+    """Objects the collector tracks, frozen or not: what the policy's next full collection
+    walks. Frozen as the policy would at its next step (young ones still in reach count)."""
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 # -- 2. priority lanes, against `tidings serve` ---------------------------------------------
@@ -435,14 +447,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "## In-app deliveries (one bulk event to a topic, whole pipeline, one process)",
         "",
-        "| store | recipients | seconds | in-app deliveries/s | CPU % (of one core) | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| store | recipients | seconds | in-app deliveries/s | CPU % (of one core) | peak RSS MB "
+        "| tracked objects grown |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r["test"] == "inapp":
             lines.append(
                 f"| {r['store']} | {r['recipients']:,} | {r['seconds']:.1f} | "
-                f"{r['deliveries_per_s']:,.0f} | {r['cpu_percent']:.0f} | {r['max_rss_mb']:.0f} |"
+                f"{r['deliveries_per_s']:,.0f} | {r['cpu_percent']:.0f} | {r['max_rss_mb']:.0f} "
+                f"| {r.get('tracked_growth', 0):,} |"
             )
     lines += [
         "",
