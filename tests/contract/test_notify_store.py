@@ -257,8 +257,8 @@ async def test_cancel_runs_ends_what_is_still_going_and_its_queued_messages(
             RunWrite(run=dataclasses.replace(other, state=RunState.WAITING, wake_at=9.0)),
         ]
     )
-    assert await stores.runs.cancel_runs("e1", 5.0, "event cancelled") == 2
-    assert await stores.runs.cancel_runs("e1", 6.0, "event cancelled") == 0  # nothing left
+    assert await stores.runs.cancel_runs("e1", 5.0, "event cancelled", wake) == 2
+    assert await stores.runs.cancel_runs("e1", 6.0, "event cancelled", wake) == 0  # nothing left
     runs = {r.recipient: r for r in await stores.runs.runs_for_event("e1")}
     assert runs["a"].outcome == "completed"
     assert {runs["b"].outcome, runs["c"].outcome} == {"cancelled"}
@@ -516,6 +516,112 @@ async def test_concurrent_joins_elect_one_leader(stores: Stores) -> None:
     assert not any(j.closed for j in joins)
     events = await stores.runs.close_digest("d")
     assert [e[0] for e in events] == [f"e{i}" for i in range(20)]
+
+
+async def test_a_replacing_step_row_takes_the_stored_ones_place(stores: Stores) -> None:
+    r = run("e1", workflow="dg")
+    await stores.runs.commit([leading(r, "d", 1.0, 60.0)])
+    closed = StepRow(r.id, "batch", "digested", 60.0, "2 events", {"n": 2}, replace=True)
+    again = StepRow(r.id, "batch", "digest_leader", 1.0, "", {"n": 0})  # a retried first write
+    await stores.runs.commit([RunWrite(done(r), steps=[closed])])
+    await stores.runs.commit([RunWrite(done(r), steps=[again])])
+    [(_, steps, _)] = (await stores.runs.load_many([r.id])).values()
+    row = steps["batch"]
+    assert (row.outcome, row.at, row.reason, row.result) == ("digested", 60.0, "2 events", {"n": 2})
+
+
+def wake(run_id: str, lane: Priority, step_id: str, until: float) -> NewJob:
+    return NewJob("notify.run", {"run_id": run_id}, lane=lane, run_at=until)
+
+
+def leading(r: Run, digest: str, at: float, end: float) -> RunWrite:
+    """A leader's write: waiting for the window end, its digest step stored."""
+    result = {"step_id": "batch", "outcome": "digest_leader", "at": at, "reason": ""}
+    result |= {"digest_id": digest, "window_end": end}
+    return RunWrite(
+        dataclasses.replace(r, state=RunState.WAITING, wake_at=end),
+        steps=[StepRow(r.id, "batch", "digest_leader", at, "", result)],
+    )
+
+
+def merged(r: Run, digest: str, at: float, end: float) -> RunWrite:
+    result = {"step_id": "batch", "outcome": "digest_member", "at": at, "reason": ""}
+    result |= {"digest_id": digest, "window_end": end}
+    return RunWrite(
+        done(r, "merged"), steps=[StepRow(r.id, "batch", "digest_member", at, "", result)]
+    )
+
+
+async def test_cancelling_a_digest_leaders_event_hands_the_digest_to_the_earliest_member(
+    stores: Stores,
+) -> None:
+    t = stores.clock.now()
+    end = t + 3600
+    leader, first, second = (run(e, workflow="dg") for e in ("e1", "e2", "e3"))
+    await stores.runs.join_digest("d", leader.id, "e1", {"n": 1}, None, t)
+    await stores.runs.join_digest("d", second.id, "e3", {"n": 3}, None, t + 2)
+    await stores.runs.join_digest("d", first.id, "e2", {"n": 2}, "bob", t + 1)
+    # the second member's run is still being written: its join is all that is stored
+    await stores.runs.commit([leading(leader, "d", t, end), merged(first, "d", t + 1, end)])
+    assert await stores.runs.cancel_runs("e1", t + 5, "event cancelled", wake) == 1
+
+    heir = (await stores.runs.get_runs([first.id]))[first.id]
+    assert (heir.state, heir.outcome, heir.wake_at) == (RunState.WAITING, None, end)
+    [(_, steps, _)] = (await stores.runs.load_many([first.id])).values()
+    row = steps["batch"]
+    assert (row.outcome, row.at, row.result["outcome"]) == ("digest_leader", t + 1, "digest_leader")
+    assert row.result["window_end"] == end and "e1" in row.reason
+    [entry] = await stores.runs.trail_for_recipients("e2", ["alice"])
+    assert (entry.run_id, entry.kind, entry.step_id) == (first.id, "run", "batch")
+    assert entry.data["until"] == end
+    stores.clock.advance(3600)
+    [job] = await stores.jobs.claim("w", BOTH, 10, 30.0)
+    assert (job.kind, job.payload) == ("notify.run", {"run_id": first.id})
+
+    again = await stores.runs.join_digest("d", first.id, "e2", {"n": 2}, "bob", t + 1)
+    assert (again.leader, again.closed) == (True, False)  # its retried join leads
+    assert await stores.runs.close_digest("d") == [
+        ("e2", {"n": 2}, t + 1, "bob"),
+        ("e3", {"n": 3}, t + 2, None),
+    ]
+
+
+async def test_a_digest_handed_to_a_run_not_written_yet_is_found_in_its_step_row(
+    stores: Stores,
+) -> None:
+    t = stores.clock.now()
+    leader, member = run("e1", workflow="dg"), run("e2", workflow="dg")
+    await stores.runs.join_digest("d", leader.id, "e1", {}, None, t)
+    await stores.runs.join_digest("d", member.id, "e2", {}, None, t + 1)
+    await stores.runs.commit([leading(leader, "d", t, t + 60)])
+    assert await stores.runs.cancel_runs("e1", t + 5, "event cancelled", wake) == 1
+    assert await stores.runs.get_runs([member.id]) == {}  # nothing to move
+    # its write lands now, as a member: the step row the cancel stored stays
+    await stores.runs.commit([merged(member, "d", t + 1, t + 60)])
+    [(stored, steps, _)] = (await stores.runs.load_many([member.id])).values()
+    assert (stored.state, stored.outcome) == (RunState.DONE, "merged")
+    assert steps["batch"].outcome == "digest_leader"
+
+
+async def test_a_cancelled_event_leaves_open_digests_only_and_an_emptied_one_goes(
+    stores: Stores,
+) -> None:
+    t = stores.clock.now()
+    a, b, c = (run(e, workflow="dg") for e in ("e1", "e2", "e3"))
+    await stores.runs.join_digest("open", a.id, "e1", {}, None, t)
+    await stores.runs.join_digest("open", b.id, "e2", {}, None, t + 1)
+    await stores.runs.join_digest("shut", c.id, "e3", {}, None, t)
+    await stores.runs.join_digest("shut", b.id, "e2", {}, None, t + 1)
+    await stores.runs.commit([leading(a, "open", t, t + 60), merged(b, "open", t + 1, t + 60)])
+    assert len(await stores.runs.close_digest("shut")) == 2
+    assert await stores.runs.cancel_runs("e2", t + 5, "event cancelled", wake) == 0
+    assert [e[0] for e in await stores.runs.close_digest("shut")] == ["e3", "e2"]  # history
+    assert await stores.runs.cancel_runs("e1", t + 6, "event cancelled", wake) == 1
+    # no row left: the digest is gone, and the window's next join leads afresh
+    fresh = await stores.runs.join_digest("open", c.id, "e3", {}, None, t + 7)
+    assert (fresh.leader, fresh.closed) == (True, False)
+    assert [e[0] for e in await stores.runs.close_digest("open")] == ["e3"]
+    assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -815,7 +921,7 @@ async def test_an_open_digest_whose_leader_ended_keeps_no_member(stores: Stores)
             RunWrite(done(member, "merged")),
         ]
     )
-    assert await stores.runs.cancel_runs("e1", t, "event cancelled") == 1  # never closes
+    assert await stores.runs.cancel_runs("e1", t, "event cancelled", wake) == 1  # never closes
     stores.clock.advance(10 * DAY)
     assert await stores.runs.prune(stores.clock.now(), 100) == 2
     assert await stores.runs.get_runs([leader.id, member.id]) == {}

@@ -24,8 +24,10 @@ from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hou
 from tidings.core.notify.types import Channel
 from tidings.errors import Conflict, InvalidInput
 from tidings.ports.inbox import Mark
+from tidings.ports.notify import Run, RunState, RunWrite, StepRow
 from tidings.ports.subscribers import Subscriber, Topic
 from tidings.services.ingest import EventInput
+from tidings.services.notify import run_id
 from tidings.types import JobState, Priority
 from tidings.wiring import Runtime, build_runtime, migrate, notify_config
 
@@ -291,6 +293,132 @@ async def test_digest_window_gives_exactly_one_digest_under_concurrent_events(en
         report = await env.report(event_id)
         outcomes.extend(r["outcome"] for r in report["runs"])
     assert sorted(outcomes) == ["completed"] + ["merged"] * 7
+
+
+async def likes(env: Env, *ns: int, step: float = 60.0) -> list[str]:
+    """One `likes` event for ann per number, each run to its digest join, `step` s apart."""
+    ids = []
+    for n in ns:
+        ids.append(await env.send("likes", recipients=("ann",), payload={"n": n}))
+        await env.drain()
+        env.clock.advance(step)
+    return ids
+
+
+async def digest_titles(env: Env) -> list[tuple[str, str]]:
+    items = await env.runtime.services.inbox.store.feed("ann", limit=10)
+    return [(i.title, i.body) for i in items]
+
+
+async def run_outcomes(env: Env, event_ids: list[str]) -> list[tuple[str, str]]:
+    found = []
+    for event_id in event_ids:
+        [r] = (await env.report(event_id))["runs"]
+        found.append((r["state"], r["outcome"]))
+    return found
+
+
+async def test_cancelling_the_digest_leaders_event_hands_the_digest_to_the_next_event(
+    env: Env,
+) -> None:
+    await env.subscriber("ann")
+    ids = await likes(env, 0, 1, 2)
+    await env.runtime.services.ingest.cancel(ids[0])
+    # the next event's run leads now, waiting for the same window end
+    assert await run_outcomes(env, ids) == [
+        ("done", "cancelled"),
+        ("waiting", None),
+        ("done", "merged"),
+    ]
+    trail = (await env.report(ids[1]))["trail"]
+    handover = [t for t in trail if t["type"] == "run" and t.get("state") == "waiting"]
+    assert len(handover) == 1 and ids[0] in handover[0]["reason"]
+    env.clock.advance(3600)
+    await env.drain()
+    assert await digest_titles(env) == [("2 likes", "first: event 1")]
+    assert await run_outcomes(env, ids) == [
+        ("done", "cancelled"),
+        ("done", "completed"),
+        ("done", "merged"),
+    ]
+
+
+async def test_a_cancelled_members_event_leaves_the_digest(env: Env) -> None:
+    await env.subscriber("ann")
+    ids = await likes(env, 0, 1, 2)
+    await env.runtime.services.ingest.cancel(ids[1])
+    env.clock.advance(3600)
+    await env.drain()
+    assert await digest_titles(env) == [("2 likes", "first: event 0")]
+    [leader] = (await env.report(ids[0]))["runs"]
+    stored = await env.notify.runs.load_many([leader["id"]])
+    digest = stored[leader["id"]][1]["batch"].result["digest"]
+    assert [e["event_id"] for e in digest["events"]] == [ids[0], ids[2]]
+
+
+async def test_a_digest_whose_events_are_all_cancelled_sends_nothing_and_starts_afresh(
+    env: Env,
+) -> None:
+    await env.subscriber("ann")
+    ids = await likes(env, 0, 1)
+    for event_id in ids:
+        await env.runtime.services.ingest.cancel(event_id)
+    env.clock.advance(600)
+    await env.drain()
+    assert await digest_titles(env) == []
+    # a later event of the same window leads a digest of its own
+    [later] = await likes(env, 5)
+    assert await run_outcomes(env, [later]) == [("waiting", None)]
+    env.clock.advance(3600)
+    await env.drain()
+    assert await digest_titles(env) == [("1 likes", "first: event 5")]
+
+
+async def test_a_digest_handed_over_while_its_heir_was_written_as_merged_still_goes_out(
+    env: Env,
+) -> None:
+    """The cancel hands the digest to a run whose join is stored but whose write (as a
+    member) lands after the cancel: its wake job finds it merged yet leading, and leads."""
+    await env.subscriber("ann")
+    [first] = await likes(env, 0)
+    [leader] = (await env.report(first))["runs"]
+    [(_, steps, _)] = (await env.notify.runs.load_many([leader["id"]])).values()
+    digest, end = steps["batch"].result["digest_id"], steps["batch"].result["window_end"]
+    second = await env.send("likes", recipients=("ann",), payload={"n": 1})
+    heir, at = run_id(second, "likes", "ann"), env.clock.now()
+    await env.notify.runs.join_digest(digest, heir, second, {"n": 1}, None, at)
+    await env.runtime.services.ingest.cancel(first)
+    member = {"step_id": "batch", "outcome": "digest_member", "at": at, "reason": ""}
+    member |= {"digest_id": digest, "window_end": end}
+    run = Run(heir, second, "likes", "ann", Priority.TRANSACTIONAL, at, RunState.DONE, "merged")
+    await env.notify.runs.commit(
+        [RunWrite(run, steps=[StepRow(heir, "batch", "digest_member", at, "", member)])]
+    )
+    await env.drain()  # the second event's dispatch finds its run done
+    assert await digest_titles(env) == []
+    env.clock.advance(3600)
+    await env.drain()
+    assert await digest_titles(env) == [("1 likes", "first: event 1")]
+    assert await run_outcomes(env, [second]) == [("done", "completed")]
+
+
+async def test_an_event_that_arrives_after_its_digest_closed_is_told_alone(env: Env) -> None:
+    await env.subscriber("ann")
+    first = await likes(env, 0)
+    pool = env.runtime.pools[-1]
+    late = await env.send("likes", recipients=("ann",), payload={"n": 1})
+    env.clock.advance(3600)
+    # the leader closes the window before the second event's runs are made
+    jobs = sorted(await pool.claim(100), key=lambda j: j.kind != "notify.run")
+    assert [j.kind for j in jobs] == ["notify.run", "event.dispatch"]
+    for job in jobs:
+        await pool.execute(job)
+    await env.drain()
+    assert await digest_titles(env) == [
+        ("1 likes", "first: event 1"),
+        ("1 likes", "first: event 0"),
+    ]
+    assert await run_outcomes(env, [*first, late]) == [("done", "completed"), ("done", "completed")]
 
 
 async def test_trigger_refuses_an_unknown_topic_and_records_a_missing_workflow(env: Env) -> None:

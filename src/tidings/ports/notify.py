@@ -5,7 +5,7 @@ workflows defined through the API."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,6 +103,10 @@ class RunWrite:
     steps: Sequence[StepRow] = ()  # new step results: insert-if-absent per (run, step)
     messages: Sequence[Message] = ()  # new messages: insert-if-absent per id
     trail: Sequence[TrailEntry] = ()
+
+
+WakeJob = Callable[[str, Priority, str, float], NewJob]
+"""The job that wakes run `id` (lane, step id, at): the orchestrator's, given to the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +220,19 @@ class RunStore(Protocol):
         jobs: Sequence[NewJob] = (),
     ) -> Message | None: ...
 
-    async def cancel_runs(self, event_id: str, at: float, reason: str) -> int:
+    async def cancel_runs(self, event_id: str, at: float, reason: str, wake: WakeJob) -> int:
         """End every run of the event that is not done (outcome `cancelled`, a `run` trail
         entry each) and mark its queued messages `not_sent` with `reason`, in one
-        transaction; returns how many runs it ended."""
+        transaction; returns how many runs it ended.
+
+        In the same transaction the event leaves the digests not closed yet: its rows go.
+        A digest led by one of the runs ended passes to the run of its earliest remaining
+        row (by `at`, then run id), or is deleted when no row is left (the next join of its
+        window leads afresh). The new leader's step row for the digest step becomes the old
+        leader's `digest_leader` result with its own join time and a reason naming the
+        cancelled event (inserted when the run has not stored its row yet); the run, when
+        stored, is `waiting` until the window end; a `run` trail entry tells it; and
+        `wake(run id, lane, step id, window end)` is enqueued."""
         ...
 
     async def runs_for_event(

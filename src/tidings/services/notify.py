@@ -49,6 +49,7 @@ from tidings.core.notify import (
     Recipient,
     Record,
     RunChannelStep,
+    RunOutcome,
     StepOutcome,
     StepResult,
     SuppressionFacts,
@@ -396,7 +397,7 @@ class Orchestrator:
     async def cancel(self, event_id: str) -> int:
         """Stop the event's runs that are still going (delays, digests, escalations, held
         messages): they end `cancelled` and their queued messages are not sent."""
-        return await self.runs.cancel_runs(event_id, self._now(), "event cancelled")
+        return await self.runs.cancel_runs(event_id, self._now(), "event cancelled", wake_job)
 
     async def handle_batch(self, job: Job) -> None:
         event_id = str(job.payload.get("event_id", ""))
@@ -446,9 +447,13 @@ class Orchestrator:
         loaded = await self.runs.load_many([rid])
         if rid not in loaded:
             raise PermanentJobError(f"run {rid} not found")
-        run = loaded[rid][0]
+        run, steps, messages = loaded[rid]
         if run.state is RunState.DONE:
-            return
+            if not _promoted(run, steps):
+                return
+            # Its join went into a digest whose leader's event was cancelled while this run
+            # was being written, and the cancel handed it the digest: it leads it now.
+            run = dataclasses.replace(run, state=RunState.WAITING, outcome=None)
         event = await self.events.get(run.event_id)
         workflow = await self.workflows.get(run.workflow)
         if event is None or workflow is None:
@@ -456,7 +461,7 @@ class Orchestrator:
         if event.state is EventState.CANCELLED:
             await self.cancel(event.id)  # a run made while the cancel came in: end it
             return
-        await self._advance(event, workflow, [loaded[rid]])
+        await self._advance(event, workflow, [(run, steps, messages)])
 
     # -- advancing runs ------------------------------------------------------------------
 
@@ -610,15 +615,7 @@ class Orchestrator:
                     if isinstance(action, WaitUntil)
                     else (f"waiting for {action.watch} {action.status}")
                 )
-                p.jobs.append(
-                    NewJob(
-                        RUN_JOB,
-                        {"run_id": run.id},
-                        lane=run.lane,
-                        run_at=action.until,
-                        dedupe_key=f"wake:{run.id}:{action.step_id}:{action.until:.3f}",
-                    )
-                )
+                p.jobs.append(wake_job(run.id, run.lane, action.step_id, action.until))
                 if run.state is not RunState.WAITING or run.wake_at != wake:
                     note(
                         "run", action.step_id, {"state": "waiting", "until": wake, "reason": reason}
@@ -643,7 +640,17 @@ class Orchestrator:
                     p.event.actor,
                     action.at,
                 )
-                store(digest_joined(action, leader=joined.leader, closed=joined.closed))
+                result = digest_joined(action, leader=joined.leader, closed=joined.closed)
+                if joined.closed:  # too late for its window: a digest of its own event
+                    await self.runs.join_digest(
+                        result.digest_id or "",
+                        run.id,
+                        run.event_id,
+                        p.event.payload,
+                        p.event.actor,
+                        action.at,
+                    )
+                store(result)
             elif isinstance(action, CloseDigest):
                 events = await self.runs.close_digest(action.digest_id)
                 store(
@@ -1398,6 +1405,24 @@ class Orchestrator:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def wake_job(run_id: str, lane: Priority, step_id: str, until: float) -> NewJob:
+    """The job that advances run `run_id` at `until`, where step `step_id` waits."""
+    return NewJob(
+        RUN_JOB,
+        {"run_id": run_id},
+        lane=lane,
+        run_at=until,
+        dedupe_key=f"wake:{run_id}:{step_id}:{until:.3f}",
+    )
+
+
+def _promoted(run: Run, steps: Mapping[str, StepRow]) -> bool:
+    """A run stored as merged into a digest whose lead passed to it (`cancel_runs`)."""
+    return run.outcome == RunOutcome.MERGED.value and any(
+        s.outcome == StepOutcome.DIGEST_LEADER.value for s in steps.values()
+    )
 
 
 def _channel_of(workflow: Workflow, step_id: str) -> Channel | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tidings.adapters.memory.columns import json_copy
 from tidings.adapters.memory.jobs import MemoryJobQueue
+from tidings.core.notify.runner import StepOutcome
 from tidings.ports.clock import Clock
 from tidings.ports.notify import (
     DigestJoin,
@@ -21,9 +22,12 @@ from tidings.ports.notify import (
     RunWrite,
     StepRow,
     TrailEntry,
+    WakeJob,
     WorkflowRecord,
 )
 from tidings.types import NewJob
+
+DIGEST_LEADER = StepOutcome.DIGEST_LEADER.value
 
 SENT_STATUSES = ("sent", "delivered")
 
@@ -224,7 +228,7 @@ class MemoryRunStore:
         runs.sort(key=lambda r: (r.recipient, r.id))
         return runs[:limit]
 
-    async def cancel_runs(self, event_id: str, at: float, reason: str) -> int:
+    async def cancel_runs(self, event_id: str, at: float, reason: str, wake: WakeJob) -> int:
         ended: list[Run] = []
         for run_id in self._runs_by_event.get(event_id, ()):
             run = self._runs[run_id]
@@ -259,7 +263,77 @@ class MemoryRunStore:
                 for r in ended
             ]
         )
+        await self._leave_digests(event_id, ended, at, wake)
         return len(ended)
+
+    async def _leave_digests(
+        self, event_id: str, ended: Sequence[Run], at: float, wake: WakeJob
+    ) -> None:
+        """The cancelled event's part of `cancel_runs` in the digests not closed yet."""
+        for open_digest in self._digests.values():
+            if not open_digest.closed:
+                events = open_digest.events
+                for run_id in [r for r, e in events.items() if e[0] == event_id]:
+                    del events[run_id]
+        jobs: list[NewJob] = []
+        for old in ended:
+            for row, _, _ in list(self._steps.get(old.id, {}).values()):
+                if row.outcome != DIGEST_LEADER:
+                    continue
+                digest_id = str(row.result.get("digest_id") or "")
+                digest = self._digests.get(digest_id)
+                if digest is None or digest.closed or digest.leader_run != old.id:
+                    continue  # a digest of its own (a late join), or no longer this run's
+                if not digest.events:
+                    del self._digests[digest_id]
+                    continue
+                heir, (heir_event, _, joined, _) = min(
+                    digest.events.items(), key=lambda e: (e[1][2], e[0])
+                )
+                digest.leader_run = heir
+                end = float(row.result.get("window_end") or at)
+                why = f"leads digest {digest_id}: its leader's event {event_id} was cancelled"
+                promoted = StepRow(
+                    heir,
+                    row.step_id,
+                    DIGEST_LEADER,
+                    joined,
+                    why,
+                    {**json_copy(row.result), "at": joined, "reason": why},
+                )
+                self._steps.setdefault(heir, {})[row.step_id] = (
+                    promoted,
+                    old.workflow,
+                    old.recipient,
+                )
+                run = self._runs.get(heir)
+                if run is not None:
+                    self._runs[heir] = dataclasses.replace(
+                        run,
+                        state=RunState.WAITING,
+                        outcome=None,
+                        reason="digest window open",
+                        wake_at=end,
+                        updated_at=at,
+                    )
+                self._append(
+                    [
+                        TrailEntry(
+                            heir,
+                            heir_event,
+                            old.recipient,
+                            old.workflow,
+                            row.step_id,
+                            "run",
+                            at,
+                            {"state": "waiting", "until": end, "reason": why},
+                        )
+                    ]
+                )
+                lane = run.lane if run is not None else old.lane
+                jobs.append(_stored_job(wake(heir, lane, row.step_id, end), at))
+        if jobs:
+            await _enqueue(self._queue(jobs), jobs)
 
     async def count_runs(self, event_id: str) -> dict[RunState, int]:
         counts: dict[RunState, int] = {}
@@ -376,7 +450,7 @@ class MemoryRunStore:
 
     def _add_step(self, row: StepRow, workflow: str, recipient: str) -> None:
         steps = self._steps.setdefault(row.run_id, {})
-        if row.step_id in steps:
+        if row.step_id in steps and not row.replace:
             return  # an earlier attempt's row wins
         steps[row.step_id] = (row, workflow, recipient)
         if row.outcome == "passed":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,6 +24,7 @@ from tidings.adapters.sql.tables import (
     notify_trail,
     notify_workflows,
 )
+from tidings.core.notify.runner import StepOutcome
 from tidings.ports.clock import Clock
 from tidings.ports.notify import (
     DigestJoin,
@@ -33,11 +34,13 @@ from tidings.ports.notify import (
     RunWrite,
     StepRow,
     TrailEntry,
+    WakeJob,
     WorkflowRecord,
 )
 from tidings.types import NewJob, Priority
 
 _IN_CHUNK = 500
+DIGEST_LEADER = StepOutcome.DIGEST_LEADER.value
 SENT_STATUSES = ("sent", "delivered")
 _r, _s, _m, _t = notify_runs.c, notify_steps.c, notify_messages.c, notify_trail.c
 
@@ -344,7 +347,7 @@ class SqlRunStore:
 
     # -- reading the trail -----------------------------------------------------------------
 
-    async def cancel_runs(self, event_id: str, at: float, reason: str) -> int:
+    async def cancel_runs(self, event_id: str, at: float, reason: str, wake: WakeJob) -> int:
         async with writer(self._engine) as conn:
             ended = (
                 await conn.execute(
@@ -357,9 +360,10 @@ class SqlRunStore:
                         wake_at=None,
                         updated_at=at,
                     )
-                    .returning(_r.id, _r.recipient, _r.workflow)
+                    .returning(_r.id, _r.recipient, _r.workflow, _r.lane)
                 )
             ).all()
+            await self._leave_digests(conn, event_id, ended, at, wake)
             await conn.execute(
                 update(notify_messages)
                 .where(_m.event_id == event_id, _m.status == "queued")
@@ -385,6 +389,102 @@ class SqlRunStore:
                     ],
                 )
         return len(ended)
+
+    async def _leave_digests(
+        self, conn: AsyncConnection, event_id: str, ended: Sequence[Any], at: float, wake: WakeJob
+    ) -> None:
+        """The cancelled event's part of `cancel_runs` in the digests not closed yet."""
+        d, de = notify_digests.c, notify_digest_events.c
+        await conn.execute(
+            delete(notify_digest_events).where(
+                de.event_id == event_id,
+                de.digest_id.in_(select(d.id).where(d.closed == false())),
+            )
+        )
+        by_id = {row.id: row for row in ended}
+        led: list[Any] = []
+        for chunk in _chunks(list(by_id)):
+            led.extend(
+                await conn.execute(
+                    select(_s.run_id, _s.step_id, _s.result).where(
+                        _s.run_id.in_(chunk), _s.outcome == DIGEST_LEADER
+                    )
+                )
+            )
+        for old_run, step_id, result in led:
+            digest = str(result.get("digest_id") or "")
+            query = select(d.leader_run, d.closed).where(d.id == digest)
+            if is_postgres(self._engine):
+                query = query.with_for_update()
+            found = (await conn.execute(query)).one_or_none()
+            if found is None or found.closed or found.leader_run != old_run:
+                continue  # a digest of its own (a late join), or no longer this run's
+            heir = (
+                await conn.execute(
+                    select(de.run_id, de.event_id, de.at)
+                    .where(de.digest_id == digest)
+                    .order_by(de.at, de.run_id)
+                    .limit(1)
+                )
+            ).one_or_none()
+            if heir is None:
+                await conn.execute(delete(notify_digests).where(d.id == digest))
+                continue
+            await conn.execute(
+                update(notify_digests).where(d.id == digest).values(leader_run=heir.run_id)
+            )
+            old = by_id[old_run]
+            end = float(result.get("window_end") or at)
+            why = f"leads digest {digest}: its leader's event {event_id} was cancelled"
+            values = {
+                "outcome": DIGEST_LEADER,
+                "reason": why,
+                "at": float(heir.at),
+                "result": {**result, "at": float(heir.at), "reason": why},
+            }
+            changed = await conn.execute(
+                update(notify_steps)
+                .where(_s.run_id == heir.run_id, _s.step_id == step_id)
+                .values(values)
+            )
+            if not changed.rowcount:  # the run has not stored its join yet
+                await conn.execute(
+                    self._ins_step,
+                    {
+                        "run_id": heir.run_id,
+                        "step_id": step_id,
+                        "workflow": old.workflow,
+                        "recipient": old.recipient,
+                        **values,
+                    },
+                )
+            lane = (
+                await conn.execute(
+                    update(notify_runs)
+                    .where(_r.id == heir.run_id)
+                    .values(
+                        state=RunState.WAITING.value,
+                        outcome=None,
+                        reason="digest window open",
+                        wake_at=end,
+                        updated_at=at,
+                    )
+                    .returning(_r.lane)
+                )
+            ).scalar_one_or_none()
+            entry = TrailEntry(
+                heir.run_id,
+                heir.event_id,
+                old.recipient,
+                old.workflow,
+                step_id,
+                "run",
+                at,
+                {"state": "waiting", "until": end, "reason": why},
+            )
+            await conn.execute(self._ins_trail, [_trail_row(entry)])
+            job = wake(heir.run_id, Priority(lane or old.lane), step_id, end)
+            await conn.execute(self._ins_job, [job_row(job, at)])
 
     async def runs_for_event(
         self, event_id: str, *, after: str | None = None, limit: int = 1000

@@ -394,6 +394,7 @@ notify_digest_events = Table(
     Column("payload", JSON, nullable=False),
     Column("at", Epoch, nullable=False),
     Index("ix_notify_digest_events_run", "run_id"),  # retention deletes a run's rows
+    Index("ix_notify_digest_events_event", "event_id"),  # a cancelled event leaves digests
 )
 
 notify_workflows = Table(
