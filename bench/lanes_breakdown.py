@@ -10,6 +10,7 @@ wrapping the runtime's own pieces:
 - every garbage collection by generation (gc.callbacks);
 - SQLite writer lock waits and holds per lane (`LaneLock`; none with `--pg`, which runs the
   same on PostgreSQL);
+- the wait for a connection of the engine's pool, per lane;
 - per job kind and lane: claim delay (start minus due) and run time (`WorkerPool.execute`);
 - statements through SQLAlchemy per lane and table (on SQLite the one-call writes of
   `adapters/sql/script.py` pass beside it: their time is in the writer holds).
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import notify as nb
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
 
 from tidings.adapters.sql import engine as sql_engine
 from tidings.adapters.sql import tables as sql_tables
@@ -115,6 +117,19 @@ class Probe:
 
         worker_module.WorkerPool.execute = timed_execute  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
+
+        # The wait for a connection of the engine's pool, per lane (a checkout that finds
+        # the pool empty waits for a connection to come back).
+        do_get = QueuePool._do_get
+
+        def timed_do_get(self: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return do_get(self)
+            finally:
+                probe.add(f"pool wait {CURRENT_LANE.get().value}", time.perf_counter() - t)
+
+        QueuePool._do_get = timed_do_get  # type: ignore[method-assign]
 
         # Statements through SQLAlchemy, per lane of the job running them and per table
         # (start to result, the wait for the event loop included).
@@ -282,6 +297,8 @@ SHOWN = (
     "gc gen2",
     "writer wait transactional",
     "writer hold bulk",
+    "pool wait transactional",
+    "pool wait bulk",
     "run event.dispatch transactional",
     "run notify.deliver transactional",
 )

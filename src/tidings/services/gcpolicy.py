@@ -25,14 +25,16 @@ seconds (120) have passed since the last, unless the heap has grown by the facto
 (fourfold): a bulk send that grows the heap fast stops the loop once, not at every doubling,
 and the frozen garbage such spacing lets through is bounded by that fourfold growth.
 
-A full collection that falls due while `quiet()` says work is in flight that should not be
-stopped (a transactional job, in `tidings serve`) waits for a quiet moment, freezing as
-usual meanwhile, for at most `max_defer` seconds; then it runs regardless.
-
 The heap is first measured with `sys.getallocatedblocks()`, which reads the allocator's
 arenas; only when its blocks have grown by the factor since the last look does the policy
-count the tracked objects with `gc.get_freeze_count()`, which walks every frozen object (a few
-milliseconds per million: too long to take every second).
+count the tracked objects with `gc.get_freeze_count()`, which walks every frozen object (tens
+of milliseconds for a few hundred thousand in a server's heap: too long to take every
+second).
+
+Both pauses, that count and a full collection, wait while `quiet()` says work is in flight
+that should not be stopped (a transactional job, in `tidings serve`): the policy freezes as
+usual meanwhile and tries again every 10 ms, for at most `max_defer` seconds from the first
+time it put the pause off; then it pauses regardless.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ class GcPolicy:
         self.freeze_every = freeze_every
         self.refreeze_factor = refreeze_factor
         self.full_collections = 0  # run by the policy
-        self.deferred = 0  # steps that put a due full collection off
+        self.looks = 0  # counts of the tracked objects
+        self.deferred = 0  # steps that put a count or a full collection off
         self._quiet = quiet
         self.max_defer = max_defer
         self.min_interval = min_interval
         self._last_full = 0.0  # monotonic time of the last full collection
         self._due_since: float | None = None  # monotonic time the full collection fell due
+        self._put_off_since: float | None = None  # monotonic time a pause was first put off
         self._tracked = 0  # tracked objects after the last full collection
         self._full_blocks = 0  # memory blocks after the last full collection
         self._armed = 0  # blocks at the last look at the heap's growth
@@ -96,6 +100,9 @@ class GcPolicy:
             blocks = sys.getallocatedblocks()
             spaced_out = self._pending and now - self._last_full >= self.min_interval
             if not spaced_out and blocks <= max(self._armed, 100_000) * factor:
+                self._put_off_since = None
+                return
+            if not self._may_pause(now):
                 return
             grown = self._growth(blocks)
             if grown <= factor:  # grown by what a collection passes over: look again later
@@ -105,15 +112,28 @@ class GcPolicy:
                 self._armed, self._pending = blocks, True  # due once spaced out
                 return
             self._due_since = now
-        if self._quiet is None or self._quiet() or now - self._due_since >= self.max_defer:
+        if self._may_pause(now):
             self._due_since = None
             self._collect_and_freeze()
-        else:
-            self.deferred += 1
+
+    def _may_pause(self, now: float) -> bool:
+        """Whether the loop may be stopped now: the work in flight allows it, or the pause
+        has been put off for `max_defer` seconds already."""
+        if self._quiet is None or self._quiet():
+            self._put_off_since = None
+            return True
+        if self._put_off_since is None:
+            self._put_off_since = now
+        if now - self._put_off_since >= self.max_defer:
+            self._put_off_since = None
+            return True
+        self.deferred += 1
+        return False
 
     def _growth(self, blocks: int) -> float:
         """How many times over the heap has grown since the last full collection: by its
         tracked objects, or by its blocks discounted by the factor squared."""
+        self.looks += 1
         tracked = gc.get_freeze_count()  # all of them: step() has just frozen the young
         return max(
             tracked / max(self._tracked, 50_000),
@@ -142,6 +162,6 @@ class GcPolicy:
 
     async def _loop(self) -> None:
         while True:
-            # A full collection put off is tried again soon: quiet moments are short.
-            await asyncio.sleep(self.freeze_every if self._due_since is None else 0.01)
+            # A pause put off is tried again soon: quiet moments are short.
+            await asyncio.sleep(self.freeze_every if self._put_off_since is None else 0.01)
             self.step()

@@ -111,6 +111,34 @@ async def test_a_due_full_collection_waits_for_a_quiet_moment_up_to_its_limit() 
         await policy.stop()
 
 
+async def test_counting_the_tracked_objects_waits_for_a_quiet_moment_too() -> None:
+    busy = True
+    policy = GcPolicy(freeze_every=3600, quiet=lambda: not busy, max_defer=3600, min_interval=0)
+    policy.start()
+    try:
+        blocks = max(sys.getallocatedblocks(), 100_000)
+        keep: list[list[Node]] = []
+        grow(keep, 0, int(1.5 * blocks))  # short of the bound: no count is wanted
+        policy.step()
+        assert (policy.looks, policy.deferred, policy._put_off_since) == (0, 0, None)
+        grow(keep, 0, 2 * blocks)  # past twice the blocks: a count is wanted
+        policy.step()
+        policy.step()
+        assert (policy.looks, policy.deferred) == (0, 2)
+        assert policy._put_off_since is not None  # the loop tries again in 10 ms
+        busy = False
+        policy.step()
+        assert policy.looks == 1 and policy._put_off_since is None
+        # put off for longer than max_defer, it counts regardless
+        policy.max_defer, busy = 0.0, True
+        grow(keep, 0, 2 * sys.getallocatedblocks())
+        policy.step()
+        assert policy.looks == 2
+        del keep
+    finally:
+        await policy.stop()
+
+
 async def test_full_collections_are_spaced_unless_the_heap_grows_fourfold() -> None:
     policy = GcPolicy(freeze_every=3600, refreeze_factor=2.0, min_interval=3600)
     policy.start()
