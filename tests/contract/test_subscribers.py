@@ -74,6 +74,17 @@ async def test_a_device_token_moves_to_its_new_owner(kit: Kit) -> None:
     assert b.devices == (d,) and b.webpush == (WP,)
 
 
+async def test_get_many_without_devices_leaves_devices_and_web_push_empty(kit: Kit) -> None:
+    d = Device(Platform.FCM, "fcm-token-9")
+    full = sub("a", email="a@example.com", devices=(d,), webpush=(WP,))
+    await kit.subscribers.put(full)
+    [lean] = await kit.subscribers.get_many(["a"], devices=False)
+    assert lean == replace(await kit.subscribers.get("a"), devices=(), webpush=())
+    assert lean.email == "a@example.com"
+    [whole] = await kit.subscribers.get_many(["a"])
+    assert (whole.devices, whole.webpush) == ((d,), (WP,))
+
+
 async def test_get_many_keeps_order_and_skips_unknown(kit: Kit) -> None:
     for sid in ("x", "y", "z"):
         await kit.subscribers.put(sub(sid))

@@ -22,6 +22,7 @@ from tidings.adapters.clock import ManualClock
 from tidings.config import FrequencyCapSettings, NotifySettings, SmtpSettings, WorkerSettings
 from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hours
 from tidings.core.notify.types import Channel
+from tidings.core.subscribers import Device, Platform
 from tidings.errors import Conflict, InvalidInput
 from tidings.ports.inbox import Mark
 from tidings.ports.notify import Run, RunState, RunWrite, StepRow
@@ -68,6 +69,11 @@ workflows:
   - key: shipped
     steps:
       - {id: inapp, type: in_app, template: shipped}
+  - key: ping
+    steps:
+      - id: push
+        type: push
+        content: {title: "Ping", body: "{{ payload.text }}"}
   - key: alert
     critical: true
     steps:
@@ -419,6 +425,19 @@ async def test_an_event_that_arrives_after_its_digest_closed_is_told_alone(env: 
         ("1 likes", "first: event 0"),
     ]
     assert await run_outcomes(env, [*first, late]) == [("done", "completed"), ("done", "completed")]
+
+
+async def test_a_push_step_sees_the_recipients_devices(env: Env) -> None:
+    """Subscribers are read without their devices unless a step pushes: this one does."""
+    await env.subscriber("ann", devices=(Device(Platform.FCM, "fcm-token-ann-1"),))
+    await env.subscriber("bob")
+    event_id = await env.send("ping", recipients=("ann", "bob"), payload={"text": "hi"})
+    await env.drain()
+    report = await env.report(event_id)
+    steps = {t["recipient"]: t for t in report["trail"] if t["type"] == "step"}
+    # ann has a device: the push is decided and finds no provider; bob has none
+    assert steps["ann"]["reason"] == "no_provider: no provider configured for push"
+    assert steps["bob"]["reason"].startswith("no_address")
 
 
 async def test_trigger_refuses_an_unknown_topic_and_records_a_missing_workflow(env: Env) -> None:

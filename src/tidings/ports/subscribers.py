@@ -43,7 +43,9 @@ class SubscriberStore(Protocol):
       there (the device changed hands).
     - `get` and `delete` raise `NotFound` for an unknown id; `delete` removes the devices,
       Web Push subscriptions and topic memberships with the subscriber.
-    - `get_many` returns the subscribers that exist, in the order of `ids`.
+    - `get_many` returns the subscribers that exist, in the order of `ids`; with
+      `devices=False` their `devices` and `webpush` are left empty, for callers that need
+      neither (the orchestrator when no step of the workflow pushes).
     - `page` pages by id in ascending order (the store's own string order, stable): the
       subscribers with an id greater than `after`, at most `limit` of them. Inserts during
       paging never shift a page, so a walk sees every subscriber that existed throughout
@@ -54,7 +56,7 @@ class SubscriberStore(Protocol):
 
     async def get(self, subscriber_id: str) -> Subscriber: ...
 
-    async def get_many(self, ids: Sequence[str]) -> list[Subscriber]: ...
+    async def get_many(self, ids: Sequence[str], *, devices: bool = True) -> list[Subscriber]: ...
 
     async def delete(self, subscriber_id: str) -> None: ...
 

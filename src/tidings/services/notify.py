@@ -105,6 +105,8 @@ log = logging.getLogger(__name__)
 
 BATCH_JOB = "notify.batch"
 RUN_JOB = "notify.run"
+# The channels whose decisions need the recipient's devices and Web Push subscriptions.
+PUSH_CHANNELS = frozenset({Channel.PUSH, Channel.WEBPUSH})
 DELIVER_JOB = "notify.deliver"
 MAX_ACTIONS_PER_STEP = 3
 ENGAGEMENT = ("seen", "read", "clicked", "archived")
@@ -478,7 +480,10 @@ class Orchestrator:
         if not items:
             return
         ids = [run.recipient for run, _, _ in items]
-        subs = {s.id: s for s in await self.subscribers.get_many(ids)}
+        pushes = any(
+            isinstance(s, ChannelStep) and s.channel in PUSH_CHANNELS for s in workflow.steps
+        )
+        subs = {s.id: s for s in await self.subscribers.get_many(ids, devices=pushes)}
         caps_window = max((c.window for c in self.config.caps), default=0.0)
         now = self._now()
         p = _Pass(
@@ -1086,7 +1091,9 @@ class Orchestrator:
         )
         if step is None:
             raise PermanentJobError(f"message {mid}: step {message.step_id} is gone")
-        subscriber = await self._subscriber(message.recipient)
+        subscriber = await self._subscriber(
+            message.recipient, devices=message.channel in PUSH_CHANNELS
+        )
         recipient = to_recipient(message.recipient, subscriber)
         template = await self._version(workflow, step, message)
         results: dict[str, StepResult] = {}
@@ -1237,7 +1244,7 @@ class Orchestrator:
             if result.retry_after is not None:
                 entry["retry_after"] = result.retry_after
         if result.bounce is Bounce.HARD and message.channel == Channel.EMAIL.value:
-            subscriber = await self._subscriber(message.recipient)
+            subscriber = await self._subscriber(message.recipient, devices=False)
             if subscriber is not None and subscriber.email:
                 await self.suppressions.add(
                     "email",
@@ -1316,7 +1323,7 @@ class Orchestrator:
         when = min(at, now) if at is not None else now
         delivery = status if status in DELIVERY_REPORTS else None
         if status == "bounced" and message.channel == Channel.EMAIL.value:
-            subscriber = await self._subscriber(message.recipient)
+            subscriber = await self._subscriber(message.recipient, devices=False)
             if subscriber is not None and subscriber.email:
                 await self.suppressions.add(
                     "email",
@@ -1399,8 +1406,8 @@ class Orchestrator:
     def _now(self) -> float:
         return self.clock.now()
 
-    async def _subscriber(self, subscriber_id: str) -> Subscriber | None:
-        found = await self.subscribers.get_many([subscriber_id])
+    async def _subscriber(self, subscriber_id: str, *, devices: bool) -> Subscriber | None:
+        found = await self.subscribers.get_many([subscriber_id], devices=devices)
         return found[0] if found else None
 
 

@@ -37,8 +37,11 @@ class MemorySubscriberStore:
             raise NotFound(f"subscriber {subscriber_id} not found")
         return found
 
-    async def get_many(self, ids: Sequence[str]) -> list[Subscriber]:
-        return [self._items[i] for i in ids if i in self._items]
+    async def get_many(self, ids: Sequence[str], *, devices: bool = True) -> list[Subscriber]:
+        found = [self._items[i] for i in ids if i in self._items]
+        if devices:
+            return found
+        return [dataclasses.replace(s, devices=(), webpush=()) for s in found]
 
     async def delete(self, subscriber_id: str) -> None:
         if self._items.pop(subscriber_id, None) is None:

@@ -111,12 +111,12 @@ class SqlSubscriberStore:
             raise NotFound(f"subscriber {subscriber_id} not found")
         return found[0]
 
-    async def get_many(self, ids: Sequence[str]) -> list[Subscriber]:
+    async def get_many(self, ids: Sequence[str], *, devices: bool = True) -> list[Subscriber]:
         unique = list(dict.fromkeys(ids))
         by_id: dict[str, Subscriber] = {}
         async with self._read.connect() as conn:
             for start in range(0, len(unique), _IN_CHUNK):
-                for sub in await _load(conn, unique[start : start + _IN_CHUNK]):
+                for sub in await _load(conn, unique[start : start + _IN_CHUNK], devices):
                     by_id[sub.id] = sub
         return [by_id[i] for i in ids if i in by_id]
 
@@ -138,12 +138,17 @@ class SqlSubscriberStore:
             return await _load(conn, ids)
 
 
-async def _load(conn: AsyncConnection, ids: list[str]) -> list[Subscriber]:
-    """The subscribers of `ids` that exist, in the order of `ids`, with devices and Web Push."""
+async def _load(
+    conn: AsyncConnection, ids: list[str], with_devices: bool = True
+) -> list[Subscriber]:
+    """The subscribers of `ids` that exist, in the order of `ids`, with devices and Web Push
+    (left empty unless `with_devices`)."""
     if not ids:
         return []
     s, d, w = subscribers.c, subscriber_devices.c, subscriber_webpush.c
     rows = {r.id: r._mapping for r in await conn.execute(select(subscribers).where(s.id.in_(ids)))}
+    if not with_devices:
+        return [_subscriber(rows[i], [], []) for i in ids if i in rows]
     devices: dict[str, list[Device]] = {}
     for r in await conn.execute(
         select(d.subscriber_id, d.platform, d.token)
