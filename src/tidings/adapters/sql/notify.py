@@ -3,6 +3,7 @@ API-defined workflows. Batches are written with one statement per table per tran
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -342,8 +343,7 @@ class SqlRunStore:
                 await conn.execute(self._ins_trail, [_trail_row(t) for t in trail])
             if jobs:
                 await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
-            row = (await conn.execute(select(notify_messages).where(_m.id == message_id))).one()
-        return _message(row._mapping)
+        return dataclasses.replace(current, **values)  # what the UPDATE wrote
 
     # -- reading the trail -----------------------------------------------------------------
 
