@@ -5,7 +5,11 @@
    items + live pushes on the gateway -> trail). Measures in-app deliveries/s from the moment
    the event is accepted until the last run is done, CPU and peak RSS of the process, and
    the growth in objects the garbage collector tracks (what a full collection walks).
-2. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
+2. `email`: the same with a one-step email workflow: one delivery job per message, over
+   `--smtp-pool` pooled connections (4, the default of `smtp.pool_size`) to an aiosmtpd sink
+   in its own process. Measures SMTP deliveries/s from the accept until every message is
+   sent (bench/smtp.py measures the provider alone).
+3. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
    sink (aiosmtpd) in this process. Transactional events (one email each) are sent at a fixed
    rate; the latency is from the API's 202 to the message arriving at the SMTP sink. First
    idle, then while a bulk send to N recipients runs. Goal: p99 during bulk <= 2x idle p99.
@@ -42,6 +46,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tidings.adapters.sql import create_engine
 from tidings.adapters.sql.tables import (
     inbox_items,
+    notify_messages,
     notify_runs,
     subscribers,
     topic_members,
@@ -58,6 +63,13 @@ workflows:
         content:
           title: "{{ payload.headline }}"
           body: "Hello {{ subscriber.id }}, {{ payload.text }}"
+  - key: bulk.mail
+    steps:
+      - id: email
+        type: email
+        content:
+          subject: "{{ payload.headline }}"
+          text: "Hello {{ subscriber.id }}, {{ payload.text }}"
   - key: tx.code
     steps:
       - id: email
@@ -126,14 +138,36 @@ async def count(url: str, what: Any) -> int:
         await engine.dispose()
 
 
+async def start_runtime(settings: Any) -> tuple[Any, Any]:
+    """The runtime of `settings`, started, with the garbage-collector policy `tidings serve`
+    applies to its process."""
+    from tidings.services.gcpolicy import GcPolicy
+    from tidings.wiring import build_runtime
+
+    runtime = build_runtime(settings)
+    await runtime.start()
+    gc_policy = GcPolicy(settings.gc_freeze_interval, quiet=lambda: not runtime.gate.busy())
+    gc_policy.start()
+    return runtime, gc_policy
+
+
+def bulk_event(type_: str) -> Any:
+    """One bulk event to every subscriber (topic `all`)."""
+    from tidings.services.ingest import EventInput
+
+    return EventInput(
+        type=type_,
+        topic="all",
+        payload={"headline": "Release 2.0", "text": "it is out"},
+        priority=Priority.BULK,
+    )
+
+
 # -- 1. in-app throughput, in process ------------------------------------------------------
 
 
 async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
     from tidings.config import NotifySettings, Settings, WorkerSettings
-    from tidings.services.gcpolicy import GcPolicy
-    from tidings.services.ingest import EventInput
-    from tidings.wiring import build_runtime
 
     settings = Settings(
         database_url=url,
@@ -142,24 +176,13 @@ async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
         notify=NotifySettings(workflows=[str(workflows)]),
         worker=WorkerSettings(poll_interval=0.05),
     )
-    runtime = build_runtime(settings)
-    await runtime.start()
-    # the garbage-collector policy `tidings serve` applies to its process
-    gc_policy = GcPolicy(settings.gc_freeze_interval, quiet=lambda: not runtime.gate.busy())
-    gc_policy.start()
+    runtime, gc_policy = await start_runtime(settings)
     tracked0 = tracked_objects()
     engine = create_engine(url)
     try:
         cpu0 = time.process_time()
         start = time.perf_counter()
-        await runtime.services.ingest.ingest(
-            EventInput(
-                type="bulk.news",
-                topic="all",
-                payload={"headline": "Release 2.0", "text": "it is out"},
-                priority=Priority.BULK,
-            )
-        )
+        await runtime.services.ingest.ingest(bulk_event("bulk.news"))
         done = 0
         while done < n:
             # counting done runs scans the runs table: poll rarely until the end is near
@@ -198,6 +221,72 @@ async def inapp(url: str, n: int, workflows: Path) -> dict[str, Any]:
     }
 
 
+# -- 2. email throughput, in process, to an SMTP sink in its own process -------------------
+
+
+async def email(url: str, n: int, workflows: Path, pool: int) -> dict[str, Any]:
+    """One bulk event to N subscribers with a one-step email workflow: decisions, runs and
+    messages, then one delivery job per message over `pool` pooled SMTP connections to an
+    aiosmtpd sink that discards what it receives. The rate is from the event's accept
+    until every message is sent."""
+    from tidings.config import NotifySettings, Settings, SmtpSettings, WorkerSettings
+
+    port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"]
+        + ["-c", "aiosmtpd.handlers.Sink"],
+    )
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                break
+        except OSError:
+            time.sleep(0.05)
+    settings = Settings(
+        database_url=url,
+        log_level="warning",
+        token_secret="b" * 64,
+        notify=NotifySettings(workflows=[str(workflows)]),
+        smtp=SmtpSettings(host="127.0.0.1", port=port, pool_size=pool),
+        worker=WorkerSettings(poll_interval=0.05),
+    )
+    runtime, gc_policy = await start_runtime(settings)
+    engine = create_engine(url)
+    m = notify_messages.c
+    try:
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        await runtime.services.ingest.ingest(bulk_event("bulk.mail"))
+        settled, statuses = 0, {}
+        while settled < n:
+            await asyncio.sleep(1.0 if settled < 0.9 * n else 0.1)
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(m.status, func.count()).where(m.status != "queued").group_by(m.status)
+                )
+                statuses = {str(status): int(k) for status, k in rows}
+            settled = sum(statuses.values())
+            if time.perf_counter() - start > 900:
+                raise RuntimeError(f"only {settled} of {n} messages settled after 15 minutes")
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+    finally:
+        await engine.dispose()
+        await gc_policy.stop()
+        await runtime.stop()
+        sink.terminate()
+        sink.wait(10)
+    return {
+        "recipients": n,
+        "smtp_pool": pool,
+        "statuses": statuses,
+        "seconds": elapsed,
+        "deliveries_per_s": statuses.get("sent", 0) / elapsed,
+        "cpu_percent": 100 * cpu / elapsed,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def tracked_objects() -> int:
     """Objects the collector tracks, frozen or not: what the policy's next full collection
     walks. Frozen as the policy would at its next step (young ones still in reach count)."""
@@ -205,7 +294,7 @@ def tracked_objects() -> int:
     return gc.get_freeze_count()
 
 
-# -- 2. priority lanes, against `tidings serve` ---------------------------------------------
+# -- 3. priority lanes, against `tidings serve` ---------------------------------------------
 
 
 class Sink:
@@ -405,7 +494,8 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     ap.add_argument("--stores", default="sqlite,postgres")
-    ap.add_argument("--tests", default="inapp,lanes")
+    ap.add_argument("--tests", default="inapp,email,lanes")
+    ap.add_argument("--smtp-pool", type=int, default=4, help="SMTP connections (email test)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     results: list[dict[str, Any]] = []
@@ -424,6 +514,8 @@ def main() -> None:
                 print(f"{store} {test}: seeded {args.recipients}", file=sys.stderr)
                 if test == "inapp":
                     r = asyncio.run(inapp(url, args.recipients, workflows))
+                elif test == "email":
+                    r = asyncio.run(email(url, args.recipients, workflows, args.smtp_pool))
                 else:
                     r = asyncio.run(
                         lanes(url, args.recipients, workflows, tmp, args.rate, args.idle_seconds)
@@ -457,6 +549,21 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"| {r['store']} | {r['recipients']:,} | {r['seconds']:.1f} | "
                 f"{r['deliveries_per_s']:,.0f} | {r['cpu_percent']:.0f} | {r['max_rss_mb']:.0f} "
                 f"| {r.get('tracked_growth', 0):,} |"
+            )
+    lines += [
+        "",
+        "## SMTP deliveries (one bulk event to a topic, whole pipeline, one process)",
+        "",
+        "| store | recipients | SMTP connections | seconds | sent | SMTP deliveries/s "
+        "| CPU % (of one core) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["test"] == "email":
+            lines.append(
+                f"| {r['store']} | {r['recipients']:,} | {r['smtp_pool']} | {r['seconds']:.1f} | "
+                f"{r['statuses'].get('sent', 0):,} | {r['deliveries_per_s']:,.0f} | "
+                f"{r['cpu_percent']:.0f} |"
             )
     lines += [
         "",

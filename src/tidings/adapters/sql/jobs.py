@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.script import run_transaction
 from tidings.adapters.sql.tables import jobs
 from tidings.errors import LeaseLost, NotFound
 from tidings.ports.clock import Clock
@@ -35,6 +38,20 @@ _RUNNING = JobState.RUNNING.value
 
 
 _INSERT_JOB = insert(jobs)  # built once, see events.py
+_SETTLED = frozenset({"state", "run_at", "lease_token", "locked_until", "last_error"})
+
+
+@functools.cache
+def _settle_sql(names: tuple[str, ...]) -> str:
+    """SQLite: the UPDATE that settles a job under its lease, setting the columns `names`."""
+    assert names and set(names) <= _SETTLED, names
+    columns = ", ".join(f"{n} = ?" for n in names)
+    return f"UPDATE jobs SET {columns} WHERE id = ? AND state = ? AND lease_token = ?"
+
+
+def _changed(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> int:
+    """On the connection's thread: the rows one statement changed."""
+    return int(conn.execute(sql, params).rowcount)
 
 
 class SqlJobQueue:
@@ -128,17 +145,28 @@ class SqlJobQueue:
         return found
 
     async def _settle(self, job_id: str, token: str, **values: Any) -> None:
-        async with writer(self._engine) as conn:
-            result = await conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.state == _RUNNING,
-                    jobs.c.lease_token == token,
-                )
-                .values(**values)
+        if not is_postgres(self._engine):
+            # One call on the connection's thread (script.py): a worker settles every job it
+            # runs, and through SQLAlchemy the UPDATE and the COMMIT were two trips, each
+            # waiting for the loop while holding SQLite's one write lock.
+            names = tuple(sorted(values))
+            params = [values[n] for n in names] + [job_id, _RUNNING, token]
+            changed = await run_transaction(
+                self._engine, functools.partial(_changed, _settle_sql(names), params)
             )
-        if result.rowcount == 0:
+        else:
+            async with writer(self._engine) as conn:
+                result = await conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.state == _RUNNING,
+                        jobs.c.lease_token == token,
+                    )
+                    .values(**values)
+                )
+            changed = result.rowcount
+        if changed == 0:
             raise LeaseLost(f"lease on job {job_id} is not held")
 
     async def complete(self, job_id: str, lease_token: str) -> None:

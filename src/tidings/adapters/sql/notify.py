@@ -4,17 +4,27 @@ API-defined workflows. Batches are written with one statement per table per tran
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, delete, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.engine import is_postgres, json_text, reader, writer
 from tidings.adapters.sql.jobs import insert_jobs, job_row
-from tidings.adapters.sql.script import Statement, run_script, script
+from tidings.adapters.sql.script import (
+    Statement,
+    Step,
+    run_script,
+    run_steps,
+    run_transaction,
+    script,
+)
 from tidings.adapters.sql.tables import (
     jobs,
     notify_digest_events,
@@ -316,28 +326,48 @@ class SqlRunStore:
         trail: Sequence[TrailEntry] = (),
         jobs: Sequence[NewJob] = (),
     ) -> Message | None:
-        async with writer(self._engine) as conn:
-            query = select(notify_messages).where(_m.id == message_id)
-            if is_postgres(self._engine):
-                query = query.with_for_update()
-            row = (await conn.execute(query)).one_or_none()
-            if row is None:
-                return None
-            current = _message(row._mapping)
+        given = {
+            "status": status,
+            "provider": provider,
+            "provider_id": provider_id,
+            "error": error,
+            "attempts": attempts,
+        }
+        changes = {k: v for k, v in given.items() if v is not None}
+
+        def merge(current: Message) -> dict[str, Any]:
             merged = dict(current.statuses)
             for name, when in (statuses or {}).items():
                 merged[name] = min(merged.get(name, when), when)
-            values: dict[str, Any] = {"statuses": merged, "updated_at": at}
-            if status is not None:
-                values["status"] = status
-            if provider is not None:
-                values["provider"] = provider
-            if provider_id is not None:
-                values["provider_id"] = provider_id
-            if error is not None:
-                values["error"] = error
-            if attempts is not None:
-                values["attempts"] = attempts
+            return {"statuses": merged, "updated_at": at, **changes}
+
+        if self._script:
+            # SQLite: read, update and the inserts in one call on the connection's thread
+            # (script.py); every delivery makes one, each trip of it holding the write lock.
+            found = await run_transaction(
+                self._engine,
+                functools.partial(
+                    _update_message,
+                    message_id,
+                    merge,
+                    script(
+                        self._engine.dialect,
+                        (self._script_steps[3], [_trail_row(t) for t in trail]),
+                        (self._script_steps[5], [job_row(j, at) for j in jobs]),
+                    ),
+                ),
+            )
+            return found
+        async with writer(self._engine) as conn:
+            row = (
+                await conn.execute(
+                    select(notify_messages).where(_m.id == message_id).with_for_update()
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            current = _message(row._mapping)
+            values = merge(current)
             await conn.execute(update(notify_messages).where(_m.id == message_id).values(values))
             if trail:
                 await conn.execute(self._ins_trail, [_trail_row(t) for t in trail])
@@ -773,6 +803,39 @@ def _message(m: Any) -> Message:
         variant=m["variant"],
         locale=m["locale"],
     )
+
+
+_MESSAGE_COLUMNS = [c.name for c in notify_messages.columns]
+_SELECT_MESSAGE = f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM notify_messages WHERE id = ?"
+_UPDATABLE = frozenset(
+    {"statuses", "updated_at", "status", "provider", "provider_id", "error", "attempts"}
+)
+
+
+def _update_message(
+    message_id: str,
+    merge: Callable[[Message], dict[str, Any]],
+    steps: Sequence[Step],
+    conn: sqlite3.Connection,
+) -> Message | None:
+    """On a SQLite connection's thread, inside the transaction: `update_message`'s read,
+    merge (`merge` gives the new values from the stored message), UPDATE and inserts."""
+    row = conn.execute(_SELECT_MESSAGE, (message_id,)).fetchone()
+    if row is None:
+        return None
+    stored = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
+    stored["statuses"] = orjson.loads(stored["statuses"]) if stored["statuses"] else {}
+    for name in ("release_at", "created_at", "updated_at"):  # Epoch: integral REALs come as int
+        stored[name] = float(stored[name])
+    current = _message(stored)
+    values = merge(current)
+    assert set(values) <= _UPDATABLE, values
+    names = sorted(values)
+    params = [json_text(values[n]) if n == "statuses" else values[n] for n in names]
+    columns = ", ".join(f"{n} = ?" for n in names)
+    conn.execute(f"UPDATE notify_messages SET {columns} WHERE id = ?", [*params, message_id])
+    run_steps(steps, conn)
+    return dataclasses.replace(current, **values)  # what the UPDATE wrote
 
 
 def _trail_row(t: TrailEntry) -> dict[str, Any]:

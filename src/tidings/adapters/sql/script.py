@@ -143,7 +143,7 @@ def insert_rows(
     return found
 
 
-def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
+def run_steps(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
     """On the connection's thread, inside the transaction: each step's returned rows."""
     out: list[list[Any]] = []
     for step in steps:
@@ -192,4 +192,4 @@ async def run_script(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[An
     """Run `steps` in one write transaction of a SQLite `engine` (`run_transaction`);
     returns each step's returned rows (empty without RETURNING). All or nothing: an error
     rolls the transaction back and is raised."""
-    return await run_transaction(engine, functools.partial(_run, steps))
+    return await run_transaction(engine, functools.partial(run_steps, steps))
