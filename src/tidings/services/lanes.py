@@ -88,6 +88,14 @@ class LaneGate:
                 await asyncio.wait_for(self._changed.wait(), left)
             left = self._pending(loop.time())
 
+    async def hold_bulk(self) -> None:
+        """Before bulk work's read of many rows: bulk work (the current task's lane) waits
+        for `clear`, as its queries would share the database server's cores with the
+        transactional ones; other work goes straight on, without a trip through the loop
+        that would let bulk work in first."""
+        if CURRENT_LANE.get() is Priority.BULK:
+            await self.clear()
+
     async def pause(self) -> None:
         """A yield point: bulk work (the current task's lane) waits for `clear`, other work
         passes the loop once."""

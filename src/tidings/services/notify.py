@@ -99,7 +99,7 @@ from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import Handoffs, PermanentJobError, RetryableJobError
 from tidings.services.workflows import WorkflowRegistry
-from tidings.types import CURRENT_LANE, EventRecord, EventState, Job, NewJob, Outcome, Priority
+from tidings.types import EventRecord, EventState, Job, NewJob, Outcome, Priority
 
 log = logging.getLogger(__name__)
 
@@ -438,11 +438,11 @@ class Orchestrator:
         # A run is stored by the commit that moves it out of ACTIVE, with its step results
         # and messages: an unknown run is new, a stored one is waiting (load it) or done
         # (`_advance` passes it over).
-        await self._before_read()
+        await self._gate.hold_bulk()
         stored = await self.runs.get_runs([r.id for r in fresh])
         waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         if waiting:
-            await self._before_read()
+            await self._gate.hold_bulk()
         loaded = await self.runs.load_many(waiting) if waiting else {}
         items = [loaded.get(r.id) or (stored.get(r.id, r), {}, {}) for r in fresh]
         await self._advance(event, workflow, items, turn)
@@ -486,14 +486,14 @@ class Orchestrator:
         pushes = any(
             isinstance(s, ChannelStep) and s.channel in PUSH_CHANNELS for s in workflow.steps
         )
-        await self._before_read()
+        await self._gate.hold_bulk()
         subs = {s.id: s for s in await self.subscribers.get_many(ids, devices=pushes)}
-        await self._before_read()
+        await self._gate.hold_bulk()
         prefs = await self.preferences.get_many(ids)
         caps_window = max((c.window for c in self.config.caps), default=0.0)
         now = self._now()
         if caps_window:
-            await self._before_read()
+            await self._gate.hold_bulk()
         p = _Pass(
             event=event,
             workflow=workflow,
@@ -535,14 +535,6 @@ class Orchestrator:
                 # before the batch ends; a failed write fails the batch (retried whole)
                 await writing
         await self._flush(p, *p.take())
-
-    async def _before_read(self) -> None:
-        """Before a batch's read of many rows: bulk work waits while transactional work is
-        in flight (its queries would share the database server's cores with the
-        transactional ones); transactional work goes straight on, without a trip through
-        the loop that would let bulk work in first."""
-        if CURRENT_LANE.get() is Priority.BULK:
-            await self._gate.clear()
 
     async def _flush(
         self, p: _Pass, inbox: list[InboxItem], writes: list[RunWrite], jobs: list[NewJob]
@@ -940,7 +932,7 @@ class Orchestrator:
         found = p.effects.get(step.id)
         if found is None:
             keys = [idempotency_key(p.event.id, r, channel, ref) for r in p.recipients]
-            await self._before_read()
+            await self._gate.hold_bulk()
             found = await self.runs.effects_done(
                 keys,
                 {
@@ -969,7 +961,7 @@ class Orchestrator:
                     for r in p.recipients.values()
                     if (a := (r.email if channel is Channel.EMAIL else r.phone))
                 ]
-                await self._before_read()
+                await self._gate.hold_bulk()
                 table = await self.suppressions.check_many(
                     channel.value, [suppression_key(channel.value, a) for a in addresses]
                 )

@@ -73,6 +73,33 @@ async def test_transactional_work_never_waits_at_the_gate() -> None:
     assert gate.waits == 0
 
 
+async def test_before_a_read_bulk_waits_and_other_work_takes_no_trip_through_the_loop() -> None:
+    gate = LaneGate(horizon=5.0)
+    log: list[str] = []
+
+    async def bulk_read() -> None:
+        CURRENT_LANE.set(Priority.BULK)
+        await gate.hold_bulk()
+        log.append("bulk read")
+
+    with gate.urgent():
+        b = asyncio.create_task(bulk_read())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert log == [] and gate.waits == 1  # bulk waits for the urgent section
+
+        async def ready() -> None:
+            log.append("ready task")
+
+        task = asyncio.create_task(ready())  # would run at the next trip through the loop
+        CURRENT_LANE.set(Priority.TRANSACTIONAL)
+        await gate.hold_bulk()
+        log.append("tx read")
+        await task
+    await b
+    assert log == ["tx read", "ready task", "bulk read"]
+
+
 async def test_by_default_an_urgent_section_holds_bulk_back_for_a_quarter_second() -> None:
     gate = LaneGate()
     stuck = asyncio.Event()
