@@ -12,7 +12,7 @@ from typing import Any
 
 from tidings.adapters.memory.columns import json_copy
 from tidings.adapters.memory.jobs import MemoryJobQueue
-from tidings.core.notify.runner import StepOutcome
+from tidings.core.notify.runner import DIGEST_WAIT, StepOutcome, digest_handed_over
 from tidings.ports.clock import Clock
 from tidings.ports.notify import (
     DigestJoin,
@@ -291,15 +291,9 @@ class MemoryRunStore:
                     digest.events.items(), key=lambda e: (e[1][2], e[0])
                 )
                 digest.leader_run = heir
-                end = float(row.result.get("window_end") or at)
-                why = f"leads digest {digest_id}: its leader's event {event_id} was cancelled"
+                handed = digest_handed_over(json_copy(row.result), joined, event_id, at)
                 promoted = StepRow(
-                    heir,
-                    row.step_id,
-                    DIGEST_LEADER,
-                    joined,
-                    why,
-                    {**json_copy(row.result), "at": joined, "reason": why},
+                    heir, row.step_id, DIGEST_LEADER, joined, handed.reason, handed.result
                 )
                 self._steps.setdefault(heir, {})[row.step_id] = (
                     promoted,
@@ -312,8 +306,8 @@ class MemoryRunStore:
                         run,
                         state=RunState.WAITING,
                         outcome=None,
-                        reason="digest window open",
-                        wake_at=end,
+                        reason=DIGEST_WAIT,
+                        wake_at=handed.window_end,
                         updated_at=at,
                     )
                 self._append(
@@ -326,12 +320,12 @@ class MemoryRunStore:
                             row.step_id,
                             "run",
                             at,
-                            {"state": "waiting", "until": end, "reason": why},
+                            handed.trail(),
                         )
                     ]
                 )
                 lane = run.lane if run is not None else old.lane
-                jobs.append(_stored_job(wake(heir, lane, row.step_id, end), at))
+                jobs.append(_stored_job(wake(heir, lane, row.step_id, handed.window_end), at))
         if jobs:
             await _enqueue(self._queue(jobs), jobs)
 

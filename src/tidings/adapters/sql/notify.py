@@ -35,7 +35,7 @@ from tidings.adapters.sql.tables import (
     notify_trail,
     notify_workflows,
 )
-from tidings.core.notify.runner import StepOutcome
+from tidings.core.notify.runner import DIGEST_WAIT, StepOutcome, digest_handed_over
 from tidings.ports.clock import Clock
 from tidings.ports.notify import (
     DigestJoin,
@@ -464,13 +464,12 @@ class SqlRunStore:
                 update(notify_digests).where(d.id == digest).values(leader_run=heir.run_id)
             )
             old = by_id[old_run]
-            end = float(result.get("window_end") or at)
-            why = f"leads digest {digest}: its leader's event {event_id} was cancelled"
+            handed = digest_handed_over(result, float(heir.at), event_id, at)
             values = {
                 "outcome": DIGEST_LEADER,
-                "reason": why,
+                "reason": handed.reason,
                 "at": float(heir.at),
-                "result": {**result, "at": float(heir.at), "reason": why},
+                "result": dict(handed.result),
             }
             changed = await conn.execute(
                 update(notify_steps)
@@ -495,8 +494,8 @@ class SqlRunStore:
                     .values(
                         state=RunState.WAITING.value,
                         outcome=None,
-                        reason="digest window open",
-                        wake_at=end,
+                        reason=DIGEST_WAIT,
+                        wake_at=handed.window_end,
                         updated_at=at,
                     )
                     .returning(_r.lane)
@@ -510,10 +509,10 @@ class SqlRunStore:
                 step_id,
                 "run",
                 at,
-                {"state": "waiting", "until": end, "reason": why},
+                handed.trail(),
             )
             await conn.execute(self._ins_trail, [_trail_row(entry)])
-            job = wake(heir.run_id, Priority(lane or old.lane), step_id, end)
+            job = wake(heir.run_id, Priority(lane or old.lane), step_id, handed.window_end)
             await conn.execute(self._ins_job, [job_row(job, at)])
 
     async def runs_for_event(

@@ -292,7 +292,7 @@ def _settled(step: Step, result: StepResult, now: float) -> Action | None:
     if result.outcome is StepOutcome.DIGEST_LEADER and isinstance(step, DigestStep):
         end = result.window_end if result.window_end is not None else result.at
         if now < end:
-            return WaitUntil(step.id, end, "digest window open")
+            return WaitUntil(step.id, end, DIGEST_WAIT)
         return CloseDigest(step.id, result.digest_id or "", end, step.max_events)
     return None
 
@@ -475,6 +475,35 @@ def digest_joined(action: JoinDigest, *, leader: bool, closed: bool = False) -> 
         digest_id=action.digest_id,
         window_end=action.window_end,
     )
+
+
+DIGEST_WAIT: Final = "digest window open"  # why a digest's leader waits
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A digest passing to another run because its leader's event was cancelled: the new
+    leader's step result (`result`, as stored JSON), why, and when its window ends."""
+
+    digest_id: str
+    window_end: float
+    reason: str
+    result: Mapping[str, Any]
+
+    def trail(self) -> dict[str, Any]:
+        """The data of the new leader's `run` trail entry."""
+        return {"state": "waiting", "until": self.window_end, "reason": self.reason}
+
+
+def digest_handed_over(
+    leader: Mapping[str, Any], joined: float, cancelled_event: str, at: float
+) -> Handover:
+    """The hand-over of the digest whose leader's stored result (JSON) is `leader`, to the
+    run whose event joined at `joined`, as `cancelled_event` is cancelled at `at`."""
+    digest = str(leader.get("digest_id") or "")
+    end = float(leader.get("window_end") or at)
+    why = f"leads digest {digest}: its leader's event {cancelled_event} was cancelled"
+    return Handover(digest, end, why, {**leader, "at": joined, "reason": why})
 
 
 def digest_closed(action: CloseDigest, events: list[DigestEvent]) -> StepResult:
