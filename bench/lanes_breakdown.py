@@ -11,6 +11,7 @@ wrapping the runtime's own pieces:
 - SQLite writer lock waits and holds per lane (`LaneLock`; none with `--pg`, which runs the
   same on PostgreSQL);
 - the wait for a connection of the engine's pool, per lane;
+- the GC policy's steps and its counts of the tracked objects (`GcPolicy`);
 - per job kind and lane: claim delay (start minus due) and run time (`WorkerPool.execute`);
 - statements through SQLAlchemy per lane and table (on SQLite the one-call writes of
   `adapters/sql/script.py` pass beside it: their time is in the writer holds).
@@ -130,6 +131,25 @@ class Probe:
                 probe.add(f"pool wait {CURRENT_LANE.get().value}", time.perf_counter() - t)
 
         QueuePool._do_get = timed_do_get  # type: ignore[method-assign]
+
+        # The GC policy's steps (freeze, and now and then a count of the tracked objects or
+        # a full collection), each a stop of the loop, and its counts alone.
+        step, growth = GcPolicy.step, GcPolicy._growth
+
+        def timed_step(self: Any) -> None:
+            t = time.perf_counter()
+            step(self)
+            probe.add("gc policy step", time.perf_counter() - t)
+
+        def timed_growth(self: Any, blocks: int) -> float:
+            t = time.perf_counter()
+            try:
+                return growth(self, blocks)
+            finally:
+                probe.add("gc policy count", time.perf_counter() - t)
+
+        GcPolicy.step = timed_step  # type: ignore[method-assign]
+        GcPolicy._growth = timed_growth  # type: ignore[method-assign]
 
         # Statements through SQLAlchemy, per lane of the job running them and per table
         # (start to result, the wait for the event loop included).
@@ -295,6 +315,8 @@ SHOWN = (
     "ingest to SMTP sink",
     "loop lag",
     "gc gen2",
+    "gc policy step",
+    "gc policy count",
     "writer wait transactional",
     "writer hold bulk",
     "pool wait transactional",
