@@ -27,8 +27,6 @@ from tidings.ports.notify import (
 )
 from tidings.types import NewJob
 
-DIGEST_LEADER = StepOutcome.DIGEST_LEADER.value
-
 SENT_STATUSES = ("sent", "delivered")
 
 
@@ -278,7 +276,7 @@ class MemoryRunStore:
         jobs: list[NewJob] = []
         for old in ended:
             for row, _, _ in list(self._steps.get(old.id, {}).values()):
-                if row.outcome != DIGEST_LEADER:
+                if row.outcome != StepOutcome.DIGEST_LEADER:
                     continue
                 digest_id = str(row.result.get("digest_id") or "")
                 digest = self._digests.get(digest_id)
@@ -293,7 +291,12 @@ class MemoryRunStore:
                 digest.leader_run = heir
                 handed = digest_handed_over(json_copy(row.result), joined, event_id, at)
                 promoted = StepRow(
-                    heir, row.step_id, DIGEST_LEADER, joined, handed.reason, handed.result
+                    heir,
+                    row.step_id,
+                    StepOutcome.DIGEST_LEADER,
+                    joined,
+                    handed.reason,
+                    handed.result,
                 )
                 self._steps.setdefault(heir, {})[row.step_id] = (
                     promoted,

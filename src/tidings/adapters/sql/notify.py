@@ -51,7 +51,6 @@ from tidings.ports.notify import (
 from tidings.types import NewJob, Priority
 
 _IN_CHUNK = 500
-DIGEST_LEADER = StepOutcome.DIGEST_LEADER.value
 SENT_STATUSES = ("sent", "delivered")
 _r, _s, _m, _t = notify_runs.c, notify_steps.c, notify_messages.c, notify_trail.c
 
@@ -437,7 +436,7 @@ class SqlRunStore:
             led.extend(
                 await conn.execute(
                     select(_s.run_id, _s.step_id, _s.result).where(
-                        _s.run_id.in_(chunk), _s.outcome == DIGEST_LEADER
+                        _s.run_id.in_(chunk), _s.outcome == StepOutcome.DIGEST_LEADER
                     )
                 )
             )
@@ -466,7 +465,7 @@ class SqlRunStore:
             old = by_id[old_run]
             handed = digest_handed_over(result, float(heir.at), event_id, at)
             values = {
-                "outcome": DIGEST_LEADER,
+                "outcome": StepOutcome.DIGEST_LEADER.value,
                 "reason": handed.reason,
                 "at": float(heir.at),
                 "result": dict(handed.result),
