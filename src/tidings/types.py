@@ -123,6 +123,12 @@ class NewJob:
     dedupe_key: str | None = None  # unique among all jobs ever enqueued; a repeat is a no-op
     max_attempts: int = 10
     handoff: Handoff | None = None  # store it claimed for a worker here (see `Handoff`)
+    # Tries its work had before it became a job of its own (a message first sent in a
+    # batch): they count against `max_attempts` and the backoff goes on from them.
+    attempts: int = 0
+    # Store it dead-lettered with this error: a failure settled where it happened, kept in
+    # the dead-letter queue for inspection and replay like any job that died.
+    dead: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,21 +150,23 @@ class Job:
     @staticmethod
     def stored(job: NewJob, now: float, job_id: str) -> Job:
         """`job` as a queue stores it at `now`: QUEUED under `job_id`, or, with a hand-off,
-        RUNNING under the hand-off's id and lease with its first attempt counted."""
-        h = job.handoff
+        RUNNING under the hand-off's id and lease with its first attempt counted, or DEAD
+        with its error (`NewJob.dead`; a hand-off is ignored then)."""
+        h = job.handoff if job.dead is None else None
+        state = JobState.QUEUED if h is None else JobState.RUNNING
         return Job(
             id=job_id if h is None else h.job_id,
             kind=job.kind,
             payload=job.payload,
             lane=job.lane,
-            state=JobState.QUEUED if h is None else JobState.RUNNING,
+            state=JobState.DEAD if job.dead is not None else state,
             run_at=now if job.run_at is None else job.run_at,
-            attempts=0 if h is None else 1,
+            attempts=job.attempts + (0 if h is None else 1),
             max_attempts=job.max_attempts,
             dedupe_key=job.dedupe_key,
             lease_token=None if h is None else h.lease_token,
             locked_until=None if h is None else now + h.lease_seconds,
-            last_error=None,
+            last_error=job.dead,
             created_at=now,
         )
 

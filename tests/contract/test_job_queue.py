@@ -383,3 +383,22 @@ async def test_prune_deletes_done_jobs_due_before_the_cutoff_only(stores: Stores
     assert running.id == running_id
     again = await jobs.enqueue(NewJob(kind="again", payload={}, dedupe_key="d0"))
     assert again not in old  # the key was freed with its job
+
+
+async def test_a_job_can_be_stored_dead_or_with_attempts_spent(stores: Stores) -> None:
+    """`NewJob.dead`: stored dead-lettered with its error, listed, replayable; `attempts`:
+    tries its work had before, counted on from."""
+    q: JobQueue = stores.jobs
+    dead_id = await q.enqueue(NewJob("k", {"n": 1}, dead="permanent: 554 refused", attempts=1))
+    later_id = await q.enqueue(NewJob("k", {"n": 2}, attempts=2, max_attempts=3))
+    [dead] = await q.list_dead(10)
+    assert (dead.id, dead.state, dead.last_error) == (
+        dead_id,
+        JobState.DEAD,
+        "permanent: 554 refused",
+    )
+    [job] = await q.claim("w", BOTH, 10, 30.0)
+    assert (job.id, job.attempts) == (later_id, 3)
+    await q.replay(dead_id)
+    [again] = await q.claim("w", BOTH, 10, 30.0)
+    assert (again.id, again.attempts, again.payload) == (dead_id, 1, {"n": 1})

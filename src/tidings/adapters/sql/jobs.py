@@ -284,6 +284,7 @@ def job_row(job: NewJob, now: float) -> dict[str, Any]:
         dedupe_key=j.dedupe_key,
         lease_token=j.lease_token,
         locked_until=j.locked_until,
+        last_error=j.last_error,
         created_at=j.created_at,
     )
 
