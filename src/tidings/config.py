@@ -226,6 +226,14 @@ class NotifySettings(BaseModel):
     max_recipients: int = Field(default=1000, ge=1, le=100_000)
     frequency_caps: list[FrequencyCapSettings] = Field(default_factory=list)
     delivery_attempts: int = Field(default=8, ge=1, le=100)
+    send_batch: int = Field(
+        default=50,
+        ge=1,
+        le=500,
+        description="Due bulk messages (email, webhooks) per delivery job: read, sent at once "
+        "over the provider's connections and settled in one transaction; a failed one goes "
+        "on as a job of its own. 1: a job per message.",
+    )
     workflow_refresh: float = Field(default=5.0, ge=0)
     history_retention: float = Field(
         default=30 * 86400,

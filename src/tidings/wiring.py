@@ -64,7 +64,14 @@ from tidings.services.gcpolicy import GcPolicy
 from tidings.services.inbox import InboxService
 from tidings.services.ingest import DISPATCH_JOB, EventInput, IngestService
 from tidings.services.lanes import LaneGate
-from tidings.services.notify import BATCH_JOB, DELIVER_JOB, RUN_JOB, NotifyConfig, Orchestrator
+from tidings.services.notify import (
+    BATCH_JOB,
+    DELIVER_BATCH_JOB,
+    DELIVER_JOB,
+    RUN_JOB,
+    NotifyConfig,
+    Orchestrator,
+)
 from tidings.services.online import GatewayPresence, OnlineService
 from tidings.services.preferences import PreferenceService
 from tidings.services.providers import (
@@ -316,12 +323,14 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         BATCH_JOB: notify.handle_batch,
         RUN_JOB: notify.handle_run,
         DELIVER_JOB: notify.handle_deliver,
+        DELIVER_BATCH_JOB: notify.handle_deliver_batch,
         TICK_JOB: campaigns.tick,
     }
     on_dead = {
         DISPATCH_JOB: dispatcher.fail,
         BATCH_JOB: notify.fail_batch,
         DELIVER_JOB: notify.fail_delivery,
+        DELIVER_BATCH_JOB: notify.fail_delivery_batch,
     }
     # Two pools: one only for transactional work, one that takes transactional first and bulk
     # after, so a flood of bulk jobs can never occupy every slot. Hand-offs try the first
@@ -453,6 +462,7 @@ def notify_config(settings: Settings) -> NotifyConfig:
             for c in n.frequency_caps
         ),
         delivery_attempts=n.delivery_attempts,
+        send_batch=n.send_batch,
         workflow_refresh=n.workflow_refresh,
     )
 

@@ -11,13 +11,28 @@ import pytest
 from sqlalchemy.exc import StatementError
 
 from tests.contract.conftest import Stores
-from tidings.ports.notify import Message, Run, RunState, RunWrite, StepRow, TrailEntry
+from tidings.ports.notify import (
+    Message,
+    MessageUpdate,
+    Run,
+    RunState,
+    RunStore,
+    RunWrite,
+    StepRow,
+    TrailEntry,
+)
 from tidings.types import NewJob, Priority
 
 TX = Priority.TRANSACTIONAL
 BOTH = [TX, Priority.BULK]
 # Writing a value no JSON column takes: memory raises it as is, SQLAlchemy wraps it.
 FAILED_WRITE = (TypeError, StatementError)
+
+
+async def update(runs: RunStore, message_id: str, *, at: float, **fields: Any) -> Message | None:
+    """One message's update (`update_messages`): the message as written, or None."""
+    written = await runs.update_messages([MessageUpdate(message_id, **fields)], at=at)
+    return written[0] if written else None
 
 
 def run(event: str = "e1", recipient: str = "alice", workflow: str = "wf", at: float = 1.0) -> Run:
@@ -361,8 +376,12 @@ async def test_trail_is_in_order_and_pages_by_cursor(stores: Stores) -> None:
         ]
     )
     await stores.runs.commit([RunWrite(alice2, trail=[entry(alice2, n=4)])])
-    await stores.runs.update_message(
-        m.id, status="sent", at=2.0, trail=[entry(alice, "delivery", 2.0, n=5, ok=True)]
+    await update(
+        stores.runs,
+        m.id,
+        status="sent",
+        at=2.0,
+        trail=[entry(alice, "delivery", 2.0, n=5, ok=True)],
     )
     await stores.runs.commit([RunWrite(bob, trail=[entry(bob, "run", n=6, why=["a", 1])])])
 
@@ -435,8 +454,8 @@ async def test_recent_sends_counts_what_went_out_after_since(stores: Stores) -> 
         "bob": {"email": [t + 6]},
     }
     assert normal(await stores.runs.recent_sends(["alice"], t + 2)) == {"alice": {"sms": [t + 5]}}
-    await stores.runs.update_message(queued.id, status="sent", at=t + 4)
-    await stores.runs.update_message(queued.id, statuses={"read": t + 7}, at=t + 7)
+    await update(stores.runs, queued.id, status="sent", at=t + 4)
+    await update(stores.runs, queued.id, statuses={"read": t + 7}, at=t + 7)
     found = await stores.runs.recent_sends(["alice"], t + 2)
     assert normal(found) == {"alice": {"sms": [t + 5], "push": [t + 4]}}
     assert await stores.runs.recent_sends([], t) == {}
@@ -627,14 +646,15 @@ async def test_a_cancelled_event_leaves_open_digests_only_and_an_emptied_one_goe
 # -- messages --------------------------------------------------------------------------------
 
 
-async def test_update_message_merges_statuses_and_writes_together(stores: Stores) -> None:
+async def test_updating_a_message_merges_statuses_and_writes_together(stores: Stores) -> None:
     t = stores.clock.now()
     a = run()
     await store(stores, [a])
     m = message(a, at=t, statuses={"queued": t})
     await stores.runs.commit([RunWrite(a, messages=[m])])
     wake = NewJob("notify.run", {"run": a.id}, dedupe_key="wake:a:sent")
-    sent = await stores.runs.update_message(
+    sent = await update(
+        stores.runs,
         m.id,
         status="sent",
         statuses={"sent": t + 5},
@@ -654,14 +674,14 @@ async def test_update_message_merges_statuses_and_writes_together(stores: Stores
         attempts=1,
         updated_at=t + 5,
     )
-    later = await stores.runs.update_message(
-        m.id, statuses={"sent": t + 9, "delivered": t + 3, "read": t + 9}, at=t + 9
+    later = await update(
+        stores.runs, m.id, statuses={"sent": t + 9, "delivered": t + 3, "read": t + 9}, at=t + 9
     )
     assert later is not None
     assert later.statuses == {"queued": t, "sent": t + 5, "delivered": t + 3, "read": t + 9}
     assert (later.status, later.provider, later.attempts, later.error) == ("sent", "smtp", 1, None)
     assert later.updated_at == t + 9
-    failed = await stores.runs.update_message(m.id, status="failed", error="bounce", at=t + 10)
+    failed = await update(stores.runs, m.id, status="failed", error="bounce", at=t + 10)
     assert failed is not None and (failed.status, failed.error) == ("failed", "bounce")
     assert await stores.runs.message(m.id) == failed
     trail = await stores.runs.trail_for_event("e1", after=0, limit=10)
@@ -670,13 +690,14 @@ async def test_update_message_merges_statuses_and_writes_together(stores: Stores
     [job] = await stores.jobs.claim("w", BOTH, 10, 30.0)
     assert (job.kind, job.payload) == ("notify.run", {"run": a.id})
     # The same report again: its job's key is taken, the rest is written.
-    await stores.runs.update_message(m.id, statuses={"sent": t + 20}, at=t + 20, jobs=[wake])
+    await update(stores.runs, m.id, statuses={"sent": t + 20}, at=t + 20, jobs=[wake])
     assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
 
 
-async def test_update_message_of_an_unknown_message_writes_nothing(stores: Stores) -> None:
+async def test_updating_a_message_of_an_unknown_message_writes_nothing(stores: Stores) -> None:
     a = run()
-    found = await stores.runs.update_message(
+    found = await update(
+        stores.runs,
         "missing",
         status="sent",
         at=1.0,
@@ -689,13 +710,14 @@ async def test_update_message_of_an_unknown_message_writes_nothing(stores: Store
     assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
 
 
-async def test_update_message_is_all_or_nothing(stores: Stores) -> None:
+async def test_updating_a_message_is_all_or_nothing(stores: Stores) -> None:
     a = run()
     await store(stores, [a])
     m = message(a, statuses={"queued": 1.0})
     await stores.runs.commit([RunWrite(a, messages=[m])])
     with pytest.raises(FAILED_WRITE):
-        await stores.runs.update_message(
+        await update(
+            stores.runs,
             m.id,
             status="sent",
             statuses={"sent": 2.0},
@@ -706,6 +728,83 @@ async def test_update_message_is_all_or_nothing(stores: Stores) -> None:
     assert await stores.runs.message(m.id) == m
     assert await stores.runs.trail_for_event("e1", after=0, limit=10) == []
     assert await stores.jobs.claim("w", BOTH, 10, 30.0) == []
+
+
+async def test_update_messages_applies_each_update_in_one_write(stores: Stores) -> None:
+    t = stores.clock.now()
+    a, b = run("e1", "alice"), run("e1", "bob")
+    await store(stores, [a, b])
+    ma, mb = message(a, at=t, statuses={"queued": t}), message(b, at=t, statuses={"queued": t})
+    await stores.runs.commit([RunWrite(a, messages=[ma]), RunWrite(b, messages=[mb])])
+    assert await stores.runs.messages([mb.id, "missing", ma.id]) == {ma.id: ma, mb.id: mb}
+    retry = NewJob("notify.deliver", {"message_id": mb.id}, run_at=t + 30, attempts=1)
+    written = await stores.runs.update_messages(
+        [
+            MessageUpdate(
+                ma.id,
+                status="sent",
+                statuses={"sent": t + 5},
+                provider="smtp",
+                provider_id="p-1",
+                attempts=1,
+                trail=[entry(a, "delivery", t + 5, status="sent")],
+            ),
+            MessageUpdate(
+                "missing",
+                status="sent",
+                trail=[entry(a, "delivery", t + 5, status="lost")],
+                jobs=[NewJob("notify.run", {"lost": True})],
+            ),
+            MessageUpdate(
+                mb.id,
+                error="451 later",
+                attempts=1,
+                trail=[entry(b, "delivery", t + 5, status="retrying")],
+                jobs=[retry],
+            ),
+            # a second update of one message applies to the first's result
+            MessageUpdate(ma.id, statuses={"sent": t + 9, "read": t + 9}),
+        ],
+        at=t + 5,
+    )
+    sent = dataclasses.replace(
+        ma,
+        status="sent",
+        statuses={"queued": t, "sent": t + 5},
+        provider="smtp",
+        provider_id="p-1",
+        attempts=1,
+        updated_at=t + 5,
+    )
+    read = dataclasses.replace(sent, statuses={"queued": t, "sent": t + 5, "read": t + 9})
+    later = dataclasses.replace(mb, error="451 later", attempts=1, updated_at=t + 5)
+    assert written == [sent, later, read]
+    assert await stores.runs.messages([ma.id, mb.id]) == {ma.id: read, mb.id: later}
+    trail = await stores.runs.trail_for_event("e1", after=0, limit=10)
+    assert [(x.recipient, x.data) for x in trail] == [
+        ("alice", {"status": "sent"}),
+        ("bob", {"status": "retrying"}),
+    ]
+    stores.clock.advance(30)
+    [job] = await stores.jobs.claim("w", BOTH, 10, 30.0)  # the unknown message's job is not
+    assert (job.kind, job.payload, job.attempts) == ("notify.deliver", {"message_id": mb.id}, 2)
+
+
+async def test_update_messages_is_all_or_nothing(stores: Stores) -> None:
+    a, b = run("e1", "alice"), run("e1", "bob")
+    await store(stores, [a, b])
+    ma, mb = message(a), message(b)
+    await stores.runs.commit([RunWrite(a, messages=[ma]), RunWrite(b, messages=[mb])])
+    with pytest.raises(FAILED_WRITE):
+        await stores.runs.update_messages(
+            [
+                MessageUpdate(ma.id, status="sent", trail=[entry(a)]),
+                MessageUpdate(mb.id, status="sent", jobs=[NewJob("notify.run", {"x": object()})]),
+            ],
+            at=2.0,
+        )
+    assert await stores.runs.messages([ma.id, mb.id]) == {ma.id: ma, mb.id: mb}
+    assert await stores.runs.trail_for_event("e1", after=0, limit=10) == []
 
 
 async def test_messages_list_by_run_and_newest_first_by_recipient(stores: Stores) -> None:
@@ -900,7 +999,7 @@ async def test_prune_keeps_done_runs_with_a_message_or_a_digest_still_to_go(
     assert set(await runs.get_runs([leader.id, member.id, held.id])) == {leader.id, held.id}
     assert [e[0] for e in await runs.close_digest("d")] == ["e1"]
     # The held message went out: its run goes.
-    await runs.update_message(held_message.id, status="sent", at=cutoff)
+    await update(runs, held_message.id, status="sent", at=cutoff)
     assert await runs.prune(cutoff, 100) == 1
     assert await runs.message(held_message.id) is None
     # The leader grows old: it goes, and the digest with it.

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from tests.api.conftest import make_settings
 from tests.integration.test_smtp_delivery import Server, Sink, free_port
 from tidings.adapters.clock import ManualClock
+from tidings.adapters.sql.tables import jobs
 from tidings.config import FrequencyCapSettings, NotifySettings, SmtpSettings, WorkerSettings
 from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hours
 from tidings.core.notify.types import Channel
@@ -29,7 +31,7 @@ from tidings.ports.notify import Run, RunState, RunWrite, StepRow
 from tidings.ports.subscribers import Subscriber, Topic
 from tidings.services.ingest import EventInput
 from tidings.services.notify import run_id
-from tidings.types import JobState, Priority
+from tidings.types import Job, JobState, Priority
 from tidings.wiring import Runtime, build_runtime, migrate, notify_config
 
 WORKFLOWS = """
@@ -668,13 +670,13 @@ async def test_a_slice_is_written_while_the_next_is_worked_out_one_write_at_a_ti
     finished: list[int] = []
     fail_at: str | None = "m070"
 
-    async def slow_flush(p: Any, inbox: Any, writes: Any, jobs: Any) -> None:
+    async def slow_flush(p: Any, inbox: Any, writes: Any, jobs: Any, sends: Any) -> None:
         nonlocal in_flight, most
         in_flight += 1
         most = max(most, in_flight)
         try:
             await asyncio.sleep(0.02)
-            await flush(p, inbox, writes, jobs)
+            await flush(p, inbox, writes, jobs, sends)
         finally:
             in_flight -= 1
             finished.append(len(writes))
@@ -902,3 +904,190 @@ async def test_a_transactional_email_is_handed_to_local_workers_without_a_claim(
     finally:
         await runtime.stop()
         server.stop()
+
+
+# -- bulk delivery in batches ----------------------------------------------------------------
+
+
+async def mailing(env: Env, addresses: dict[str, str]) -> str:
+    """Subscribers (id -> email) in topic `list`, and a bulk `news` email to it; its id."""
+    for sid, address in addresses.items():
+        await env.subscriber(sid, email=address)
+    topics = env.runtime.services.subscribers.topics
+    await topics.create(Topic("list", "List"))
+    await topics.add_members("list", list(addresses), env.clock.now())
+    return await env.send("news", topic="list", payload={"text": "t"}, priority=Priority.BULK)
+
+
+async def jobs_of(env: Env, kind: str) -> list[dict[str, Any]]:
+    async with env.runtime.engine.connect() as conn:
+        rows = await conn.execute(select(jobs).where(jobs.c.kind == kind).order_by(jobs.c.run_at))
+        return [dict(r._mapping) for r in rows]
+
+
+async def fan_out(env: Env) -> Job:
+    """Run the jobs before delivery (dispatch, fanout) and claim the batch delivery job."""
+    pool = env.runtime.pools[-1]
+    while True:
+        for job in await pool.claim(10):
+            if job.kind == "notify.deliver_batch":
+                return job
+            await pool.execute(job)
+
+
+def message_ids(env: Env) -> list[str]:
+    return [str(m["Message-ID"]) for m in env.mails()]
+
+
+async def test_a_bulk_email_goes_out_in_batches_each_settled_in_one_write(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Due bulk messages are delivered a slice at a time: one job per `send_batch`
+    messages (50 by default), whose messages are all settled by one `update_messages`."""
+    assert env.notify.config.send_batch == 50
+    addresses = {f"m{i:03d}": f"m{i:03d}@example.com" for i in range(120)}
+    written: list[int] = []
+    update_messages = env.notify.runs.update_messages
+
+    async def tracked(updates: Any, *, at: float) -> Any:
+        written.append(len(updates))
+        return await update_messages(updates, at=at)
+
+    monkeypatch.setattr(env.notify.runs, "update_messages", tracked)
+    event_id = await mailing(env, addresses)
+    await env.drain()
+    batches = await jobs_of(env, "notify.deliver_batch")
+    assert sorted(len(j["payload"]["message_ids"]) for j in batches) == [20, 50, 50]
+    assert {j["state"] for j in batches} == {"done"} and {j["lane"] for j in batches} == {"bulk"}
+    assert await jobs_of(env, "notify.deliver") == []
+    assert sorted(written) == [20, 50, 50]
+    assert sorted(m["To"] for m in env.mails()) == sorted(addresses.values())
+    assert len(set(message_ids(env))) == 120
+    report = await env.notify.event_report(event_id, limit=1000)
+    assert {(m["status"], m["attempts"]) for m in report["messages"]} == {("sent", 1)}
+    sent = [t for t in report["trail"] if t["type"] == "delivery"]
+    assert len(sent) == 120 and {t["status"] for t in sent} == {"sent"}
+
+
+async def test_a_message_failing_in_a_batch_goes_on_alone(env: Env) -> None:
+    """The others of its batch are sent; a transient failure becomes the message's own
+    delivery job, due after its backoff, with the batch's attempt counted (3 attempts in
+    all); a permanent one is dead-lettered as its own job, replayable like any."""
+    addresses = {f"m{i}": f"m{i}@example.com" for i in range(5)}
+    addresses |= {"slow": "later@example.com", "spam": "rejected@example.com"}
+    event_id = await mailing(env, addresses)
+    await env.drain()
+    assert sorted(m["To"] for m in env.mails()) == [f"m{i}@example.com" for i in range(5)]
+    by_recipient = {m["recipient"]: m for m in (await env.report(event_id))["messages"]}
+    assert (by_recipient["slow"]["status"], by_recipient["slow"]["attempts"]) == ("queued", 1)
+    assert (by_recipient["spam"]["status"], by_recipient["spam"]["attempts"]) == ("failed", 1)
+    [retry] = [j for j in await jobs_of(env, "notify.deliver") if j["state"] == "queued"]
+    assert retry["payload"] == {"message_id": by_recipient["slow"]["id"]}
+    assert retry["attempts"] == 1 and retry["lane"] == "bulk"
+    assert env.clock.now() <= retry["run_at"] <= env.clock.now() + 1.0  # full jitter, base 1 s
+    [dead] = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver")
+    assert dead.payload == {"message_id": by_recipient["spam"]["id"]}
+    assert dead.last_error is not None and "554 5.7.1" in dead.last_error
+    for _ in range(4):
+        env.clock.advance(3600)
+        await env.drain()
+    report = await env.report(event_id)
+    trail = [t for t in report["trail"] if t["type"] == "delivery"]
+    slow = [
+        (t["attempt"], t["status"]) for t in trail if t["recipient"] == "slow" and "attempt" in t
+    ]
+    assert slow == [(1, "retrying"), (2, "retrying"), (3, "failed")]
+    spam = [t["status"] for t in trail if t["recipient"] == "spam"]
+    assert spam == ["failed", "dead_lettered"]
+    # the address is fixed; replaying the dead letter sends the message
+    await env.subscriber("spam", email="spam@example.com")
+    await env.runtime.services.jobs.replay(dead.id)
+    await env.drain()
+    assert "spam@example.com" in [m["To"] for m in env.mails()]
+    spam_message = next(
+        m for m in (await env.report(event_id))["messages"] if m["recipient"] == "spam"
+    )
+    assert (spam_message["status"], spam_message["attempts"]) == ("sent", 2)
+
+
+async def test_a_batch_run_again_sends_only_what_it_had_not_settled(env: Env) -> None:
+    """A worker dying mid-batch (its lease runs out) leaves its messages unsettled: the
+    next worker sends them again under the same Message-ID (receivers deduplicate); once
+    settled, running the job again sends nothing."""
+    addresses = {f"m{i}": f"m{i}@example.com" for i in range(6)}
+    event_id = await mailing(env, addresses)
+    batch = await fan_out(env)  # claimed by a worker that dies
+    update_messages = env.notify.runs.update_messages
+
+    async def dies(updates: Any, *, at: float) -> Any:
+        raise asyncio.CancelledError  # killed after the sends, before the settle
+
+    env.notify.runs.update_messages = dies
+    with pytest.raises(asyncio.CancelledError):
+        await env.notify.handle_deliver_batch(batch)
+    env.notify.runs.update_messages = update_messages
+    first = message_ids(env)
+    assert len(first) == 6
+    assert {m["status"] for m in (await env.report(event_id))["messages"]} == {"queued"}
+    env.clock.advance(31)  # the lease ran out: another worker claims the batch
+    assert await env.drain() == 1
+    assert sorted(message_ids(env)) == sorted(first * 2)  # the same six, once more
+    assert {m["status"] for m in (await env.report(event_id))["messages"]} == {"sent"}
+    await env.notify.handle_deliver_batch(batch)  # settled: nothing is sent again
+    assert len(env.mails()) == 12
+
+
+async def test_a_cancelled_events_batch_sends_nothing(env: Env) -> None:
+    event_id = await mailing(env, {f"m{i}": f"m{i}@example.com" for i in range(3)})
+    batch = await fan_out(env)
+    # cancelled between fanout and delivery: the runs are done, their messages not sent
+    await env.runtime.services.ingest.cancel(event_id)
+    await env.runtime.pools[-1].execute(batch)
+    assert env.smtp.messages == []
+    messages = (await env.report(event_id))["messages"]
+    assert {(m["status"], m["error"]) for m in messages} == {("not_sent", "event cancelled")}
+
+
+async def test_a_dead_lettered_batch_fails_its_unsent_messages_and_replays(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event_id = await mailing(env, {f"m{i}": f"m{i}@example.com" for i in range(3)})
+    batch = await fan_out(env)
+    get_many = env.notify.subscribers.get_many
+
+    async def broken(ids: Any, *, devices: bool = True) -> Any:
+        raise ConnectionError("subscriber store went away")
+
+    monkeypatch.setattr(env.notify.subscribers, "get_many", broken)
+    await env.runtime.pools[-1].execute(batch)  # fails: retried later, then dead-lettered
+    for _ in range(5):
+        env.clock.advance(3600)
+        await env.drain()
+    [dead] = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver_batch")
+    assert dead.id == batch.id
+    messages = (await env.report(event_id))["messages"]
+    assert {(m["status"], m["attempts"]) for m in messages} == {("failed", 0)}
+    monkeypatch.setattr(env.notify.subscribers, "get_many", get_many)
+    await env.runtime.services.jobs.replay(dead.id)
+    await env.drain()
+    assert len(env.mails()) == 3
+    messages = (await env.report(event_id))["messages"]
+    assert {(m["status"], m["attempts"]) for m in messages} == {("sent", 1)}
+
+
+async def test_a_batch_counts_its_attempt_against_the_messages_attempts(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one delivery attempt, a transient failure in a batch is the message's last: it
+    is dead-lettered at once, replayable."""
+    monkeypatch.setattr(
+        env.notify, "config", dataclasses.replace(env.notify.config, delivery_attempts=1)
+    )
+    event_id = await mailing(env, {"ok": "ok@example.com", "slow": "later@example.com"})
+    await env.drain()
+    [dead] = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver")
+    assert dead.last_error is not None
+    assert dead.last_error.startswith("gave up after 1 attempts: transient: 451")
+    slow = next(m for m in (await env.report(event_id))["messages"] if m["recipient"] == "slow")
+    assert (slow["status"], slow["attempts"]) == ("failed", 1)
+    assert [m["To"] for m in env.mails()] == ["ok@example.com"]

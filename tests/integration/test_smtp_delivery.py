@@ -58,6 +58,8 @@ class Sink:
             return "451 4.3.0 Try again later"
         if local == "closing":
             return "421 4.3.2 Service shutting down"
+        if local == "rejected":
+            return "554 5.7.1 Message refused by policy"
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
         return "250 2.0.0 OK queued"
 

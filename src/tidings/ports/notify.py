@@ -96,6 +96,36 @@ class TrailEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageUpdate:
+    """What one delivery attempt or report changes in a stored message (`update_messages`):
+    ``statuses`` merge into the stored ones (the first instant of each wins), the other
+    fields given replace the stored ones, ``trail`` is appended and ``jobs`` enqueued."""
+
+    message_id: str
+    status: str | None = None
+    statuses: Mapping[str, float] = field(default_factory=dict)
+    provider: str | None = None
+    provider_id: str | None = None
+    error: str | None = None
+    attempts: int | None = None
+    trail: Sequence[TrailEntry] = ()
+    jobs: Sequence[NewJob] = ()  # enqueued with the update (the message's next steps)
+
+    def changes(self, current: Message, at: float) -> dict[str, Any]:
+        """The new values of the stored message's fields: ``statuses`` merged, ``updated_at``
+        set to `at`, and each other field given."""
+        merged = dict(current.statuses)
+        for name, when in self.statuses.items():
+            merged[name] = min(merged.get(name, float(when)), float(when))
+        values: dict[str, Any] = {"statuses": merged, "updated_at": at}
+        for name in ("status", "provider", "provider_id", "error", "attempts"):
+            value = getattr(self, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+
+@dataclass(frozen=True, slots=True)
 class RunWrite:
     """What one pass over a run changes, written together."""
 
@@ -146,8 +176,12 @@ class RunStore(Protocol):
       it is its leader; a join after the digest was closed reports `closed`.
     - `close_digest` marks the digest closed and returns its events oldest first (event id,
       payload, at, actor); closing twice returns the same events.
-    - `message`/`update_message`: `update_message` merges `statuses` (first instant wins),
-      sets the other fields given, appends `trail` and enqueues `jobs` in one transaction.
+    - `message(id)` / `messages(ids)` return the stored message(s) (by id; unknown ids left
+      out). `update_messages(updates, at=)` applies every `MessageUpdate` in ONE
+      transaction: `statuses` merged (the first instant of each wins), the other fields
+      given set, `updated_at` set to `at`, `trail` appended and `jobs` enqueued; it returns
+      the messages as written, in the order given. An update of an unknown id writes
+      nothing: no trail entry, no job.
     - `runs_for_event(event_id, after, limit)` pages the event's runs by recipient (those
       after `after`, in recipient order); `messages_for_runs` lists the runs' messages in
       creation order; `trail_for_recipients(event_id, recipients)` the event's trail entries
@@ -205,20 +239,11 @@ class RunStore(Protocol):
 
     async def message(self, message_id: str) -> Message | None: ...
 
-    async def update_message(
-        self,
-        message_id: str,
-        *,
-        status: str | None = None,
-        statuses: Mapping[str, float] | None = None,
-        provider: str | None = None,
-        provider_id: str | None = None,
-        error: str | None = None,
-        attempts: int | None = None,
-        at: float,
-        trail: Sequence[TrailEntry] = (),
-        jobs: Sequence[NewJob] = (),
-    ) -> Message | None: ...
+    async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]: ...
+
+    async def update_messages(
+        self, updates: Sequence[MessageUpdate], *, at: float
+    ) -> list[Message]: ...
 
     async def cancel_runs(self, event_id: str, at: float, reason: str, wake: WakeJob) -> int:
         """End every run of the event that is not done (outcome `cancelled`, a `run` trail

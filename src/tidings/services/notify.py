@@ -67,7 +67,8 @@ from tidings.core.notify import (
 )
 from tidings.core.notify.runner import condition_context
 from tidings.core.notify.types import DeliveryStatus
-from tidings.core.retry import FailureClass
+from tidings.core.retry import FailureClass, RetryPolicy
+from tidings.core.retry import decide as retry_decision
 from tidings.core.subscribers import suppression_key
 from tidings.core.templates import Channel as TemplateChannel
 from tidings.core.templates import (
@@ -84,6 +85,7 @@ from tidings.ports.events import EventStore
 from tidings.ports.inbox import InboxItem
 from tidings.ports.notify import (
     Message,
+    MessageUpdate,
     Run,
     RunState,
     RunStore,
@@ -108,6 +110,8 @@ RUN_JOB = "notify.run"
 # The channels whose decisions need the recipient's devices and Web Push subscriptions.
 PUSH_CHANNELS = frozenset({Channel.PUSH, Channel.WEBPUSH})
 DELIVER_JOB = "notify.deliver"
+DELIVER_BATCH_JOB = "notify.deliver_batch"
+FINAL_FAILURES = (FailureClass.PERMANENT, FailureClass.POLICY)
 MAX_ACTIONS_PER_STEP = 3
 ENGAGEMENT = ("seen", "read", "clicked", "archived")
 DELIVERY_REPORTS = ("delivered", "bounced", "failed")
@@ -133,6 +137,9 @@ class NotifyConfig:
     max_recipients: int = 1000  # explicit ids per event; topics have no limit
     caps: tuple[FrequencyCap, ...] = ()
     delivery_attempts: int = 8
+    # the backoff of a failed delivery (the worker's); its max_attempts: delivery_attempts
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    send_batch: int = 50  # due bulk messages per delivery job (1: a job each)
     workflow_refresh: float = 5.0  # seconds between reloads of API-defined workflows
 
 
@@ -204,6 +211,7 @@ class _Pass:
     recent: dict[str, dict[str, list[float]]]
     writes: list[RunWrite] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
+    sends: list[Message] = field(default_factory=list)  # due bulk messages, sent in batches
     inbox: list[InboxItem] = field(default_factory=list)
     templates: dict[str, tuple[str, TemplateVersion | None, str]] = field(default_factory=dict)
     effects: dict[str, set[str]] = field(default_factory=dict)  # step id -> duplicate keys
@@ -212,10 +220,10 @@ class _Pass:
     shared: _Shared = field(default_factory=lambda: _Shared())
     broken: dict[str, str] = field(default_factory=dict)  # template ref -> contract break
 
-    def take(self) -> tuple[list[InboxItem], list[RunWrite], list[NewJob]]:
+    def take(self) -> tuple[list[InboxItem], list[RunWrite], list[NewJob], list[Message]]:
         """The slice produced so far, for `_flush`; the pass starts the next one empty."""
-        taken = (self.inbox, self.writes, self.jobs)
-        self.inbox, self.writes, self.jobs = [], [], []
+        taken = (self.inbox, self.writes, self.jobs, self.sends)
+        self.inbox, self.writes, self.jobs, self.sends = [], [], [], []
         return taken
 
 
@@ -537,12 +545,20 @@ class Orchestrator:
         await self._flush(p, *p.take())
 
     async def _flush(
-        self, p: _Pass, inbox: list[InboxItem], writes: list[RunWrite], jobs: list[NewJob]
+        self,
+        p: _Pass,
+        inbox: list[InboxItem],
+        writes: list[RunWrite],
+        jobs: list[NewJob],
+        sends: list[Message],
     ) -> None:
         """Write what the pass produced in a slice: inbox items (idempotent by id) first,
-        then the runs with their steps, messages, trail and jobs in one transaction, and
-        their jobs woken; then the items' live updates (a subscriber sees an item once its
-        run is committed)."""
+        then the runs with their steps, messages, trail and jobs (the due bulk messages'
+        in batches) in one transaction, and their jobs woken; then the items' live updates
+        (a subscriber sees an item once its run is committed)."""
+        size = self.config.send_batch
+        tries = self.config.delivery_attempts
+        jobs += [send_batch_job(sends[i : i + size], tries) for i in range(0, len(sends), size)]
         # Bulk waits while transactional work is in flight before each of its two
         # transactions, so neither takes SQLite's one writer lock from under it.
         await self._gate.pause()
@@ -830,7 +846,8 @@ class Orchestrator:
                 )
                 for ep in endpoints
             ]
-            p.jobs.extend(self._deliver_job(m) for m in msgs)
+            for m in msgs:
+                self._queue_delivery(p, m)
             return result, msgs
         if channel is Channel.IN_APP and not held:
             # the inbox item's id is the message's: delivered as the item is stored
@@ -867,13 +884,21 @@ class Orchestrator:
                 Message(**fields, status=DeliveryStatus.NOT_SENT.value, error=detail)
             ]
         queued = Message(**fields, status=QUEUED)
-        p.jobs.append(self._deliver_job(queued))
+        self._queue_delivery(p, queued)
         return result, [queued]
 
     def _failed(self, step: ChannelStep, now: float, reason: str) -> StepResult:
         return StepResult(
             step.id, StepOutcome.FAILED, now, reason, delivery=DeliveryStatus.NOT_SENT
         )
+
+    def _queue_delivery(self, p: _Pass, m: Message) -> None:
+        """A job to deliver the message: a bulk message due now goes in the slice's batch
+        (`handle_deliver_batch`), any other gets a job of its own, due at its release."""
+        if m.lane is Priority.BULK and m.release_at <= p.now and self.config.send_batch > 1:
+            p.sends.append(m)
+        else:
+            p.jobs.append(self._deliver_job(m))
 
     def _deliver_job(self, m: Message) -> NewJob:
         return NewJob(
@@ -1081,37 +1106,141 @@ class Orchestrator:
             # Cancelled after this message was queued (held, delayed by quiet hours, or
             # caught mid-dispatch): it never goes out.
             now = self._now()
-            reason = "event cancelled"
-            await self.runs.update_message(
-                mid,
-                status=DeliveryStatus.NOT_SENT.value,
-                error=reason,
-                at=now,
-                trail=[
-                    self._trail(message, "delivery", {"status": "not_sent", "reason": reason}, now)
-                ],
-            )
+            await self.runs.update_messages([self._not_sent(message, now)], at=now)
             return
         workflow = await self.workflows.get(message.workflow)
-        if event is None or workflow is None:
-            raise PermanentJobError(f"message {mid}: its event or workflow is gone")
-        step = next(
-            (s for s in workflow.steps if s.id == message.step_id and isinstance(s, ChannelStep)),
-            None,
-        )
-        if step is None:
-            raise PermanentJobError(f"message {mid}: step {message.step_id} is gone")
+        gone = _gone(message, event, workflow)
+        if gone is not None:
+            raise PermanentJobError(f"message {mid}: {gone}")
+        assert event is not None and workflow is not None
         subscriber = await self._subscriber(
             message.recipient, devices=message.channel in PUSH_CHANNELS
         )
+        template = await self._version(workflow, _step_of(workflow, message), message)
+        attempt = message.attempts + 1
+        result, provider = await self._attempt(message, event, workflow, subscriber, template, {})
+        now = self._now()
+        update = self._settlement(
+            message, attempt, result, provider, now, workflow, last=job.attempts >= job.max_attempts
+        )
+        if result.bounce is Bounce.HARD:
+            await self._bounced(message, subscriber, now, result.reason)
+        await self.runs.update_messages([update], at=now)
+        if result.delivered or result.bounce is Bounce.HARD:
+            return
+        failure = result.failure or FailureClass.TRANSIENT
+        if failure in (FailureClass.PERMANENT, FailureClass.POLICY):
+            raise PermanentJobError(f"{failure.value}: {result.reason}")
+        raise RetryableJobError(result.reason, failure, result.retry_after)
+
+    async def handle_deliver_batch(self, job: Job) -> None:
+        """Deliver a slice of a bulk send's due messages (`send_batch_job`): one read of the
+        messages, their events, workflows and subscribers for the whole slice, the sends at
+        once (each provider bounds its own connections), and one transaction that settles
+        them all. A message that failed goes on as a ``notify.deliver`` job of its own, so
+        its retries never hold the others back: queued for its next attempt (backoff with
+        full jitter from its first, or the provider's Retry-After), or, failed for good,
+        stored dead-lettered, to be replayed from the dead-letter queue like any delivery.
+
+        Messages this job has settled are not sent again when it runs again (after a crash
+        the lease runs out and another worker takes it): it sends only those with no
+        attempt recorded."""
+        ids = [str(i) for i in job.payload.get("message_ids") or []]
+        await self._gate.hold_bulk()
+        found = await self.runs.messages(ids)
+        todo = [
+            m
+            for m in (found.get(i) for i in ids)
+            if m is not None
+            and m.attempts == 0
+            and m.status in (QUEUED, DeliveryStatus.FAILED.value)
+        ]
+        if not todo:
+            return
+        events: dict[str, EventRecord | None] = {}
+        workflows: dict[str, Workflow | None] = {}
+        for m in todo:
+            if m.event_id not in events:
+                events[m.event_id] = await self.events.get(m.event_id)
+            if m.workflow not in workflows:
+                workflows[m.workflow] = await self.workflows.get(m.workflow)
+        now = self._now()
+        updates: list[MessageUpdate] = []
+        live: list[tuple[Message, EventRecord, Workflow]] = []
+        for m in todo:
+            event, workflow = events[m.event_id], workflows[m.workflow]
+            gone = _gone(m, event, workflow)
+            if event is not None and event.state is EventState.CANCELLED:
+                updates.append(self._not_sent(m, now))
+            elif gone is not None:
+                result = DeliveryResult.failed(FailureClass.PERMANENT, gone, attempted=False)
+                updates.append(self._batch_settlement(m, result, "none", now, workflow))
+            else:
+                assert event is not None and workflow is not None
+                live.append((m, event, workflow))
+        pushes = any(m.channel in PUSH_CHANNELS for m, _, _ in live)
+        await self._gate.hold_bulk()
+        subs = {
+            s.id: s
+            for s in await self.subscribers.get_many(
+                list(dict.fromkeys(m.recipient for m, _, _ in live)), devices=pushes
+            )
+        }
+        versions: dict[tuple[str, str, str], TemplateVersion | None] = {}
+        runs: set[str] = set()
+        for m, _, workflow in live:
+            key = (m.workflow, m.step_id, m.template_version)
+            if key not in versions:
+                versions[key] = await self._version(workflow, _step_of(workflow, m), m)
+            template = versions[key]
+            if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
+                runs.add(m.run_id)
+        loaded = await self.runs.load_many(sorted(runs)) if runs else {}
+        await self._gate.pause()
+        results = await asyncio.gather(
+            *(
+                self._attempt(
+                    m,
+                    event,
+                    workflow,
+                    subs.get(m.recipient),
+                    versions[(m.workflow, m.step_id, m.template_version)],
+                    loaded,
+                )
+                for m, event, workflow in live
+            )
+        )
+        now = self._now()
+        for (m, _, workflow), (result, provider) in zip(live, results, strict=True):
+            if result.bounce is Bounce.HARD:
+                await self._bounced(m, subs.get(m.recipient), now, result.reason)
+            updates.append(self._batch_settlement(m, result, provider, now, workflow))
+        await self._gate.pause()
+        await self.runs.update_messages(updates, at=now)
+
+    async def _attempt(
+        self,
+        message: Message,
+        event: EventRecord,
+        workflow: Workflow,
+        subscriber: Subscriber | None,
+        template: TemplateVersion | None,
+        loaded: Mapping[str, tuple[Run, dict[str, StepRow], dict[str, Message]]],
+    ) -> tuple[DeliveryResult, str]:
+        """One attempt at delivering the message (whose step exists: `_gone`): its template
+        rendered (with the run's step results when the template reads them; `loaded`, or
+        read here) and handed to the channel's provider. A rendering that fails is a
+        permanent failure."""
+        step = _step_of(workflow, message)
         recipient = to_recipient(message.recipient, subscriber)
-        template = await self._version(workflow, step, message)
         results: dict[str, StepResult] = {}
         if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
             # only a template that reads earlier steps or the digest needs the run loaded
-            loaded = await self.runs.load_many([message.run_id])
-            if message.run_id in loaded:
-                _, rows, msgs = loaded[message.run_id]
+            found = loaded.get(message.run_id)
+            if found is None:
+                found = (await self.runs.load_many([message.run_id])).get(message.run_id)
+            if found is not None:
+                _, rows, msgs = found
                 results = {
                     s: await self._result(r, msgs.get(s), recipient.id) for s, r in rows.items()
                 }
@@ -1119,28 +1248,13 @@ class Orchestrator:
             event.id, event.type, event.payload, event.send_at or event.created_at, event.actor
         )
         context = condition_context(trigger, recipient, results)
-        attempt = message.attempts + 1
         try:
-            result, provider = await self._send(
-                event, workflow, step, message, recipient, context, template
-            )
+            return await self._send(event, workflow, step, message, recipient, context, template)
         except RenderError as exc:
-            await self._settle(
-                message,
-                attempt,
+            return (
                 DeliveryResult.failed(FailureClass.PERMANENT, f"render_failed: {exc.message}"),
                 "render",
             )
-            raise PermanentJobError(f"render failed: {exc.message}") from None
-        await self._settle(
-            message, attempt, result, provider, last=job.attempts >= job.max_attempts
-        )
-        if result.delivered or result.bounce is Bounce.HARD:
-            return
-        failure = result.failure or FailureClass.TRANSIENT
-        if failure in (FailureClass.PERMANENT, FailureClass.POLICY):
-            raise PermanentJobError(f"{failure.value}: {result.reason}")
-        raise RetryableJobError(result.reason, failure, result.retry_after)
 
     async def _send(
         self,
@@ -1215,18 +1329,20 @@ class Orchestrator:
         number = int(message.template_version.rsplit("@", 1)[1])
         return await self.templates.resolve(message.template, number)
 
-    async def _settle(
+    def _settlement(
         self,
         message: Message,
         attempt: int,
         result: DeliveryResult,
         provider: str,
+        now: float,
+        workflow: Workflow | None,
         *,
         last: bool = True,
-    ) -> None:
-        """Record one delivery attempt. `last`: no retry follows a failure (the job's
-        attempts are spent), so the message failed."""
-        now = self._now()
+    ) -> MessageUpdate:
+        """What delivery attempt number `attempt` changes in the message: sent, bounced or
+        failed for good (then the run is woken where a step waits for it), or still queued
+        for a retry. `last`: no retry follows a failure (the attempts are spent)."""
         entry: dict[str, Any] = {"attempt": attempt, "provider": provider, "message": message.id}
         statuses: dict[str, float] = {}
         if result.delivered:
@@ -1253,17 +1369,7 @@ class Orchestrator:
             )
             if result.retry_after is not None:
                 entry["retry_after"] = result.retry_after
-        if result.bounce is Bounce.HARD and message.channel == Channel.EMAIL.value:
-            subscriber = await self._subscriber(message.recipient, devices=False)
-            if subscriber is not None and subscriber.email:
-                await self.suppressions.add(
-                    "email",
-                    suppression_key("email", subscriber.email),
-                    "hard_bounce",
-                    now,
-                    result.reason,
-                )
-        await self.runs.update_message(
+        return MessageUpdate(
             message.id,
             status=status,
             statuses=statuses,
@@ -1271,11 +1377,64 @@ class Orchestrator:
             provider_id=result.provider_message_id,
             error=None if result.delivered else result.reason,
             attempts=attempt,
-            at=now,
             trail=[self._trail(message, "delivery", entry, now)],
-            jobs=self._wake(message, status, now, await self.workflows.get(message.workflow))
-            if status != QUEUED
-            else (),
+            jobs=self._wake(message, status, now, workflow) if status != QUEUED else (),
+        )
+
+    def _batch_settlement(
+        self,
+        message: Message,
+        result: DeliveryResult,
+        provider: str,
+        now: float,
+        workflow: Workflow | None,
+    ) -> MessageUpdate:
+        """The first attempt of a message sent in a batch, settled: a failure goes on as
+        the message's own delivery job, due for its next attempt or dead-lettered."""
+        failure = result.failure or FailureClass.TRANSIENT
+        policy = dataclasses.replace(self.config.retry, max_attempts=self.config.delivery_attempts)
+        retry = (
+            retry_decision(policy, failure, 1, retry_after=result.retry_after)
+            if not result.delivered and result.bounce is not Bounce.HARD
+            else None
+        )
+        update = self._settlement(
+            message, 1, result, provider, now, workflow, last=retry is None or not retry.retry
+        )
+        if retry is None:
+            return update
+        job = dataclasses.replace(self._deliver_job(message), attempts=1)
+        if retry.retry:
+            job = dataclasses.replace(job, run_at=now + retry.delay)
+            return dataclasses.replace(update, jobs=[*update.jobs, job])
+        why = f"{failure.value}: {result.reason}"
+        dead = f"permanent: {why}" if failure in FINAL_FAILURES else f"{retry.reason}: {why}"
+        gone = self._trail(message, "delivery", {"status": "dead_lettered", "reason": dead}, now)
+        return dataclasses.replace(
+            update,
+            trail=[*update.trail, gone],
+            jobs=[*update.jobs, dataclasses.replace(job, dead=dead)],
+        )
+
+    async def _bounced(
+        self, message: Message, subscriber: Subscriber | None, now: float, reason: str
+    ) -> None:
+        """The message bounced hard: an email's address is suppressed for later messages."""
+        if message.channel != Channel.EMAIL.value:
+            return
+        if subscriber is not None and subscriber.email:
+            await self.suppressions.add(
+                "email", suppression_key("email", subscriber.email), "hard_bounce", now, reason
+            )
+
+    def _not_sent(
+        self, message: Message, now: float, reason: str = "event cancelled"
+    ) -> MessageUpdate:
+        return MessageUpdate(
+            message.id,
+            status=DeliveryStatus.NOT_SENT.value,
+            error=reason,
+            trail=[self._trail(message, "delivery", {"status": "not_sent", "reason": reason}, now)],
         )
 
     async def fail_delivery(self, job: Job, reason: str) -> None:
@@ -1285,17 +1444,37 @@ class Orchestrator:
         message = await self.runs.message(mid)
         if message is None:
             return
+        workflow = await self.workflows.get(message.workflow)
+        await self.runs.update_messages(
+            [self._dead_lettered(message, reason, workflow)], at=self._now()
+        )
+
+    async def fail_delivery_batch(self, job: Job, reason: str) -> None:
+        """A batch delivery job was dead-lettered: its messages that it had not settled
+        failed (a replay of the job sends those again)."""
+        ids = [str(i) for i in job.payload.get("message_ids") or []]
+        found = await self.runs.messages(ids)
+        left = [m for m in found.values() if m.attempts == 0 and m.status == QUEUED]
+        workflows = {k: await self.workflows.get(k) for k in {m.workflow for m in left}}
+        if left:
+            await self.runs.update_messages(
+                [self._dead_lettered(m, reason, workflows[m.workflow]) for m in left],
+                at=self._now(),
+            )
+
+    def _dead_lettered(
+        self, message: Message, reason: str, workflow: Workflow | None
+    ) -> MessageUpdate:
         now = self._now()
-        await self.runs.update_message(
-            mid,
+        return MessageUpdate(
+            message.id,
             status=DeliveryStatus.FAILED.value,
             statuses={"failed": now},
             error=reason,
-            at=now,
             trail=[
                 self._trail(message, "delivery", {"status": "dead_lettered", "reason": reason}, now)
             ],
-            jobs=self._wake(message, "failed", now, await self.workflows.get(message.workflow)),
+            jobs=self._wake(message, "failed", now, workflow),
         )
 
     async def fail_batch(self, job: Job, reason: str) -> None:
@@ -1334,23 +1513,23 @@ class Orchestrator:
         delivery = status if status in DELIVERY_REPORTS else None
         if status == "bounced" and message.channel == Channel.EMAIL.value:
             subscriber = await self._subscriber(message.recipient, devices=False)
-            if subscriber is not None and subscriber.email:
-                await self.suppressions.add(
-                    "email",
-                    suppression_key("email", subscriber.email),
-                    "hard_bounce",
-                    now,
-                    "bounce reported",
+            await self._bounced(message, subscriber, now, "bounce reported")
+        [updated] = await self.runs.update_messages(
+            [
+                MessageUpdate(
+                    message_id,
+                    status=delivery,
+                    statuses={status: when},
+                    trail=[
+                        self._trail(message, "delivery", {"status": status, "reported": True}, now)
+                    ],
+                    jobs=self._wake(
+                        message, status, now, await self.workflows.get(message.workflow)
+                    ),
                 )
-        updated = await self.runs.update_message(
-            message_id,
-            status=delivery,
-            statuses={status: when},
+            ],
             at=now,
-            trail=[self._trail(message, "delivery", {"status": status, "reported": True}, now)],
-            jobs=self._wake(message, status, now, await self.workflows.get(message.workflow)),
         )
-        assert updated is not None
         return updated
 
     def _wake(
@@ -1424,6 +1603,18 @@ class Orchestrator:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def send_batch_job(messages: Sequence[Message], max_attempts: int) -> NewJob:
+    """The job that delivers these due bulk messages together (`handle_deliver_batch`);
+    its dedupe key is its first message's (a message is in one batch only)."""
+    return NewJob(
+        DELIVER_BATCH_JOB,
+        {"message_ids": [m.id for m in messages]},
+        lane=Priority.BULK,
+        dedupe_key=f"deliver-batch:{messages[0].id}",
+        max_attempts=max_attempts,
+    )
+
+
 def wake_job(run_id: str, lane: Priority, step_id: str, until: float) -> NewJob:
     """The job that advances run `run_id` at `until`, where step `step_id` waits."""
     return NewJob(
@@ -1433,6 +1624,30 @@ def wake_job(run_id: str, lane: Priority, step_id: str, until: float) -> NewJob:
         run_at=until,
         dedupe_key=f"wake:{run_id}:{step_id}:{until:.3f}",
     )
+
+
+def _step(workflow: Workflow, message: Message) -> ChannelStep | None:
+    """The channel step of the workflow that made the message (None: no longer there)."""
+    return next(
+        (s for s in workflow.steps if s.id == message.step_id and isinstance(s, ChannelStep)),
+        None,
+    )
+
+
+def _gone(message: Message, event: EventRecord | None, workflow: Workflow | None) -> str | None:
+    """Why the message can no longer be delivered as it was made (None: it can)."""
+    if event is None or workflow is None:
+        return "its event or workflow is gone"
+    if _step(workflow, message) is None:
+        return f"step {message.step_id} is gone"
+    return None
+
+
+def _step_of(workflow: Workflow, message: Message) -> ChannelStep:
+    """The message's channel step, known to exist (`_gone` said None)."""
+    step = _step(workflow, message)
+    assert step is not None, message.step_id
+    return step
 
 
 def _promoted(run: Run, steps: Mapping[str, StepRow]) -> bool:

@@ -17,6 +17,7 @@ from tidings.ports.clock import Clock
 from tidings.ports.notify import (
     DigestJoin,
     Message,
+    MessageUpdate,
     Run,
     RunState,
     RunWrite,
@@ -47,7 +48,7 @@ class MemoryRunStore:
 
     def __init__(self, clock: Clock, jobs: MemoryJobQueue | None = None) -> None:
         self._clock = clock
-        self._jobs = jobs  # where `commit` and `update_message` enqueue
+        self._jobs = jobs  # where `commit` and `update_messages` enqueue
         self._runs: dict[str, Run] = {}
         self._runs_by_event: dict[str, list[str]] = {}
         # run id -> step id -> (row, workflow, recipient)
@@ -176,45 +177,25 @@ class MemoryRunStore:
     async def message(self, message_id: str) -> Message | None:
         return self._messages.get(message_id)
 
-    async def update_message(
-        self,
-        message_id: str,
-        *,
-        status: str | None = None,
-        statuses: Mapping[str, float] | None = None,
-        provider: str | None = None,
-        provider_id: str | None = None,
-        error: str | None = None,
-        attempts: int | None = None,
-        at: float,
-        trail: Sequence[TrailEntry] = (),
-        jobs: Sequence[NewJob] = (),
-    ) -> Message | None:
-        current = self._messages.get(message_id)
-        if current is None:
-            return None
-        queue = self._queue(jobs)
-        merged = dict(current.statuses)
-        for name, when in (statuses or {}).items():
-            merged[name] = min(merged.get(name, float(when)), float(when))
-        changes: dict[str, Any] = {"statuses": merged, "updated_at": at}
-        if status is not None:
-            changes["status"] = status
-        if provider is not None:
-            changes["provider"] = provider
-        if provider_id is not None:
-            changes["provider_id"] = provider_id
-        if error is not None:
-            changes["error"] = error
-        if attempts is not None:
-            changes["attempts"] = attempts
-        updated = dataclasses.replace(current, **changes)
-        entries = [_stored_trail(t) for t in trail]
-        new_jobs = [_stored_job(j, at) for j in jobs]
-        self._messages[message_id] = updated
+    async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        return {i: self._messages[i] for i in message_ids if i in self._messages}
+
+    async def update_messages(
+        self, updates: Sequence[MessageUpdate], *, at: float
+    ) -> list[Message]:
+        known = [u for u in updates if u.message_id in self._messages]
+        queue = self._queue([j for u in known for j in u.jobs])
+        new_jobs = [_stored_job(j, at) for u in known for j in u.jobs]
+        entries = [_stored_trail(t) for u in known for t in u.trail]
+        written: list[Message] = []
+        for update in known:
+            current = self._messages[update.message_id]
+            updated = dataclasses.replace(current, **update.changes(current, at))
+            self._messages[update.message_id] = updated
+            written.append(updated)
         self._append(entries)
         await _enqueue(queue, new_jobs)
-        return updated
+        return written
 
     # -- reading the trail -----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -40,6 +40,7 @@ from tidings.ports.clock import Clock
 from tidings.ports.notify import (
     DigestJoin,
     Message,
+    MessageUpdate,
     Run,
     RunState,
     RunWrite,
@@ -93,6 +94,11 @@ class SqlRunStore:
                 at=bindparam("b_at"),
                 result=bindparam("b_result"),
             )
+        )
+        self._upd_msg = (
+            update(notify_messages)
+            .where(_m.id == bindparam("b_id"))
+            .values({c: bindparam(f"b_{c}") for c in _UPDATABLE})
         )
         # On SQLite a commit runs as one call on the connection's thread (`run_script`).
         self._script = not is_postgres(engine)
@@ -311,68 +317,61 @@ class SqlRunStore:
             ).one_or_none()
         return None if row is None else _message(row._mapping)
 
-    async def update_message(
-        self,
-        message_id: str,
-        *,
-        status: str | None = None,
-        statuses: Mapping[str, float] | None = None,
-        provider: str | None = None,
-        provider_id: str | None = None,
-        error: str | None = None,
-        attempts: int | None = None,
-        at: float,
-        trail: Sequence[TrailEntry] = (),
-        jobs: Sequence[NewJob] = (),
-    ) -> Message | None:
-        given = {
-            "status": status,
-            "provider": provider,
-            "provider_id": provider_id,
-            "error": error,
-            "attempts": attempts,
-        }
-        changes = {k: v for k, v in given.items() if v is not None}
+    async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        out: dict[str, Message] = {}
+        async with self._read.connect() as conn:
+            for chunk in _chunks(message_ids):
+                for row in await conn.execute(select(notify_messages).where(_m.id.in_(chunk))):
+                    msg = _message(row._mapping)
+                    out[msg.id] = msg
+        return out
 
-        def merge(current: Message) -> dict[str, Any]:
-            merged = dict(current.statuses)
-            for name, when in (statuses or {}).items():
-                merged[name] = min(merged.get(name, when), when)
-            return {"statuses": merged, "updated_at": at, **changes}
-
+    async def update_messages(
+        self, updates: Sequence[MessageUpdate], *, at: float
+    ) -> list[Message]:
+        owners = [u.message_id for u in updates for _ in u.trail]
+        trail = [_trail_row(t) for u in updates for t in u.trail]
+        job_owners = [u.message_id for u in updates for _ in u.jobs]
+        new_jobs = [job_row(j, at) for u in updates for j in u.jobs]
         if self._script:
-            # SQLite: read, update and the inserts in one call on the connection's thread
-            # (script.py); every delivery makes one, each trip of it holding the write lock.
-            found = await run_transaction(
-                self._engine,
-                functools.partial(
-                    _update_message,
-                    message_id,
-                    merge,
-                    script(
-                        self._engine.dialect,
-                        (self._script_steps[3], [_trail_row(t) for t in trail]),
-                        (self._script_steps[5], [job_row(j, at) for j in jobs]),
-                    ),
-                ),
+            # SQLite: the reads, updates and inserts in one call on the connection's thread
+            # (script.py): one trip holding the write lock, however many messages.
+            steps = script(
+                self._engine.dialect,
+                (self._script_steps[3], trail),
+                (self._script_steps[5], new_jobs),
             )
-            return found
+            return await run_transaction(
+                self._engine,
+                functools.partial(_update_messages, updates, at, (owners, job_owners), steps),
+            )
         async with writer(self._engine) as conn:
-            row = (
-                await conn.execute(
-                    select(notify_messages).where(_m.id == message_id).with_for_update()
+            current: dict[str, Message] = {}
+            # locked in id order, so two transactions over the same messages cannot deadlock
+            for chunk in _chunks(sorted({u.message_id for u in updates})):
+                rows = await conn.execute(
+                    select(notify_messages)
+                    .where(_m.id.in_(chunk))
+                    .order_by(_m.id)
+                    .with_for_update()
                 )
-            ).one_or_none()
-            if row is None:
-                return None
-            current = _message(row._mapping)
-            values = merge(current)
-            await conn.execute(update(notify_messages).where(_m.id == message_id).values(values))
-            if trail:
-                await conn.execute(self._ins_trail, [_trail_row(t) for t in trail])
-            if jobs:
-                await conn.execute(self._ins_job, [job_row(j, at) for j in jobs])
-        return dataclasses.replace(current, **values)  # what the UPDATE wrote
+                for row in rows:
+                    msg = _message(row._mapping)
+                    current[msg.id] = msg
+            written = _merged(updates, at, current)
+            if written:
+                await conn.execute(
+                    self._upd_msg, [_message_values(m) for m in {m.id: m for m in written}.values()]
+                )
+            kept = [row for row, owner in zip(trail, owners, strict=True) if owner in current]
+            if kept:
+                await conn.execute(self._ins_trail, kept)
+            kept = [
+                row for row, owner in zip(new_jobs, job_owners, strict=True) if owner in current
+            ]
+            if kept:
+                await conn.execute(self._ins_job, kept)
+        return written
 
     # -- reading the trail -----------------------------------------------------------------
 
@@ -804,36 +803,73 @@ def _message(m: Any) -> Message:
 
 
 _MESSAGE_COLUMNS = [c.name for c in notify_messages.columns]
-_SELECT_MESSAGE = f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM notify_messages WHERE id = ?"
-_UPDATABLE = frozenset(
-    {"statuses", "updated_at", "status", "provider", "provider_id", "error", "attempts"}
+_UPDATABLE = ("statuses", "updated_at", "status", "provider", "provider_id", "error", "attempts")
+_UPDATE_MESSAGE = (
+    f"UPDATE notify_messages SET {', '.join(f'{n} = ?' for n in _UPDATABLE)} WHERE id = ?"
 )
 
 
-def _update_message(
-    message_id: str,
-    merge: Callable[[Message], dict[str, Any]],
+@functools.cache
+def _select_messages(n: int) -> str:
+    marks = ", ".join("?" * n)
+    return f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM notify_messages WHERE id IN ({marks})"
+
+
+def _merged(
+    updates: Sequence[MessageUpdate], at: float, current: dict[str, Message]
+) -> list[Message]:
+    """Each update applied to its stored message (in `current`, which takes the result: a
+    second update of one message applies to the first's), unknown ids left out."""
+    written: list[Message] = []
+    for u in updates:
+        found = current.get(u.message_id)
+        if found is None:
+            continue
+        found = current[u.message_id] = dataclasses.replace(found, **u.changes(found, at))
+        written.append(found)
+    return written
+
+
+def _message_values(m: Message) -> dict[str, Any]:
+    return {"b_id": m.id, **{f"b_{n}": getattr(m, n) for n in _UPDATABLE}}
+
+
+def _update_messages(
+    updates: Sequence[MessageUpdate],
+    at: float,
+    owners: tuple[Sequence[str], Sequence[str]],
     steps: Sequence[Step],
     conn: sqlite3.Connection,
-) -> Message | None:
-    """On a SQLite connection's thread, inside the transaction: `update_message`'s read,
-    merge (`merge` gives the new values from the stored message), UPDATE and inserts."""
-    row = conn.execute(_SELECT_MESSAGE, (message_id,)).fetchone()
-    if row is None:
-        return None
-    stored = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
-    stored["statuses"] = orjson.loads(stored["statuses"]) if stored["statuses"] else {}
-    for name in ("release_at", "created_at", "updated_at"):  # Epoch: integral REALs come as int
-        stored[name] = float(stored[name])
-    current = _message(stored)
-    values = merge(current)
-    assert set(values) <= _UPDATABLE, values
-    names = sorted(values)
-    params = [json_text(values[n]) if n == "statuses" else values[n] for n in names]
-    columns = ", ".join(f"{n} = ?" for n in names)
-    conn.execute(f"UPDATE notify_messages SET {columns} WHERE id = ?", [*params, message_id])
+) -> list[Message]:
+    """On a SQLite connection's thread, inside the transaction: `update_messages`' reads,
+    merges, UPDATEs and inserts (`steps`: the trail entries, then the jobs; `owners`: the
+    message of each of their rows)."""
+    ids = list(dict.fromkeys(u.message_id for u in updates))
+    current: dict[str, Message] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        for row in conn.execute(_select_messages(len(chunk)), chunk):
+            stored = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
+            stored["statuses"] = orjson.loads(stored["statuses"]) if stored["statuses"] else {}
+            for name in ("release_at", "created_at", "updated_at"):  # integral REALs: int
+                stored[name] = float(stored[name])
+            current[stored["id"]] = _message(stored)
+    written = _merged(updates, at, current)
+    last = {m.id: m for m in written}.values()
+    conn.executemany(
+        _UPDATE_MESSAGE,
+        [
+            (json_text(dict(m.statuses)), *(getattr(m, n) for n in _UPDATABLE[1:]), m.id)
+            for m in last
+        ],
+    )
+    if len(current) < len(ids):  # unknown ids: their trail entries and jobs go too
+        steps = [
+            Step(step.statement, [r for r, o in zip(step.rows, own, strict=True) if o in current])
+            for step, own in zip(steps, owners, strict=True)
+        ]
     run_steps(steps, conn)
-    return dataclasses.replace(current, **values)  # what the UPDATE wrote
+    return written
 
 
 def _trail_row(t: TrailEntry) -> dict[str, Any]:
