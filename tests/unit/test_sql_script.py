@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.unit.test_sqlite_driver import sqlite_engine
-from tidings.adapters.sql.engine import writer
+from tidings.adapters.sql.engine import write_lock, writer
 from tidings.adapters.sql.script import MAX_ROWS, Statement, run_script, script
 from tidings.types import CURRENT_LANE, Priority
 
@@ -160,3 +160,36 @@ async def test_returning_over_many_multi_row_statements_gives_every_stored_id(
     )
     found = {r[0]: r[2] for r in await rows(engine)}
     assert (found["d1"], found["d2"], found["d3"]) == (9.0, 8.0, 4.5)
+
+
+async def test_waiting_for_the_write_lock_holds_no_pooled_connection(engine: AsyncEngine) -> None:
+    """A script waits for the process's write lock before it takes a connection, as
+    `writer` does: with every connection held by scripts waiting for the lock, a writer
+    holding the lock and waiting for a connection would wait for the pool's timeout."""
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with write_lock(engine):
+            held.set()
+            await release.wait()
+
+    async def writes() -> None:
+        async with writer(engine) as conn:
+            await conn.execute(insert(log).values(doc="w"))
+
+    first = asyncio.create_task(holder())
+    await held.wait()
+    waiting = [asyncio.create_task(writes())]  # first in line for the lock
+    await asyncio.sleep(0.01)
+    size = engine.pool.size()  # type: ignore[attr-defined]
+    waiting += [
+        asyncio.create_task(run_script(engine, script(engine.dialect, (LOG, [{"doc": f"s{i}"}]))))
+        for i in range(size)
+    ]
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), 5)
+    async with engine.connect() as conn:
+        count = len((await conn.execute(select(log))).all())
+    assert count == size + 1

@@ -14,6 +14,7 @@ mappings into tuples in its parameter order, each value through its bind's proce
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import sqlite3
@@ -178,13 +179,22 @@ def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T
 async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
     """`fn(connection)` in one write transaction of a SQLite `engine` (BEGIN IMMEDIATE,
     then COMMIT, or ROLLBACK when it raises), as one call on a pooled connection's thread,
-    under the process's writer lock. `fn` runs on that thread: plain `sqlite3` calls only."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        async with write_lock(engine):  # released before the pool resets the connection
-            result: _T = await run_on_thread(
-                raw.dbapi_connection, _transaction, fn, ends_transaction=True
-            )
+    under the process's writer lock. `fn` runs on that thread: plain `sqlite3` calls only.
+
+    The lock is taken before the connection, as `writer` takes them: a task holding a pooled
+    connection while it waits for the lock could leave a writer that holds the lock without
+    a connection (every one held by such waiters) until the pool's timeout. It is released
+    before the connection goes back to the pool (whose reset is a trip of its own)."""
+    async with contextlib.AsyncExitStack() as lock:
+        await lock.enter_async_context(write_lock(engine))
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                result: _T = await run_on_thread(
+                    raw.dbapi_connection, _transaction, fn, ends_transaction=True
+                )
+            finally:
+                await lock.aclose()
         return result
 
 
