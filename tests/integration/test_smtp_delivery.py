@@ -3,6 +3,7 @@ server, reply codes classified, a server that is down or restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -19,6 +20,7 @@ from tidings.core.delivery.breaker import BreakerConfig, BreakerState
 from tidings.core.delivery.messages import Bounce, EmailMessage
 from tidings.core.retry import FailureClass
 from tidings.services.providers import GuardedProvider
+from tidings.types import CURRENT_LANE, Priority
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Sink:
     sessions: list[Any] = field(default_factory=list)
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     noops: int = 0
+    delay: float = 0.0  # seconds each DATA takes
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -53,6 +56,8 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         local = envelope.rcpt_tos[0].split("@")[0]
         if local == "later":
             return "451 4.3.0 Try again later"
@@ -268,3 +273,27 @@ async def test_permanent_refusals_do_not_open_the_breaker(
     for _ in range(5):
         assert (await guard.send(mail("unknown@example.org"))).failure is FailureClass.PERMANENT
     assert guard.state() is BreakerState.CLOSED
+
+
+async def test_a_transactional_send_goes_before_the_bulk_sends_waiting(
+    server: Server, clock: ManualClock
+) -> None:
+    """A bulk delivery job hands the provider a slice at once: a transactional email
+    arriving then waits for the sends in flight only, not for the bulk ones queued."""
+    server.sink.delay = 0.02
+    p = SmtpProvider(SmtpConfig(host="127.0.0.1", port=server.port, pool_size=2), clock)
+
+    async def bulk(n: int) -> None:
+        CURRENT_LANE.set(Priority.BULK)
+        assert (await p.send(mail(f"bulk{n}@example.org", n))).delivered
+
+    try:
+        sends = [asyncio.create_task(bulk(n)) for n in range(10)]
+        await asyncio.sleep(0.005)  # two in flight, eight waiting
+        assert (await p.send(mail("urgent@example.org"))).delivered
+        await asyncio.gather(*sends)
+    finally:
+        await p.aclose()
+    order = [rcpt[0] for _, rcpt, _ in server.sink.messages]
+    assert len(order) == 11
+    assert order.index("urgent@example.org") <= 3  # after at most the sends in flight

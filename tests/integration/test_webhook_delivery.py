@@ -20,9 +20,11 @@ from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory.webhooks import MemoryWebhookEndpointStore
 from tidings.adapters.providers.webhook import HttpWebhookProvider
 from tidings.core.delivery.breaker import BreakerConfig, BreakerState
+from tidings.core.delivery.messages import WebhookMessage
 from tidings.core.delivery.webhooks import DisablePolicy
 from tidings.core.retry import FailureClass
 from tidings.services.providers import GuardedProvider, WebhookService
+from tidings.types import CURRENT_LANE, Priority
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Receiver:
     always: tuple[int, dict[str, str]] | None = None
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     port: int = 0
+    delay: float = 0.0  # seconds before each answer
 
     @property
     def url(self) -> str:
@@ -49,6 +52,8 @@ class Receiver:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.requests.append((headers, body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status, extra = self.always or (self.answers.pop(0) if self.answers else (200, {}))
         await send(
             {
@@ -311,3 +316,31 @@ async def test_a_message_that_cannot_be_signed_is_permanent(kit: Kit, receiver: 
     )
     assert result.failure is FailureClass.PERMANENT and "sign" in result.reason
     assert receiver.requests == []
+
+
+async def test_a_transactional_webhook_goes_before_the_bulk_ones_waiting(
+    receiver: Receiver,
+) -> None:
+    """The provider's connections are taken by transactional requests before bulk ones: a
+    transactional webhook waits for the requests in flight, not for a bulk slice queued."""
+    receiver.delay = 0.02
+    provider = HttpWebhookProvider(ManualClock(start=time.time()), max_connections=2)
+    secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+    def hook(n: str) -> WebhookMessage:
+        return WebhookMessage("ep", receiver.url, "t", "{}", n, (secret,))
+
+    async def bulk(n: int) -> None:
+        CURRENT_LANE.set(Priority.BULK)
+        assert (await provider.send(hook(f"bulk{n}"))).delivered
+
+    try:
+        sends = [asyncio.create_task(bulk(n)) for n in range(10)]
+        await asyncio.sleep(0.01)  # two in flight, eight waiting
+        assert (await provider.send(hook("urgent"))).delivered
+        await asyncio.gather(*sends)
+    finally:
+        await provider.aclose()
+    order = [headers["webhook-id"] for headers, _ in receiver.requests]
+    assert len(order) == 11
+    assert order.index("urgent") <= 3  # after at most the requests in flight

@@ -1,6 +1,8 @@
 """Email over SMTP with aiosmtplib and a small pool of reused connections.
 
-Each `send` borrows a connection (the most recently used first, so warm ones stay warm),
+Each `send` takes one of `pool_size` slots (`LaneSlots`: a transactional send waiting for one
+goes before the bulk sends waiting) and borrows a connection (the most recently used first,
+so warm ones stay warm),
 runs one transaction and gives it back. A connection idle longer than `noop_after` is
 checked with NOOP before use; one idle longer than `idle_timeout`, or that has carried
 `max_messages_per_connection` messages, is closed and replaced. A reply of 421 or a lost
@@ -19,6 +21,7 @@ from typing import Literal
 
 import aiosmtplib
 
+from tidings.adapters.providers.slots import LaneSlots
 from tidings.core.delivery.classify import classify_smtp
 from tidings.core.delivery.email import address, message_id_header, render_mime
 from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult, EmailMessage
@@ -60,7 +63,8 @@ class SmtpProvider:
         self._clock = clock
         self._name = name
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(config.pool_size)
+        # one slot per connection; transactional sends wait in front of bulk ones
+        self._slots = LaneSlots(config.pool_size)
         self._closed = False
         self.connections_opened = 0
 

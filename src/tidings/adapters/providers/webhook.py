@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tidings import __version__
+from tidings.adapters.providers.slots import LaneSlots
 from tidings.core.delivery.classify import classify_http
 from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult, WebhookMessage
 from tidings.core.delivery.webhooks import is_private_address, sign_headers
@@ -41,6 +42,8 @@ class HttpWebhookProvider:
         self._clock = clock
         self._name = name
         self._block_private = block_private
+        # the pool's connections, taken by transactional requests before bulk ones
+        self._slots = LaneSlots(max_connections)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(
@@ -73,9 +76,12 @@ class HttpWebhookProvider:
             return DeliveryResult.failed(FailureClass.PERMANENT, f"cannot sign: {exc}")
         headers["content-type"] = "application/json"
         try:
-            async with self._client.stream(
-                "POST", message.url, content=message.body.encode(), headers=headers
-            ) as response:
+            async with (
+                self._slots,
+                self._client.stream(
+                    "POST", message.url, content=message.body.encode(), headers=headers
+                ) as response,
+            ):
                 await _drain(response)
                 status, answer_headers = response.status_code, dict(response.headers)
         except httpx.TimeoutException as exc:

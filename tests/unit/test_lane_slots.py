@@ -1,0 +1,96 @@
+"""Provider slots: transactional waiters are served before bulk ones, each lane in order;
+a cancelled wait gives back a slot handed to it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tidings.adapters.providers.slots import LaneSlots
+from tidings.types import CURRENT_LANE, Priority
+
+
+async def hold(
+    slots: LaneSlots, lane: Priority, name: str, order: list[str], go: asyncio.Event
+) -> None:
+    CURRENT_LANE.set(lane)  # a task of its own: its own context
+    async with slots:
+        order.append(name)
+        await go.wait()
+
+
+async def test_transactional_waiters_go_before_bulk_ones_in_arrival_order() -> None:
+    slots = LaneSlots(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(hold(slots, Priority.BULK, "first", order, go))]
+    await asyncio.sleep(0)
+    assert order == ["first"]
+    for name, lane in [
+        ("b1", Priority.BULK),
+        ("b2", Priority.BULK),
+        ("t1", Priority.TRANSACTIONAL),
+        ("b3", Priority.BULK),
+        ("t2", Priority.TRANSACTIONAL),
+    ]:
+        tasks.append(asyncio.create_task(hold(slots, lane, name, order, go)))
+        await asyncio.sleep(0)
+    assert (slots.waiting(Priority.BULK), slots.waiting(Priority.TRANSACTIONAL)) == (3, 2)
+    go.set()
+    await asyncio.gather(*tasks)
+    assert order == ["first", "t1", "t2", "b1", "b2", "b3"]
+    # every slot is free again: two at once go straight in
+    async with slots:
+        pass
+
+
+async def test_slots_bound_the_holders() -> None:
+    slots = LaneSlots(3)
+    inside, most = 0, 0
+
+    async def one() -> None:
+        nonlocal inside, most
+        async with slots:
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.001)
+            inside -= 1
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    assert most == 3
+
+
+async def test_a_cancelled_wait_leaves_no_slot_behind() -> None:
+    slots = LaneSlots(1)
+    order: list[str] = []
+    go = asyncio.Event()
+    holder = asyncio.create_task(hold(slots, Priority.BULK, "holder", order, go))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(hold(slots, Priority.TRANSACTIONAL, "gone", order, go))
+    await asyncio.sleep(0)
+    waiter.cancel()  # cancelled while waiting
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert slots.waiting(Priority.TRANSACTIONAL) == 0
+    go.set()
+    await holder
+    # handed the slot and cancelled before it ran: the slot goes on to the next
+    await slots.acquire()
+    go.clear()
+    handed = asyncio.create_task(hold(slots, Priority.TRANSACTIONAL, "handed", order, go))
+    after = asyncio.create_task(hold(slots, Priority.BULK, "after", order, go))
+    await asyncio.sleep(0)
+    slots.release()  # hands the slot to `handed`, which has not run since
+    assert slots.waiting(Priority.TRANSACTIONAL) == 0
+    handed.cancel()
+    go.set()
+    await asyncio.gather(handed, after, return_exceptions=True)
+    assert handed.cancelled()
+    assert order == ["holder", "after"]
+    await asyncio.wait_for(slots.acquire(), 1)  # and it came back once `after` was done
+
+
+def test_at_least_one_slot() -> None:
+    with pytest.raises(ValueError):
+        LaneSlots(0)
