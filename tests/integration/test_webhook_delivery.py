@@ -336,11 +336,11 @@ async def test_a_transactional_webhook_goes_before_the_bulk_ones_waiting(
 
     try:
         sends = [asyncio.create_task(bulk(n)) for n in range(10)]
-        await asyncio.sleep(0.01)  # two in flight, eight waiting
+        await asyncio.sleep(0.01)  # one in flight (one connection is kept), nine waiting
         assert (await provider.send(hook("urgent"))).delivered
         await asyncio.gather(*sends)
     finally:
         await provider.aclose()
     order = [headers["webhook-id"] for headers, _ in receiver.requests]
     assert len(order) == 11
-    assert order.index("urgent") <= 3  # after at most the requests in flight
+    assert order.index("urgent") <= 1  # at most the request in flight before it

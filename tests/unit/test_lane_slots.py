@@ -91,6 +91,34 @@ async def test_a_cancelled_wait_leaves_no_slot_behind() -> None:
     await asyncio.wait_for(slots.acquire(), 1)  # and it came back once `after` was done
 
 
-def test_at_least_one_slot() -> None:
+async def test_bulk_work_leaves_the_reserved_slots_to_transactional_work() -> None:
+    slots = LaneSlots(3, reserved=1)
+    order: list[str] = []
+    go = asyncio.Event()
+    bulk = [asyncio.create_task(hold(slots, Priority.BULK, f"b{n}", order, go)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert order == ["b0", "b1"] and slots.waiting(Priority.BULK) == 2  # one slot stays free
+    urgent = asyncio.create_task(hold(slots, Priority.TRANSACTIONAL, "t", order, go))
+    await asyncio.sleep(0)
+    assert order == ["b0", "b1", "t"]  # at once, without waiting for a bulk send
+    go.set()
+    await asyncio.gather(urgent, *bulk)
+    assert order == ["b0", "b1", "t", "b2", "b3"]
+
+
+def test_pools_keep_an_eighth_for_transactional_work() -> None:
+    assert [LaneSlots.for_pool(n)._bulk_max for n in (1, 2, 4, 8, 16, 100)] == [
+        1,
+        1,
+        3,
+        7,
+        14,
+        88,
+    ]
+
+
+def test_at_least_one_slot_and_one_for_bulk() -> None:
     with pytest.raises(ValueError):
         LaneSlots(0)
+    with pytest.raises(ValueError):
+        LaneSlots(2, reserved=2)

@@ -1,7 +1,8 @@
 """Email over SMTP with aiosmtplib and a small pool of reused connections.
 
 Each `send` takes one of `pool_size` slots (`LaneSlots`: a transactional send waiting for one
-goes before the bulk sends waiting) and borrows a connection (the most recently used first,
+goes before the bulk sends waiting, and bulk sends leave one slot in eight, at least one,
+to transactional ones) and borrows a connection (the most recently used first,
 so warm ones stay warm),
 runs one transaction and gives it back. A connection idle longer than `noop_after` is
 checked with NOOP before use; one idle longer than `idle_timeout`, or that has carried
@@ -63,8 +64,9 @@ class SmtpProvider:
         self._clock = clock
         self._name = name
         self._idle: list[_Connection] = []
-        # one slot per connection; transactional sends wait in front of bulk ones
-        self._slots = LaneSlots(config.pool_size)
+        # one slot per connection, an eighth (at least one) kept for transactional sends, which
+        # also wait in front of bulk ones
+        self._slots = LaneSlots.for_pool(config.pool_size)
         self._closed = False
         self.connections_opened = 0
 

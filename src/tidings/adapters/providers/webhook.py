@@ -42,8 +42,9 @@ class HttpWebhookProvider:
         self._clock = clock
         self._name = name
         self._block_private = block_private
-        # the pool's connections, taken by transactional requests before bulk ones
-        self._slots = LaneSlots(max_connections)
+        # the pool's connections, taken by transactional requests before bulk ones; an eighth
+        # of them kept for transactional requests
+        self._slots = LaneSlots.for_pool(max_connections)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(
