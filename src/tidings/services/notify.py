@@ -120,6 +120,10 @@ QUEUED = DeliveryStatus.QUEUED.value
 # meanwhile waits for at most this many runs' Python (0.3-0.6 ms each) before the lane
 # gate holds the batch back.
 YIELD_EVERY = 8
+# Attempts of one bulk delivery job in flight at once: enough to keep a provider's
+# connections busy (each renders while others send), few enough that their Python between
+# two yields stays short.
+SEND_AHEAD = 8
 INLINE_RECIPIENTS = 20  # explicit recipients run in the dispatch job itself, without a batch
 # Template roots that make a rendering personal (never shared between recipients).
 PERSONAL_ROOTS = frozenset({"subscriber", "steps", "*"})
@@ -1196,22 +1200,23 @@ class Orchestrator:
             if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
                 runs.add(m.run_id)
         loaded = await self.runs.load_many(sorted(runs)) if runs else {}
-        await self._gate.pause()
-        results = await asyncio.gather(
-            *(
-                self._attempt(
-                    m,
-                    event,
-                    workflow,
-                    subs.get(m.recipient),
-                    versions[(m.workflow, m.step_id, m.template_version)],
-                    loaded,
-                )
-                for m, event, workflow in live
-            )
-        )
+        # A few attempts at a time, each after the lane gate: rendering and MIME are the
+        # loop's work, and 50 started at once would run back to back in front of
+        # transactional work (the provider's slots bound only the sends).
+        results: dict[str, tuple[DeliveryResult, str]] = {}
+        slots = asyncio.Semaphore(SEND_AHEAD)
+
+        async def attempt(m: Message, event: EventRecord, workflow: Workflow) -> None:
+            async with slots:
+                await self._gate.pause()
+                version = versions[(m.workflow, m.step_id, m.template_version)]
+                subscriber = subs.get(m.recipient)
+                results[m.id] = await self._attempt(m, event, workflow, subscriber, version, loaded)
+
+        await asyncio.gather(*(attempt(m, e, w) for m, e, w in live))
         now = self._now()
-        for (m, _, workflow), (result, provider) in zip(live, results, strict=True):
+        for m, _, workflow in live:
+            result, provider = results[m.id]
             if result.bounce is Bounce.HARD:
                 await self._bounced(m, subs.get(m.recipient), now, result.reason)
             updates.append(self._batch_settlement(m, result, provider, now, workflow))
