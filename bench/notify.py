@@ -5,14 +5,16 @@
    items + live pushes on the gateway -> trail). Measures in-app deliveries/s from the moment
    the event is accepted until the last run is done, CPU and peak RSS of the process, and
    the growth in objects the garbage collector tracks (what a full collection walks).
-2. `email`: the same with a one-step email workflow: one delivery job per message, over
-   `--smtp-pool` pooled connections (4, the default of `smtp.pool_size`) to an aiosmtpd sink
-   in its own process. Measures SMTP deliveries/s from the accept until every message is
+2. `email`: the same with a one-step email workflow: one delivery job per `--send-batch`
+   messages (`notify.send_batch`, 50; "1,50" measures a job per message too, in the same
+   run), over `--smtp-pool` pooled connections (4, the default of `smtp.pool_size`) to an
+   aiosmtpd sink in its own process. Measures SMTP deliveries/s from the accept until every message is
    sent (bench/smtp.py measures the provider alone).
 3. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
    sink (aiosmtpd) in this process. Transactional events (one email each) are sent at a fixed
    rate; the latency is from the API's 202 to the message arriving at the SMTP sink. First
-   idle, then while a bulk send to N recipients runs. Goal: p99 during bulk <= 2x idle p99.
+   idle, then while a bulk send to N recipients runs (in-app, or with `--lanes-bulk email`
+   emails through the same SMTP provider). Goal: p99 during bulk <= 2x idle p99.
 
     .venv/bin/python bench/notify.py --out bench/results/notify.md
 """
@@ -251,11 +253,11 @@ class WriterHolds:
 
 
 async def email(
-    url: str, n: int, workflows: Path, pool: int, concurrency: int = 8
+    url: str, n: int, workflows: Path, pool: int, concurrency: int = 8, send_batch: int = 50
 ) -> dict[str, Any]:
     """One bulk event to N subscribers with a one-step email workflow: decisions, runs and
-    messages, then one delivery job per message over `pool` pooled SMTP connections to an
-    aiosmtpd sink that discards what it receives. The rate is from the event's accept
+    messages, then one delivery job per `send_batch` messages over `pool` pooled SMTP
+    connections to an aiosmtpd sink that discards what it receives. The rate is from the event's accept
     until every message is sent."""
     from tidings.config import NotifySettings, Settings, SmtpSettings, WorkerSettings
 
@@ -274,7 +276,7 @@ async def email(
         database_url=url,
         log_level="warning",
         token_secret="b" * 64,
-        notify=NotifySettings(workflows=[str(workflows)]),
+        notify=NotifySettings(workflows=[str(workflows)], send_batch=send_batch),
         smtp=SmtpSettings(host="127.0.0.1", port=port, pool_size=pool),
         worker=WorkerSettings(poll_interval=0.05, concurrency=concurrency),
     )
@@ -309,6 +311,7 @@ async def email(
         "recipients": n,
         "smtp_pool": pool,
         "worker_concurrency": concurrency,
+        "send_batch": send_batch,
         "statuses": statuses,
         "seconds": elapsed,
         "deliveries_per_s": statuses.get("sent", 0) / elapsed,
@@ -439,8 +442,12 @@ def latencies(sink: Sink, accepted: dict[int, float], seqs: range) -> dict[str, 
 
 
 async def lanes(
-    url: str, n: int, workflows: Path, tmp: str, rate: float, idle_s: float
+    url: str, n: int, workflows: Path, tmp: str, rate: float, idle_s: float, bulk: str = "inapp"
 ) -> dict[str, Any]:
+    """`bulk`: what the bulk send is, `inapp` (bulk.news) or `email` (bulk.mail, whose
+    messages go to the same SMTP sink and provider as the transactional ones); it has run
+    once every run is done (in-app) or every message is sent (email)."""
+    workflow = "bulk.news" if bulk == "inapp" else "bulk.mail"
     sink = Sink()
     smtp_port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
@@ -463,7 +470,7 @@ async def lanes(
             r = await client.post(
                 "/v1/events",
                 json={
-                    "type": "bulk.news",
+                    "type": workflow,
                     "topic": "all",
                     "payload": {"headline": "Release", "text": "out"},
                     "priority": "bulk",
@@ -476,8 +483,8 @@ async def lanes(
             done = 0
             while done < n:
                 seq = await tx_load(client, rate, 5.0, seq, accepted)
-                done = await count_done(url)
-                print(f"  bulk: {done} of {n} runs done", file=sys.stderr)
+                done = await count_done(url, workflow)
+                print(f"  bulk: {done} of {n} done", file=sys.stderr)
                 if time.perf_counter() - bulk_start > 1800:
                     raise RuntimeError("bulk send did not finish in 30 minutes")
             bulk_seconds = time.perf_counter() - bulk_start
@@ -494,6 +501,7 @@ async def lanes(
         controller.stop()
     return {
         "recipients": n,
+        "bulk_kind": bulk,
         "rate": rate,
         "idle": idle,
         "bulk": busy,
@@ -503,19 +511,17 @@ async def lanes(
     }
 
 
-async def count_done(url: str) -> int:
+async def count_done(url: str, workflow: str) -> int:
+    """Runs of `workflow` done (in-app: delivered with the run), or its messages sent."""
+    if workflow == "bulk.news":
+        t, done = notify_runs.c, notify_runs.c.state == "done"
+    else:
+        t, done = notify_messages.c, notify_messages.c.status == "sent"
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            return int(
-                (
-                    await conn.execute(
-                        select(func.count())
-                        .select_from(notify_runs)
-                        .where(notify_runs.c.workflow == "bulk.news", notify_runs.c.state == "done")
-                    )
-                ).scalar_one()
-            )
+            query = select(func.count()).where(t.workflow == workflow, done)
+            return int((await conn.execute(query)).scalar_one())
     finally:
         await engine.dispose()
 
@@ -532,6 +538,15 @@ def main() -> None:
     ap.add_argument(
         "--worker-concurrency", type=int, default=8, help="worker.concurrency (email test)"
     )
+    ap.add_argument(
+        "--send-batch", default="50", help="notify.send_batch values, comma-separated (email)"
+    )
+    ap.add_argument(
+        "--lanes-bulk",
+        choices=("inapp", "email"),
+        default="inapp",
+        help="the bulk send of the lanes test: in-app messages or emails",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     results: list[dict[str, Any]] = []
@@ -539,11 +554,15 @@ def main() -> None:
         workflows = Path(tmp) / "workflows.yaml"
         workflows.write_text(WORKFLOWS)
         for store in args.stores.split(","):
-            for test in args.tests.split(","):
+            for test, variant in [
+                (t, v)
+                for t in args.tests.split(",")
+                for v in (args.send_batch.split(",") if t == "email" else [""])
+            ]:
                 url = (
-                    f"sqlite+aiosqlite:///{tmp}/{test}.db"
+                    f"sqlite+aiosqlite:///{tmp}/{test}{variant}.db"
                     if store == "sqlite"
-                    else pg_database(args.pg, f"tidings_bench_{test}")
+                    else pg_database(args.pg, f"tidings_bench_{test}{variant}")
                 )
                 migrate(url)
                 asyncio.run(seed(url, args.recipients))
@@ -558,11 +577,20 @@ def main() -> None:
                             workflows,
                             args.smtp_pool,
                             args.worker_concurrency,
+                            int(variant),
                         )
                     )
                 else:
                     r = asyncio.run(
-                        lanes(url, args.recipients, workflows, tmp, args.rate, args.idle_seconds)
+                        lanes(
+                            url,
+                            args.recipients,
+                            workflows,
+                            tmp,
+                            args.rate,
+                            args.idle_seconds,
+                            args.lanes_bulk,
+                        )
                     )
                 r = {"store": store, "test": test, "date": time.strftime("%Y-%m-%d"), **r}
                 print(json.dumps(r), file=sys.stderr)
@@ -598,15 +626,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "## SMTP deliveries (one bulk event to a topic, whole pipeline, one process)",
         "",
-        "| store | recipients | SMTP connections | worker slots | seconds | sent "
-        "| SMTP deliveries/s | CPU ms per delivery | SQLite write lock ms per delivery |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| store | recipients | messages per delivery job | SMTP connections | worker slots "
+        "| seconds | sent | SMTP deliveries/s | CPU ms per delivery "
+        "| SQLite write lock ms per delivery |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r["test"] == "email":
             lines.append(
-                f"| {r['store']} | {r['recipients']:,} | {r['smtp_pool']} | "
-                f"{r['worker_concurrency']} | {r['seconds']:.1f} | "
+                f"| {r['store']} | {r['recipients']:,} | {r.get('send_batch', 1)} | "
+                f"{r['smtp_pool']} | {r['worker_concurrency']} | {r['seconds']:.1f} | "
                 f"{r['statuses'].get('sent', 0):,} | {r['deliveries_per_s']:,.0f} | "
                 f"{r['cpu_ms_per_delivery']:.1f} | {r['writer_hold_ms_per_delivery']:.1f} |"
             )
@@ -614,15 +643,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "## Priority lanes (transactional email p99 while a bulk send runs)",
         "",
-        "| store | tx rate/s | idle p50 ms | idle p99 ms | during bulk p50 ms | during bulk p99 ms "
-        "| p99 ratio (goal <= 2) | bulk recipients/s | missing |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| store | bulk send | tx rate/s | idle p50 ms | idle p99 ms | during bulk p50 ms "
+        "| during bulk p99 ms | p99 ratio (goal <= 2) | bulk recipients/s | missing |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r["test"] == "lanes":
             i, b = r["idle"], r["bulk"]
             lines.append(
-                f"| {r['store']} | {r['rate']:g} | {i['p50_ms']:.1f} | {i['p99_ms']:.1f} | "
+                f"| {r['store']} | {r.get('bulk_kind', 'inapp')} | {r['rate']:g} | "
+                f"{i['p50_ms']:.1f} | {i['p99_ms']:.1f} | "
                 f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {r['ratio_p99']:.2f} | "
                 f"{r['bulk_per_s']:,.0f} | {i['missing'] + b['missing']} |"
             )
