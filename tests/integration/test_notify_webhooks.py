@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from tests.api.conftest import make_settings
 from tests.integration.test_webhook_delivery import Receiver
 from tidings.adapters.clock import ManualClock
+from tidings.adapters.sql.tables import jobs
 from tidings.config import NotifySettings, WorkerSettings
 from tidings.services.ingest import EventInput
+from tidings.types import Priority
 from tidings.wiring import Runtime, build_runtime, migrate
 
 WORKFLOWS = """
@@ -50,15 +53,23 @@ async def drain(rt: Runtime) -> None:
             return
 
 
+@pytest.mark.parametrize("priority", [Priority.TRANSACTIONAL, Priority.BULK])
 async def test_signed_verified_retried_with_the_same_id_and_sent_once(
-    runtime: tuple[Runtime, ManualClock], receiver: Receiver
+    runtime: tuple[Runtime, ManualClock], receiver: Receiver, priority: Priority
 ) -> None:
+    """Transactional: a delivery job per message; bulk: one batch delivery job for both,
+    the refused one going on as a job of its own."""
     rt, clock = runtime
     endpoint = await rt.services.webhooks.create(receiver.url, event_types=("invoice.paid",))
     other = await rt.services.webhooks.create(receiver.url, event_types=("something.else",))
     receiver.answers = [(503, {})]  # the first attempt fails
     event = await rt.services.ingest.ingest(
-        EventInput(type="invoice.paid", payload={"invoice": 7}, recipients=("ann", "bob"))
+        EventInput(
+            type="invoice.paid",
+            payload={"invoice": 7},
+            recipients=("ann", "bob"),
+            priority=priority,
+        )
     )
     await drain(rt)
     clock.advance(2)  # past the first backoff (full jitter, at most 1 s)
@@ -87,3 +98,10 @@ async def test_signed_verified_retried_with_the_same_id_and_sent_once(
     assert sorted(m["status"] for m in report["messages"]) == ["sent", "sent"]
     attempts = [t for t in report["trail"] if t["type"] == "delivery"]
     assert sorted(a["status"] for a in attempts) == ["retrying", "sent", "sent"]
+    async with rt.engine.connect() as conn:
+        kinds = sorted((await conn.execute(select(jobs.c.kind))).scalars())
+    deliveries = [k for k in kinds if k.startswith("notify.deliver")]
+    if priority is Priority.BULK:
+        assert deliveries == ["notify.deliver", "notify.deliver_batch"]  # one retried alone
+    else:
+        assert deliveries == ["notify.deliver", "notify.deliver"]
