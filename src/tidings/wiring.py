@@ -350,6 +350,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
                 batch=w.batch,
                 lease_seconds=w.lease_seconds,
                 poll_interval=w.poll_interval,
+                policy=notify.config.retry,  # one backoff for jobs and batched messages
                 name=name,
                 gate=gate,
             )

@@ -141,7 +141,8 @@ class NotifyConfig:
     max_recipients: int = 1000  # explicit ids per event; topics have no limit
     caps: tuple[FrequencyCap, ...] = ()
     delivery_attempts: int = 8
-    # the backoff of a failed delivery (the worker's); its max_attempts: delivery_attempts
+    # the backoff of a failed job: the worker pools' own (wiring passes it to them), used
+    # here for a message failing in a batch; its max_attempts: delivery_attempts
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     send_batch: int = 50  # due bulk messages per delivery job (1: a job each)
     workflow_refresh: float = 5.0  # seconds between reloads of API-defined workflows
@@ -1133,7 +1134,7 @@ class Orchestrator:
         if result.delivered or result.bounce is Bounce.HARD:
             return
         failure = result.failure or FailureClass.TRANSIENT
-        if failure in (FailureClass.PERMANENT, FailureClass.POLICY):
+        if failure in FINAL_FAILURES:
             raise PermanentJobError(f"{failure.value}: {result.reason}")
         raise RetryableJobError(result.reason, failure, result.retry_after)
 
@@ -1363,7 +1364,7 @@ class Orchestrator:
             entry.update(status=status, reason=result.reason)
         else:
             failure = result.failure or FailureClass.TRANSIENT
-            final = last or failure in (FailureClass.PERMANENT, FailureClass.POLICY)
+            final = last or failure in FINAL_FAILURES
             status = DeliveryStatus.FAILED.value if final else QUEUED
             if final:
                 statuses["failed"] = now
@@ -1396,18 +1397,13 @@ class Orchestrator:
     ) -> MessageUpdate:
         """The first attempt of a message sent in a batch, settled: a failure goes on as
         the message's own delivery job, due for its next attempt or dead-lettered."""
+        if result.delivered or result.bounce is Bounce.HARD:
+            return self._settlement(message, 1, result, provider, now, workflow)
+        # the worker's decision after a failed first attempt (`WorkerPool.execute`)
         failure = result.failure or FailureClass.TRANSIENT
         policy = dataclasses.replace(self.config.retry, max_attempts=self.config.delivery_attempts)
-        retry = (
-            retry_decision(policy, failure, 1, retry_after=result.retry_after)
-            if not result.delivered and result.bounce is not Bounce.HARD
-            else None
-        )
-        update = self._settlement(
-            message, 1, result, provider, now, workflow, last=retry is None or not retry.retry
-        )
-        if retry is None:
-            return update
+        retry = retry_decision(policy, failure, 1, retry_after=result.retry_after)
+        update = self._settlement(message, 1, result, provider, now, workflow, last=not retry.retry)
         job = dataclasses.replace(self._deliver_job(message), attempts=1)
         if retry.retry:
             job = dataclasses.replace(job, run_at=now + retry.delay)
@@ -1460,8 +1456,8 @@ class Orchestrator:
         ids = [str(i) for i in job.payload.get("message_ids") or []]
         found = await self.runs.messages(ids)
         left = [m for m in found.values() if m.attempts == 0 and m.status == QUEUED]
-        workflows = {k: await self.workflows.get(k) for k in {m.workflow for m in left}}
         if left:
+            workflows = {k: await self.workflows.get(k) for k in {m.workflow for m in left}}
             await self.runs.update_messages(
                 [self._dead_lettered(m, reason, workflows[m.workflow]) for m in left],
                 at=self._now(),
