@@ -99,11 +99,11 @@ class Probe:
             probe.add(f"writer wait {lane.value}", time.perf_counter() - t)
             probe._held[id(self)] = (time.perf_counter(), lane)
 
-        def timed_release(self: Any, lane: Priority) -> None:
+        def timed_release(self: Any) -> None:
             since = probe._held.pop(id(self), None)
             if since is not None:
                 probe.add(f"writer hold {since[1].value}", time.perf_counter() - since[0])
-            release(self, lane)
+            release(self)
 
         lock.acquire = timed_acquire  # type: ignore[method-assign]
         lock.release = timed_release  # type: ignore[method-assign]

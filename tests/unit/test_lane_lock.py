@@ -20,14 +20,14 @@ async def test_transactional_waiters_overtake_queued_bulk_waiters() -> None:
         await lock.acquire(lane)
         order.append(name)
         await asyncio.sleep(0)
-        lock.release(lane)
+        lock.release()
 
     await lock.acquire(BULK)  # a bulk write in progress
     tasks = [asyncio.create_task(work(f"b{i}", BULK)) for i in range(3)]
     await asyncio.sleep(0)
     tasks += [asyncio.create_task(work(f"t{i}", TX)) for i in range(2)]
     await asyncio.sleep(0)
-    lock.release(BULK)
+    lock.release()
     await asyncio.gather(*tasks)
     assert order == ["t0", "t1", "b0", "b1", "b2"]
 
@@ -46,18 +46,18 @@ async def test_one_holder_at_a_time_and_cancelled_waiters_do_not_wedge_it() -> N
             await asyncio.sleep(0.001)
         finally:
             inside -= 1
-            lock.release(lane)
+            lock.release()
 
     await lock.acquire(TX)
     doomed = asyncio.create_task(work(BULK))
     await asyncio.sleep(0)
-    lock.release(TX)  # hands the lock to `doomed`...
+    lock.release()  # hands the lock to `doomed`...
     doomed.cancel()  # ...which is cancelled before it runs: it must pass the lock on
     tasks = [asyncio.create_task(work(TX if i % 2 else BULK)) for i in range(20)]
     await asyncio.gather(*tasks)
     assert most == 1
     await asyncio.wait_for(lock.acquire(BULK), 1)  # free again
-    lock.release(BULK)
+    lock.release()
 
 
 @pytest.mark.parametrize(
@@ -77,13 +77,13 @@ async def test_a_steady_transactional_stream_does_not_starve_bulk(
         await lock.acquire(lane)
         order.append(name)
         await asyncio.sleep(0)
-        lock.release(lane)
+        lock.release()
 
     await lock.acquire(TX)
     tasks = [asyncio.create_task(work("b0", BULK))]
     await asyncio.sleep(0)
     tasks += [asyncio.create_task(work(f"t{i}", TX)) for i in range(6)]
     await asyncio.sleep(0)
-    lock.release(TX)
+    lock.release()
     await asyncio.gather(*tasks)
     assert order == expected

@@ -22,7 +22,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from tidings.adapters.lanes import LaneSlots
+from tidings.adapters.providers.slots import LaneSlots
 from tidings.core.delivery.classify import classify_smtp
 from tidings.core.delivery.email import address, message_id_header, render_mime
 from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult, EmailMessage

@@ -1,13 +1,12 @@
-"""A resource shared by the lanes, transactional work first: SQLite's one writer
-(`sql.engine.LaneLock`, one slot) and a provider's connections (`LaneSlots.for_pool`).
+"""Connection slots shared by the lanes, transactional work first.
 
-Waiters of the transactional lane are served before bulk ones, each lane in arrival order.
-A bulk delivery job hands a provider a whole slice of messages at once, so its queue can
-hold hundreds of bulk sends; with a plain FIFO semaphore a transactional email arriving then
-would wait behind all of them. `reserved` slots are never held by bulk work: a transactional
-send finds a connection free even while bulk sends keep the others busy. So that a steady
-transactional load cannot starve bulk work, a waiting bulk caller gets a slot after `burst`
-transactional hand-overs in a row (None: never first).
+A provider bounds the sends in flight (its connections). A bulk delivery job hands it a
+whole slice of messages at once, so its queue can hold hundreds of bulk sends; with a plain
+FIFO semaphore a transactional email arriving then would wait behind all of them. `LaneSlots`
+serves waiters of the transactional lane before bulk ones (the lane is the caller's
+`CURRENT_LANE`), each lane in arrival order, and keeps `reserved` slots that bulk work never
+holds: a transactional send finds a connection free even while a bulk send keeps the
+others busy, and waits only when transactional sends alone fill the pool.
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from types import TracebackType
 from tidings.types import CURRENT_LANE, Priority
 
 _ORDER = (Priority.TRANSACTIONAL, Priority.BULK)
-_BULK_FIRST = (Priority.BULK, Priority.TRANSACTIONAL)
 
 
 class LaneSlots:
-    def __init__(self, size: int, reserved: int = 0, burst: int | None = None) -> None:
+    def __init__(self, size: int, reserved: int = 0) -> None:
         if size < 1:
             raise ValueError("at least one slot")
         if not 0 <= reserved < size:
@@ -31,8 +29,6 @@ class LaneSlots:
         self._free = size
         self._bulk_max = size - reserved
         self._bulk = 0  # slots bulk work holds
-        self._burst = burst
-        self._streak = 0  # transactional hand-overs in a row while bulk callers waited
         self._waiting: dict[Priority, collections.deque[asyncio.Future[None]]] = {
             lane: collections.deque() for lane in _ORDER
         }
@@ -55,10 +51,8 @@ class LaneSlots:
         if lane is Priority.BULK:
             self._bulk += 1
 
-    async def acquire(self, lane: Priority | None = None) -> None:
-        """A slot for `lane` (default: the caller's `CURRENT_LANE`); give it back with
-        `release` of the same lane."""
-        lane = lane or CURRENT_LANE.get()
+    async def acquire(self) -> None:
+        lane = CURRENT_LANE.get()
         if self._may_take(lane) and not self.waiting(lane):
             self._take(lane)
             return
@@ -69,31 +63,24 @@ class LaneSlots:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release(lane)  # a slot was taken for it as the wait was cancelled
+                self.release()  # a slot was taken for it as the wait was cancelled
             else:
                 queue.remove(waiter)
             raise
 
-    def release(self, lane: Priority | None = None) -> None:
-        """Give back a slot of `lane` (default: `CURRENT_LANE`); the free slots go to
-        waiters, transactional ones first (bulk ones while bulk holds fewer than its share,
-        and first after `burst` transactional hand-overs in a row)."""
+    def release(self) -> None:
+        """Give back the caller's slot; the free slots go to waiters, transactional ones
+        first (bulk ones while bulk holds fewer than its share)."""
         self._free += 1
-        if (lane or CURRENT_LANE.get()) is Priority.BULK:
+        if CURRENT_LANE.get() is Priority.BULK:
             self._bulk -= 1
-        bulk_waits = self.waiting(Priority.BULK) > 0
-        starved = bulk_waits and self._burst is not None and self._streak >= self._burst
-        for turn in _BULK_FIRST if starved else _ORDER:
-            queue = self._waiting[turn]
-            while queue and self._may_take(turn):
+        for lane in _ORDER:
+            queue = self._waiting[lane]
+            while queue and self._may_take(lane):
                 waiter = queue.popleft()
                 if not waiter.done():
-                    self._take(turn)
+                    self._take(lane)
                     waiter.set_result(None)
-                    tx = turn is Priority.TRANSACTIONAL
-                    self._streak = self._streak + 1 if tx and bulk_waits else 0
-        if not bulk_waits:
-            self._streak = 0
 
     async def __aenter__(self) -> None:
         await self.acquire()
