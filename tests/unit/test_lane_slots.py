@@ -106,6 +106,24 @@ async def test_bulk_work_leaves_the_reserved_slots_to_transactional_work() -> No
     assert order == ["b0", "b1", "t", "b2", "b3"]
 
 
+async def test_a_waiter_cancelled_as_a_release_passes_it_over_raises_cancelled() -> None:
+    """Cancelled, then dropped by a `release` that found it done before its task ran: the
+    wait ends in CancelledError (not a ValueError from the queue) and the slot goes on."""
+    slots = LaneSlots(1)
+    await slots.acquire()
+    order: list[str] = []
+    go = asyncio.Event()
+    go.set()
+    doomed = asyncio.create_task(hold(slots, Priority.TRANSACTIONAL, "doomed", order, go))
+    after = asyncio.create_task(hold(slots, Priority.TRANSACTIONAL, "after", order, go))
+    await asyncio.sleep(0)
+    doomed.cancel()  # its waiter is cancelled at once, its task runs later
+    slots.release()  # passes over the cancelled waiter, to `after`
+    await asyncio.gather(doomed, after, return_exceptions=True)
+    assert doomed.cancelled()
+    assert order == ["after"]
+
+
 def test_pools_keep_an_eighth_for_transactional_work() -> None:
     assert [LaneSlots.for_pool(n)._bulk_max for n in (1, 2, 4, 8, 16, 100)] == [
         1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from types import TracebackType
 
 from tidings.types import CURRENT_LANE, Priority
@@ -61,11 +62,12 @@ class LaneSlots:
         queue.append(waiter)
         try:
             await waiter
-        except asyncio.CancelledError:
+        except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # a slot was taken for it as the wait was cancelled
             else:
-                queue.remove(waiter)
+                with contextlib.suppress(ValueError):  # `release` may have dropped it
+                    queue.remove(waiter)
             raise
 
     def release(self) -> None:
