@@ -29,6 +29,7 @@ class Sink:
 
     sessions: list[Any] = field(default_factory=list)
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    mail_options: list[list[str]] = field(default_factory=list)
     noops: int = 0
     delay: float = 0.0  # seconds each DATA takes
 
@@ -42,6 +43,16 @@ class Sink:
 
     async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
         self.noops += 1
+        return "250 OK"
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.split("@")[0] == "blocked":
+            return "553 5.7.1 Sender address rejected"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.mail_options.append(list(options))
         return "250 OK"
 
     async def handle_RCPT(
@@ -112,9 +123,14 @@ async def provider(server: Server, clock: ManualClock) -> AsyncIterator[SmtpProv
         await p.aclose()
 
 
-def mail(to: str = "zoe@example.org", n: int = 0, **kw: Any) -> EmailMessage:
+def mail(
+    to: str = "zoe@example.org",
+    n: int = 0,
+    sender: str = "Tidings <noreply@example.com>",
+    **kw: Any,
+) -> EmailMessage:
     return EmailMessage(
-        sender="Tidings <noreply@example.com>",
+        sender=sender,
         to=to,
         subject=f"Order {n}",
         text=f"Hello {n}",
@@ -170,6 +186,42 @@ async def test_refused_recipient_is_a_hard_bounce_and_the_connection_stays_usabl
     assert (await provider.send(mail())).delivered  # after RSET, on the same connection
     assert len(server.sink.sessions) == 1
     assert [m[1] for m in server.sink.messages] == [["zoe@example.org"]]
+
+
+async def test_the_envelope_sender_and_the_size_go_in_mail_from(
+    server: Server, clock: ManualClock
+) -> None:
+    p = SmtpProvider(
+        SmtpConfig(
+            host="127.0.0.1",
+            port=server.port,
+            envelope_from="bounces+x@example.net",
+            timeout=5.0,
+        ),
+        clock,
+    )
+    try:
+        assert (await p.send(mail())).delivered
+    finally:
+        await p.aclose()
+    ((mail_from, rcpt, content),) = server.sink.messages
+    assert (mail_from, rcpt) == ("bounces+x@example.net", ["zoe@example.org"])
+    assert b"From: Tidings <noreply@example.com>" in content
+    # RFC 1870: the size the server advertises SIZE for, in octets as sent (CRLF lines)
+    ((size,),) = server.sink.mail_options
+    assert size.upper().startswith("SIZE=")
+    assert int(size[5:]) == len(content)
+
+
+async def test_a_refused_sender_is_permanent_and_the_connection_stays_usable(
+    provider: SmtpProvider, server: Server
+) -> None:
+    result = await provider.send(mail(sender="blocked@example.com"))
+    assert (result.failure, result.status) == (FailureClass.PERMANENT, 553)
+    assert "Sender address rejected" in result.reason
+    assert (await provider.send(mail())).delivered  # after RSET, on the same connection
+    assert len(server.sink.sessions) == 1
+    assert [m[0] for m in server.sink.messages] == ["noreply@example.com"]
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,15 @@ runs one transaction and gives it back. A connection idle longer than `noop_afte
 checked with NOOP before use; one idle longer than `idle_timeout`, or that has carried
 `max_messages_per_connection` messages, is closed and replaced. A reply of 421 or a lost
 connection discards it. When a reused connection turns out to be dead (the server dropped it
-while idle) the message is tried once more on a fresh one. Failed transactions are reset
-(RSET) by aiosmtplib before the connection is reused.
+while idle) the message is tried once more on a fresh one. A refused transaction is reset
+(RSET) before the connection is reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
+import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,6 +69,9 @@ class SmtpProvider:
         self._slots = LaneSlots.for_pool(config.pool_size)
         self._closed = False
         self.connections_opened = 0
+        self._envelope = (
+            address(config.envelope_from, "envelope_from")[1] if config.envelope_from else ""
+        )
 
     @property
     def channel(self) -> DeliveryChannel:
@@ -85,11 +88,11 @@ class SmtpProvider:
             _, sender = address(message.sender, "sender")
             _, to = address(message.to, "to")
             domain = self.config.message_id_domain or sender.rpartition("@")[2]
-            msg_id = message_id_header(message.message_id or uuid.uuid4().hex, domain)
-            mime = render_mime(message, msg_id, self._clock.now(), uuid.uuid4().hex)
+            msg_id = message_id_header(message.message_id or secrets.token_hex(16), domain)
+            mime = render_mime(message, msg_id, self._clock.now(), secrets.token_hex(16))
         except InvalidInput as exc:
             return DeliveryResult.failed(FailureClass.PERMANENT, f"invalid message: {exc}")
-        envelope = self.config.envelope_from or sender
+        envelope = self._envelope or sender
         async with self._slots:
             for attempt in (1, 2):
                 try:
@@ -98,11 +101,7 @@ class SmtpProvider:
                     return _connection_failure(exc)
                 reused = conn.sent > 0
                 try:
-                    errors, _reply = await conn.client.sendmail(envelope, [to], mime)
-                except aiosmtplib.SMTPRecipientsRefused as exc:
-                    self._release(conn)
-                    refused = exc.recipients[0]
-                    return classify_smtp(refused.code, refused.message)
+                    await _transaction(conn.client, envelope, to, mime)
                 except aiosmtplib.SMTPResponseException as exc:
                     if exc.code == 421:
                         await self._discard(conn)
@@ -120,9 +119,6 @@ class SmtpProvider:
                 conn.sent += 1
                 conn.last_used = self._clock.monotonic()
                 self._release(conn)
-                if errors:  # refused recipients with one accepted: cannot happen with one
-                    code, text = next(iter(errors.values()))
-                    return classify_smtp(code, text)
                 return DeliveryResult.ok(msg_id, 250)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -163,6 +159,11 @@ class SmtpProvider:
         self.connections_opened += 1
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:  # (connect greets only for STARTTLS or AUTH)
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
         except BaseException:
             client.close()
             raise
@@ -185,6 +186,25 @@ class SmtpProvider:
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._discard(conn)
+
+
+async def _transaction(client: aiosmtplib.SMTP, sender: str, to: str, mime: bytes) -> None:
+    """MAIL, RCPT and DATA for one recipient, as aiosmtplib's `sendmail` runs them, on
+    addresses `address` has checked (plain ASCII addr-specs), so none is parsed again; the
+    envelope is reset (RSET) after a refusal so the connection can carry the next one."""
+    options = [b"SIZE=%d" % len(mime)] if client.supports_extension("size") else []
+    try:
+        reply = await client.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *options)
+        if reply.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+        reply = await client.execute_command(b"RCPT", b"TO:<%s>" % to.encode())
+        if reply.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, to)
+        await client.data(mime)
+    except aiosmtplib.SMTPResponseException:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await client.rset()
+        raise
 
 
 def _connection_failure(exc: BaseException) -> DeliveryResult:
