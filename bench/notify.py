@@ -580,8 +580,18 @@ def main() -> None:
         default="inapp",
         help="the bulk send of the lanes test: in-app messages or emails",
     )
+    ap.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of the in-process tests (inapp, email); `tidings serve` runs uvloop",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         workflows = Path(tmp) / "workflows.yaml"
