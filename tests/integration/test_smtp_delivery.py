@@ -191,15 +191,8 @@ async def test_refused_recipient_is_a_hard_bounce_and_the_connection_stays_usabl
 async def test_the_envelope_sender_and_the_size_go_in_mail_from(
     server: Server, clock: ManualClock
 ) -> None:
-    p = SmtpProvider(
-        SmtpConfig(
-            host="127.0.0.1",
-            port=server.port,
-            envelope_from="bounces+x@example.net",
-            timeout=5.0,
-        ),
-        clock,
-    )
+    config = SmtpConfig(host="127.0.0.1", port=server.port, envelope_from="bounces+x@example.net")
+    p = SmtpProvider(config, clock)
     try:
         assert (await p.send(mail())).delivered
     finally:
