@@ -4,8 +4,10 @@ server, reply codes classified, a server that is down or restarts."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
+import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -343,3 +345,18 @@ async def test_a_transactional_send_goes_before_the_bulk_sends_waiting(
     order = [rcpt[0] for _, rcpt, _ in server.sink.messages]
     assert len(order) == 11
     assert order.index("urgent@example.org") <= 1  # at most the send in flight before it
+
+
+async def test_a_body_holding_the_boundary_gets_another_one(
+    provider: SmtpProvider, server: Server
+) -> None:
+    seed = random.Random(7)
+    first, second = (f"=_{seed.getrandbits(128):032x}" for _ in range(2))
+    provider._random = random.Random(7)  # the provider's next boundary is `first`
+    message = dataclasses.replace(mail(), text=f"see {first} here")
+    assert (await provider.send(message)).delivered
+    ((_, _, content),) = server.sink.messages
+    parsed = email.message_from_bytes(content, policy=email.policy.default)
+    assert parsed.get_boundary() == second
+    body = parsed.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == f"see {first} here"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +25,12 @@ import aiosmtplib
 
 from tidings.adapters.providers.slots import LaneSlots
 from tidings.core.delivery.classify import classify_smtp
-from tidings.core.delivery.email import address, message_id_header, render_mime
+from tidings.core.delivery.email import (
+    BoundaryInBody,
+    address,
+    message_id_header,
+    render_mime,
+)
 from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult, EmailMessage
 from tidings.core.retry import FailureClass
 from tidings.errors import InvalidInput
@@ -69,6 +75,9 @@ class SmtpProvider:
         self._slots = LaneSlots.for_pool(config.pool_size)
         self._closed = False
         self.connections_opened = 0
+        # Message-IDs and MIME boundaries: unique, not secret (a boundary found in the body is
+        # replaced), so a generator seeded once rather than a system call a message.
+        self._random = random.Random(secrets.token_bytes(32))
         self._envelope = (
             address(config.envelope_from, "envelope_from")[1] if config.envelope_from else ""
         )
@@ -88,8 +97,8 @@ class SmtpProvider:
             _, sender = address(message.sender, "sender")
             _, to = address(message.to, "to")
             domain = self.config.message_id_domain or sender.rpartition("@")[2]
-            msg_id = message_id_header(message.message_id or secrets.token_hex(16), domain)
-            mime = render_mime(message, msg_id, self._clock.now(), secrets.token_hex(16))
+            msg_id = message_id_header(message.message_id or self._token(), domain)
+            mime = self._mime(message, msg_id)
         except InvalidInput as exc:
             return DeliveryResult.failed(FailureClass.PERMANENT, f"invalid message: {exc}")
         envelope = self._envelope or sender
@@ -121,6 +130,17 @@ class SmtpProvider:
                 self._release(conn)
                 return DeliveryResult.ok(msg_id, 250)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _token(self) -> str:
+        return f"{self._random.getrandbits(128):032x}"
+
+    def _mime(self, message: EmailMessage, msg_id: str) -> bytes:
+        for _ in range(8):
+            try:
+                return render_mime(message, msg_id, self._clock.now(), self._token())
+            except BoundaryInBody:
+                continue
+        raise InvalidInput("no MIME boundary that the body does not contain", field="text")
 
     async def _acquire(self) -> _Connection:
         now = self._clock.monotonic()

@@ -8,11 +8,14 @@ import email
 import email.policy
 import time
 from datetime import UTC, datetime
+from email.utils import parseaddr
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tidings.core.delivery.email import message_id_header, render_mime
+from tidings.core.delivery.email import BoundaryInBody, address, message_id_header, render_mime
 from tidings.core.delivery.messages import EmailMessage
 from tidings.core.delivery.webhooks import (
     DisablePolicy,
@@ -188,3 +191,48 @@ def test_header_injection_is_refused(change: dict[str, object], field: str) -> N
     with pytest.raises(InvalidInput) as err:
         render_mime(EmailMessage(**{**base, **change}), "<x@example.com>", 0.0, "b")  # type: ignore[arg-type]
     assert err.value.field == field
+
+
+_ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-"
+_atoms = st.lists(st.text(_ATEXT, min_size=1, max_size=8), min_size=1, max_size=3)
+_labels = st.lists(
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8), min_size=1, max_size=3
+)
+
+
+@given(local=_atoms, domain=_labels)
+def test_plain_addresses_parse_as_the_stdlib_parses_them(
+    local: list[str], domain: list[str]
+) -> None:
+    value = ".".join(local) + "@" + ".".join(domain)
+    name, addr = parseaddr(value)
+    assert address(value, "to") == (name, addr) == ("", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Zoë <zoe@example.org>", ("Zoë", "zoe@example.org")),
+        ('"Doe, Jane" <jane@example.org>', ("Doe, Jane", "jane@example.org")),
+        ("<bare@example.org>", ("", "bare@example.org")),
+    ],
+)
+def test_addresses_with_names_or_brackets(value: str, expected: tuple[str, str]) -> None:
+    assert address(value, "to") == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["not an address", "a@b.com\r\nBcc: x@y.z", "a@@b.com", "zoë@example.org", ""]
+)
+def test_bad_addresses_are_refused(value: str) -> None:
+    with pytest.raises(InvalidInput):
+        address(value, "to")
+
+
+def test_a_boundary_found_in_a_body_is_refused() -> None:
+    msg = EmailMessage(
+        sender="noreply@example.com", to="zoe@example.org", subject="s", text="x =_b0 y", html="h"
+    )
+    with pytest.raises(BoundaryInBody):
+        render_mime(msg, message_id_header("abc", "example.com"), 0.0, "b0")
+    assert b"=_b1" in render_mime(msg, message_id_header("abc", "example.com"), 0.0, "b1")
