@@ -8,7 +8,7 @@
 2. `email`: the same with a one-step email workflow: one delivery job per `--send-batch`
    messages (`notify.send_batch`, 50; "1,50" measures a job per message too, in the same
    run), over `--smtp-pool` pooled connections (4, the default of `smtp.pool_size`) to an
-   aiosmtpd sink in its own process. Measures SMTP deliveries/s from the accept until every message is
+   aiosmtpd sink (its `Sink` handler, on uvloop) in its own process. Measures SMTP deliveries/s from the accept until every message is
    sent (bench/smtp.py measures the provider alone).
 3. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
    sink (aiosmtpd) in this process. Transactional events (one email each) are sent at a fixed
@@ -263,10 +263,7 @@ async def email(
     from tidings.config import NotifySettings, Settings, SmtpSettings, WorkerSettings
 
     port = free_port()
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"]
-        + ["-c", "aiosmtpd.handlers.Sink"],
-    )
+    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(port)])
     for _ in range(200):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.1):
@@ -559,8 +556,26 @@ async def count_done(url: str, workflow: str) -> int:
         await engine.dispose()
 
 
+def run_sink(port: int) -> None:
+    """The email test's SMTP server: aiosmtpd's Sink handler (it keeps nothing) on uvloop, in
+    a process of its own, until terminated."""
+    import signal
+
+    import uvloop
+    from aiosmtpd.handlers import Sink as Discard
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # for sigwait, in every thread
+    controller = Controller(
+        Discard(), hostname="127.0.0.1", port=port, loop=uvloop.new_event_loop()
+    )
+    controller.start()
+    signal.sigwait({signal.SIGTERM})
+    controller.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--recipients", type=int, default=100_000)
     ap.add_argument("--rate", type=float, default=20.0, help="transactional events/s")
     ap.add_argument("--idle-seconds", type=float, default=30.0)
@@ -588,6 +603,9 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.sink:
+        run_sink(args.sink)
+        return
     if args.loop == "uvloop":
         import uvloop
 
