@@ -8,8 +8,9 @@
 2. `email`: the same with a one-step email workflow: one delivery job per `--send-batch`
    messages (`notify.send_batch`, 50; "1,50" measures a job per message too, in the same
    run), over `--smtp-pool` pooled connections (4, the default of `smtp.pool_size`) to an
-   aiosmtpd sink (its `Sink` handler, on uvloop) in its own process. Measures SMTP deliveries/s from the accept until every message is
-   sent (bench/smtp.py measures the provider alone).
+   aiosmtpd sink (its `Sink` handler, on uvloop) in its own process. Measures SMTP
+   deliveries/s from the accept until every message is sent (bench/smtp.py measures the
+   provider alone).
 3. `lanes`: the priority-lane test. `tidings serve` (one process, both cores) with a real SMTP
    sink (aiosmtpd) in this process. Transactional events (one email each) are sent at a fixed
    rate; the latency is from the API's 202 to the message arriving at the SMTP sink. First
