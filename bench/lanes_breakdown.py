@@ -99,11 +99,11 @@ class Probe:
             probe.add(f"writer wait {lane.value}", time.perf_counter() - t)
             probe._held[id(self)] = (time.perf_counter(), lane)
 
-        def timed_release(self: Any) -> None:
+        def timed_release(self: Any, lane: Priority) -> None:
             since = probe._held.pop(id(self), None)
             if since is not None:
                 probe.add(f"writer hold {since[1].value}", time.perf_counter() - since[0])
-            release(self)
+            release(self, lane)
 
         lock.acquire = timed_acquire  # type: ignore[method-assign]
         lock.release = timed_release  # type: ignore[method-assign]

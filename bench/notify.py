@@ -244,11 +244,11 @@ class WriterHolds:
             await acquire(self, lane)
             holds._since[id(self)] = time.perf_counter()
 
-        def timed_release(self: Any) -> None:
+        def timed_release(self: Any, lane: Priority) -> None:
             since = holds._since.pop(id(self), None)
             if since is not None:
                 holds.seconds += time.perf_counter() - since
-            release(self)
+            release(self, lane)
 
         lock.acquire = timed_acquire  # type: ignore[method-assign]
         lock.release = timed_release  # type: ignore[method-assign]

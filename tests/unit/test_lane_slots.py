@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tidings.adapters.providers.slots import LaneSlots
+from tidings.adapters.lanes import LaneSlots
 from tidings.types import CURRENT_LANE, Priority
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from tidings.adapters.providers.slots import LaneSlots
+from tidings.adapters.lanes import LaneSlots
 from tidings.core.delivery.classify import classify_smtp
 from tidings.core.delivery.email import (
     BoundaryInBody,

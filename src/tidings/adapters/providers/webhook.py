@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tidings import __version__
-from tidings.adapters.providers.slots import LaneSlots
+from tidings.adapters.lanes import LaneSlots
 from tidings.core.delivery.classify import classify_http
 from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult, WebhookMessage
 from tidings.core.delivery.webhooks import is_private_address, sign_headers

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import weakref
 from collections.abc import AsyncIterator
@@ -15,8 +13,9 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tidings.adapters.lanes import LaneSlots
 from tidings.adapters.sql import sqlite_driver
-from tidings.types import CURRENT_LANE, Priority
+from tidings.types import CURRENT_LANE
 
 BUSY_TIMEOUT_MS = 5000
 SQLITE_CACHE_KIB = 64 * 1024  # page cache per connection (SQLite allocates it as needed)
@@ -110,54 +109,14 @@ def create_engine(url: str) -> AsyncEngine:
     )
 
 
-class LaneLock:
+class LaneLock(LaneSlots):
     """A mutex whose waiters are served transactional first, then bulk, each in arrival
     order: a transactional write waits for the write in progress and at most one bulk write,
     never for a queue of them. So that a steady transactional load cannot starve bulk work,
     a waiting bulk writer gets the lock after `burst` transactional hand-overs in a row."""
 
     def __init__(self, burst: int = 4) -> None:
-        self._burst = burst
-        self._streak = 0  # transactional hand-overs in a row while bulk writers waited
-        self._held = False
-        self._waiting: dict[Priority, collections.deque[asyncio.Future[None]]] = {
-            Priority.TRANSACTIONAL: collections.deque(),
-            Priority.BULK: collections.deque(),
-        }
-
-    async def acquire(self, lane: Priority) -> None:
-        if not self._held and not any(self._waiting.values()):
-            self._held = True
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._waiting[lane]
-        queue.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed over just as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):  # release() may have dropped it
-                    queue.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        bulk_waits = any(not w.done() for w in self._waiting[Priority.BULK])
-        order = (Priority.TRANSACTIONAL, Priority.BULK)
-        if bulk_waits and self._streak >= self._burst:
-            order = (Priority.BULK, Priority.TRANSACTIONAL)
-        for lane in order:
-            queue = self._waiting[lane]
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)  # the lock passes to it, still held
-                    tx = lane is Priority.TRANSACTIONAL
-                    self._streak = self._streak + 1 if tx and bulk_waits else 0
-                    return
-        self._held = False
-        self._streak = 0
+        super().__init__(1, burst=burst)
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Any, LaneLock] = weakref.WeakKeyDictionary()
@@ -172,11 +131,12 @@ async def write_lock(engine: AsyncEngine) -> AsyncIterator[None]:
     lock = _WRITE_LOCKS.get(engine.sync_engine)
     if lock is None:
         lock = _WRITE_LOCKS[engine.sync_engine] = LaneLock()
-    await lock.acquire(CURRENT_LANE.get())
+    lane = CURRENT_LANE.get()
+    await lock.acquire(lane)
     try:
         yield
     finally:
-        lock.release()
+        lock.release(lane)
 
 
 @contextlib.asynccontextmanager
