@@ -1192,29 +1192,38 @@ class Orchestrator:
             )
         }
         versions: dict[tuple[str, str, str], TemplateVersion | None] = {}
+        reads_run: set[tuple[str, str, str]] = set()  # versions whose rendering reads the run
         runs: set[str] = set()
         for m, _, workflow in live:
             key = (m.workflow, m.step_id, m.template_version)
             if key not in versions:
-                versions[key] = await self._version(workflow, _step_of(workflow, m), m)
-            template = versions[key]
-            if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
+                template = versions[key] = await self._version(workflow, _step_of(workflow, m), m)
+                if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
+                    reads_run.add(key)
+            if key in reads_run:
                 runs.add(m.run_id)
         loaded = await self.runs.load_many(sorted(runs)) if runs else {}
         # A few attempts at a time, each after the lane gate: rendering and MIME are the
         # loop's work, and 50 started at once would run back to back in front of
         # transactional work (the provider's slots bound only the sends).
         results: dict[str, tuple[DeliveryResult, str]] = {}
-        slots = asyncio.Semaphore(SEND_AHEAD)
+        queue = iter(live)
 
-        async def attempt(m: Message, event: EventRecord, workflow: Workflow) -> None:
-            async with slots:
+        async def attempts() -> None:
+            for m, event, workflow in queue:
                 await self._gate.pause()
-                version = versions[(m.workflow, m.step_id, m.template_version)]
-                subscriber = subs.get(m.recipient)
-                results[m.id] = await self._attempt(m, event, workflow, subscriber, version, loaded)
+                key = (m.workflow, m.step_id, m.template_version)
+                results[m.id] = await self._attempt(
+                    m,
+                    event,
+                    workflow,
+                    subs.get(m.recipient),
+                    versions[key],
+                    loaded,
+                    key in reads_run,
+                )
 
-        await asyncio.gather(*(attempt(m, e, w) for m, e, w in live))
+        await asyncio.gather(*(attempts() for _ in range(min(SEND_AHEAD, len(live)))))
         now = self._now()
         for m, _, workflow in live:
             result, provider = results[m.id]
@@ -1232,15 +1241,18 @@ class Orchestrator:
         subscriber: Subscriber | None,
         template: TemplateVersion | None,
         loaded: Mapping[str, tuple[Run, dict[str, StepRow], dict[str, Message]]],
+        reads_run: bool | None = None,
     ) -> tuple[DeliveryResult, str]:
         """One attempt at delivering the message (whose step exists: `_gone`): its template
-        rendered (with the run's step results when the template reads them; `loaded`, or
-        read here) and handed to the channel's provider. A rendering that fails is a
-        permanent failure."""
+        rendered (with the run's step results when the template reads them, `reads_run`
+        when the caller knows; `loaded`, or read here) and handed to the channel's
+        provider. A rendering that fails is a permanent failure."""
         step = _step_of(workflow, message)
         recipient = to_recipient(message.recipient, subscriber)
         results: dict[str, StepResult] = {}
-        if template is not None and self.templates.renderer.roots(template) & RUN_ROOTS:
+        if reads_run is None:
+            reads_run = bool(template and self.templates.renderer.roots(template) & RUN_ROOTS)
+        if reads_run:
             # only a template that reads earlier steps or the digest needs the run loaded
             found = loaded.get(message.run_id)
             if found is None:
