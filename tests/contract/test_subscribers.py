@@ -90,6 +90,9 @@ async def test_get_many_keeps_order_and_skips_unknown(kit: Kit) -> None:
         await kit.subscribers.put(sub(sid))
     found = await kit.subscribers.get_many(["z", "nope", "x", "z"])
     assert [s.id for s in found] == ["z", "x", "z"]
+    lean = await kit.subscribers.get_many(["z", "nope", "x", "z"], devices=False)
+    assert lean == found
+    assert all(type(s.created_at) is float and type(s.updated_at) is float for s in lean)
 
 
 async def test_unknown_and_delete(kit: Kit) -> None:

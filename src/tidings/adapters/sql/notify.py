@@ -20,6 +20,7 @@ from tidings.adapters.sql.jobs import insert_jobs, job_row
 from tidings.adapters.sql.script import (
     Statement,
     Step,
+    run_read,
     run_script,
     run_steps,
     run_transaction,
@@ -318,6 +319,8 @@ class SqlRunStore:
         return None if row is None else _message(row._mapping)
 
     async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        if self._script:  # SQLite: one call on a connection's thread, as the settling reads
+            return await run_read(self._engine, functools.partial(_read_messages, message_ids))
         out: dict[str, Message] = {}
         async with self._read.connect() as conn:
             for chunk in _chunks(message_ids):
@@ -815,6 +818,22 @@ def _select_messages(n: int) -> str:
     return f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM notify_messages WHERE id IN ({marks})"
 
 
+def _read_messages(ids: Sequence[str], conn: sqlite3.Connection) -> dict[str, Message]:
+    """On a SQLite connection's thread: the stored messages of `ids` by id (unknown ids left
+    out), each column decoded as SQLAlchemy decodes its type (JSON statuses; `Epoch`
+    floats, which SQLite hands back as `int` when integral)."""
+    out: dict[str, Message] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = list(ids[start : start + _IN_CHUNK])
+        for row in conn.execute(_select_messages(len(chunk)), chunk):
+            stored = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
+            stored["statuses"] = orjson.loads(stored["statuses"]) if stored["statuses"] else {}
+            for name in ("release_at", "created_at", "updated_at"):
+                stored[name] = float(stored[name])
+            out[stored["id"]] = _message(stored)
+    return out
+
+
 def _merged(
     updates: Sequence[MessageUpdate], at: float, current: dict[str, Message]
 ) -> list[Message]:
@@ -845,15 +864,7 @@ def _update_messages(
     merges, UPDATEs and inserts (`steps`: the trail entries, then the jobs; `owners`: the
     message of each of their rows)."""
     ids = list(dict.fromkeys(u.message_id for u in updates))
-    current: dict[str, Message] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        for row in conn.execute(_select_messages(len(chunk)), chunk):
-            stored = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
-            stored["statuses"] = orjson.loads(stored["statuses"]) if stored["statuses"] else {}
-            for name in ("release_at", "created_at", "updated_at"):  # integral REALs: int
-                stored[name] = float(stored[name])
-            current[stored["id"]] = _message(stored)
+    current = _read_messages(ids, conn)
     written = _merged(updates, at, current)
     last = {m.id: m for m in written}.values()
     conn.executemany(

@@ -198,6 +198,16 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection]
         return result
 
 
+async def run_read(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`fn(connection)` as one call on a pooled SQLite connection's thread, outside any
+    write transaction and without the writer lock: for reads of many rows that SQLAlchemy
+    would bind and decode row by row on the event loop. `fn` runs plain `sqlite3` reads
+    (SELECTs open no transaction), so the connection goes back with nothing to end."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        return await run_on_thread(raw.dbapi_connection, fn, ends_transaction=True)
+
+
 async def run_script(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[Any]]:
     """Run `steps` in one write transaction of a SQLite `engine` (`run_transaction`);
     returns each step's returned rows (empty without RETURNING). All or nothing: an error

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -12,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.script import run_read
 from tidings.adapters.sql.tables import (
     subscriber_devices,
     subscriber_webpush,
@@ -114,6 +118,11 @@ class SqlSubscriberStore:
     async def get_many(self, ids: Sequence[str], *, devices: bool = True) -> list[Subscriber]:
         unique = list(dict.fromkeys(ids))
         by_id: dict[str, Subscriber] = {}
+        if not devices and not is_postgres(self._engine):
+            # SQLite, the subscribers alone (a fanout's or a delivery batch's read of many):
+            # one call on a connection's thread, not SQLAlchemy's per-row work on the loop
+            found = await run_read(self._engine, functools.partial(_read_plain, unique))
+            return [found[i] for i in ids if i in found]
         async with self._read.connect() as conn:
             for start in range(0, len(unique), _IN_CHUNK):
                 for sub in await _load(conn, unique[start : start + _IN_CHUNK], devices):
@@ -166,6 +175,30 @@ async def _load(
             WebPushSubscription(p.endpoint, p.p256dh, p.auth)
         )
     return [_subscriber(rows[i], devices.get(i, []), webpush.get(i, [])) for i in ids if i in rows]
+
+
+_SUBSCRIBER_COLUMNS = tuple(c.name for c in subscribers.columns)
+
+
+@functools.cache
+def _select_subscribers(n: int) -> str:
+    marks = ", ".join("?" * n)
+    return f"SELECT {', '.join(_SUBSCRIBER_COLUMNS)} FROM subscribers WHERE id IN ({marks})"
+
+
+def _read_plain(ids: Sequence[str], conn: sqlite3.Connection) -> dict[str, Subscriber]:
+    """On a SQLite connection's thread: the subscribers of `ids` that exist, by id, without
+    devices and Web Push, each column decoded as SQLAlchemy decodes its type (JSON data,
+    `Epoch` floats)."""
+    out: dict[str, Subscriber] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = list(ids[start : start + _IN_CHUNK])
+        for row in conn.execute(_select_subscribers(len(chunk)), chunk):
+            m = dict(zip(_SUBSCRIBER_COLUMNS, row, strict=True))
+            m["data"] = orjson.loads(m["data"])
+            m["created_at"], m["updated_at"] = float(m["created_at"]), float(m["updated_at"])
+            out[m["id"]] = _subscriber(m, [], [])
+    return out
 
 
 def _subscriber(m: Any, devices: list[Device], webpush: list[WebPushSubscription]) -> Subscriber:
