@@ -92,10 +92,12 @@ class Decision:
     until: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        # str() of a StrEnum member is its value as a plain str, without `.value`'s
+        # descriptor (three per decision, six decisions per message)
         out: dict[str, Any] = {
-            "stage": self.stage.value,
-            "kind": self.kind.value,
-            "reason": self.reason.value,
+            "stage": str(self.stage),
+            "kind": str(self.kind),
+            "reason": str(self.reason),
             "detail": self.detail,
         }
         if self.until is not None:
