@@ -26,7 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.unit.test_sqlite_driver import sqlite_engine
 from tidings.adapters.sql.engine import write_lock, writer
-from tidings.adapters.sql.script import MAX_ROWS, Statement, run_script, script
+from tidings.adapters.sql.script import (
+    MAX_ROWS,
+    Statement,
+    row_reader,
+    run_read,
+    run_script,
+    script,
+)
+from tidings.adapters.sql.tables import Epoch
 from tidings.types import CURRENT_LANE, Priority
 
 meta = MetaData()
@@ -42,6 +50,15 @@ log = Table(
     meta,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("doc", String(20), nullable=False),
+)
+
+stamps = Table(
+    "stamps",
+    meta,
+    Column("id", String(20), primary_key=True),
+    Column("body", JSON),
+    Column("at", Epoch, nullable=False),
+    Column("until", Epoch),
 )
 
 PUT = Statement(insert(docs).on_conflict_do_nothing(index_elements=[docs.c.id]))
@@ -193,3 +210,37 @@ async def test_waiting_for_the_write_lock_holds_no_pooled_connection(engine: Asy
     async with engine.connect() as conn:
         count = len((await conn.execute(select(log))).all())
     assert count == size + 1
+
+
+async def test_rows_read_in_one_call_are_decoded_as_sqlalchemy_decodes_them(
+    engine: AsyncEngine,
+) -> None:
+    async with writer(engine) as conn:
+        await conn.execute(
+            stamps.insert(),
+            [
+                {"id": "a", "body": {"x": [1, None]}, "at": 10.0, "until": None},
+                {"id": "b", "body": None, "at": 2.5, "until": 7.0},
+            ],
+        )
+    async with engine.connect() as conn:
+        expected = [dict(r._mapping) for r in await conn.execute(select(stamps).order_by("id"))]
+    read = row_reader(stamps, engine.dialect)
+    found = await run_read(
+        engine,
+        lambda c: [read(r) for r in c.execute(f"SELECT {read.columns} FROM stamps ORDER BY id")],
+    )
+    assert found == expected
+    # integral REALs come back as floats, as the `Epoch` type reads them
+    assert [(type(f["at"]), f["body"]) for f in found] == [(float, {"x": [1, None]}), (float, None)]
+
+
+async def test_a_statement_keeps_the_values_it_holds_itself(engine: AsyncEngine) -> None:
+    """Literal values of the statement (a claim's lanes and limit) need not be in the rows."""
+    await run_script(engine, script(engine.dialect, (PUT, [doc(1), doc(2)])))
+    touch = Statement(
+        update(docs).values(at=9.0).where(docs.c.id == bindparam("who")).returning(docs.c.id)
+    )
+    (changed,) = await run_script(engine, script(engine.dialect, (touch, [{"who": "d2"}])))
+    assert [tuple(r) for r in changed] == [("d2",)]
+    assert [r[2] for r in await rows(engine)] == [2.5, 9.0]

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     Double,
     Select,
@@ -29,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.script import run_transaction
+from tidings.adapters.sql.script import Statement, row_reader, run_script, run_transaction, script
 from tidings.adapters.sql.tables import jobs
 from tidings.errors import LeaseLost, NotFound
 from tidings.ports.clock import Clock
@@ -50,43 +49,6 @@ def _settle_sql(names: tuple[str, ...]) -> str:
     return f"UPDATE jobs SET {columns} WHERE id = ? AND state = ? AND lease_token = ?"
 
 
-_JOB_COLUMNS = tuple(c.name for c in jobs.columns)
-_SEQ, _LANE, _RUN_AT = (_JOB_COLUMNS.index(n) for n in ("seq", "lane", "run_at"))
-
-
-@functools.cache
-def _claim_sql(lanes: int) -> str:
-    """SQLite: a claim of up to `limit` due jobs of `lanes` lanes (in order of preference,
-    then by due time and sequence), the UPDATE ... RETURNING that `_claim_statements` builds
-    for SQLAlchemy, written out so that it runs as one call on the connection's thread."""
-    marks = ", ".join("?" * lanes)
-    rank = " ".join(f"WHEN ? THEN {i}" for i in range(lanes))
-    return (
-        "UPDATE jobs SET state = ?, attempts = attempts + 1, "
-        "lease_token = ? || CAST(seq AS TEXT), locked_until = ? "
-        f"WHERE seq IN (SELECT seq FROM jobs WHERE lane IN ({marks}) "
-        "AND ((state = ? AND run_at <= ?) OR (state = ? AND locked_until <= ?)) "
-        f"ORDER BY CASE lane {rank} END, run_at, seq LIMIT ?) "
-        f"RETURNING {', '.join(_JOB_COLUMNS)}"
-    )
-
-
-def _rows(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> list[Any]:
-    """On the connection's thread: the rows one statement returned."""
-    return conn.execute(sql, params).fetchall()
-
-
-def _claimed(row: Sequence[Any]) -> Job:
-    """A job from a `_claim_sql` row, decoded as SQLAlchemy decodes the columns' types (JSON
-    payload, `Epoch` floats)."""
-    m = dict(zip(_JOB_COLUMNS, row, strict=True))
-    m["payload"] = orjson.loads(m["payload"])
-    for name in ("run_at", "locked_until", "created_at"):
-        if m[name] is not None:
-            m[name] = float(m[name])
-    return _job(m)
-
-
 def _changed(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> int:
     """On the connection's thread: the rows one statement changed."""
     return int(conn.execute(sql, params).rowcount)
@@ -101,7 +63,7 @@ class SqlJobQueue:
         self._engine = engine
         self._read = reader(engine)
         self._clock = clock
-        self._claims: dict[tuple[tuple[str, ...], int], tuple[Select[Any], Any]] = {}
+        self._claims: dict[tuple[tuple[str, ...], int], tuple[Select[Any], Any, Statement]] = {}
 
     async def enqueue(self, job: NewJob) -> str:
         row = job_row(job, self._clock.now())
@@ -126,36 +88,36 @@ class SqlJobQueue:
         now = self._clock.now()
         rank = {lane.value: i for i, lane in enumerate(lanes)}
         # One random part per claim, made unique per job by its sequence number.
-        token = uuid.uuid4().hex + "."
+        params = {"now": now, "until": now + lease_seconds, "token": uuid.uuid4().hex + "."}
+        candidates, take, prepared = self._claim_statements(tuple(rank), limit)
         if not is_postgres(self._engine):
-            # One statement in one IMMEDIATE transaction, as one call on the connection's
-            # thread: through SQLAlchemy it was a trip through the loop for each of BEGIN,
-            # the UPDATE and COMMIT, each waiting for the loop while holding SQLite's one
-            # write lock (a claim held it 16 ms at p99 during a bulk send).
-            names = list(rank)
-            values: list[Any] = [_RUNNING, token, now + lease_seconds, *names]
-            values += [JobState.QUEUED.value, now, _RUNNING, now, *names, limit]
-            rows = await run_transaction(
-                self._engine, functools.partial(_rows, _claim_sql(len(names)), values)
-            )
-            rows.sort(key=lambda r: (rank[r[_LANE]], float(r[_RUN_AT]), r[_SEQ]))
-            return [_claimed(r) for r in rows]
-        candidates, take = self._claim_statements(tuple(rank), limit)
-        params = {"now": now, "until": now + lease_seconds, "token": token}
-        async with writer(self._engine) as conn:
-            # Lock the candidates, passing over rows another claimer holds, then take them.
-            seqs = list((await conn.execute(candidates, params)).scalars())
-            if not seqs:
-                return []
-            result = await conn.execute(take, {**params, "seqs": seqs})
-            mappings = [r._mapping for r in result]
+            # SQLite: one UPDATE ... RETURNING in one IMMEDIATE transaction, as one call on
+            # the connection's thread (`run_script`); through SQLAlchemy it was a trip through
+            # the loop for each of BEGIN, the UPDATE and COMMIT, each waiting for the loop
+            # while holding SQLite's one write lock (16 ms at p99 during a bulk send).
+            dialect = self._engine.dialect
+            (rows,) = await run_script(self._engine, script(dialect, (prepared, [params])))
+            read = row_reader(jobs, dialect)
+            mappings = [read(r) for r in rows]
+        else:
+            async with writer(self._engine) as conn:
+                # Lock the candidates, passing over rows another claimer holds, then take them.
+                seqs = list((await conn.execute(candidates, params)).scalars())
+                if not seqs:
+                    return []
+                result = await conn.execute(take, {**params, "seqs": seqs})
+                mappings = [dict(r._mapping) for r in result]
         mappings.sort(key=lambda m: (rank[m["lane"]], m["run_at"], m["seq"]))
         return [_job(m) for m in mappings]
 
-    def _claim_statements(self, lanes: tuple[str, ...], limit: int) -> tuple[Select[Any], Any]:
+    def _claim_statements(
+        self, lanes: tuple[str, ...], limit: int
+    ) -> tuple[Select[Any], Any, Statement]:
         """The claim's two statements for these lanes (in order of preference) and limit,
         built once: their values are parameters (`now`, `until`, `token`; `seqs` for the
-        second on PostgreSQL). A worker claims every poll; building them is most of that."""
+        second on PostgreSQL), and the second as a `Statement` for SQLite's one-call run
+        (the lanes compared one by one: an expanding IN list would be rendered per call). A
+        worker claims every poll; building them is most of that."""
         key = (lanes, limit)
         found = self._claims.get(key)
         if found is not None:
@@ -165,7 +127,7 @@ class SqlJobQueue:
         candidates = (
             select(jobs.c.seq)
             .where(
-                jobs.c.lane.in_(list(lanes)),
+                or_(*(jobs.c.lane == lane for lane in lanes)),
                 or_(
                     and_(jobs.c.state == JobState.QUEUED.value, jobs.c.run_at <= now),
                     and_(jobs.c.state == _RUNNING, jobs.c.locked_until <= now),
@@ -180,10 +142,13 @@ class SqlJobQueue:
             lease_token=bindparam("token", type_=String) + cast(jobs.c.seq, String),
             locked_until=bindparam("until", type_=Double),
         )
-        # PostgreSQL only (SQLite claims with `_claim_sql`)
-        candidates = candidates.with_for_update(skip_locked=True)
-        take = take.where(jobs.c.seq.in_(bindparam("seqs", expanding=True)))
-        found = self._claims[key] = (candidates, take.returning(*jobs.c))
+        if is_postgres(self._engine):
+            candidates = candidates.with_for_update(skip_locked=True)
+            take = take.where(jobs.c.seq.in_(bindparam("seqs", expanding=True)))
+        else:
+            take = take.where(jobs.c.seq.in_(candidates.scalar_subquery()))
+        returning = take.returning(*jobs.c)
+        found = self._claims[key] = (candidates, returning, Statement(returning))
         return found
 
     async def _settle(self, job_id: str, token: str, **values: Any) -> None:

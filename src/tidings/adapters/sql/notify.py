@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import bindparam, delete, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -18,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings.adapters.sql.engine import is_postgres, json_text, reader, writer
 from tidings.adapters.sql.jobs import insert_jobs, job_row
 from tidings.adapters.sql.script import (
+    RowReader,
     Statement,
     Step,
+    row_reader,
     run_read,
     run_script,
     run_steps,
@@ -320,7 +321,10 @@ class SqlRunStore:
 
     async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
         if self._script:  # SQLite: one call on a connection's thread, as the settling reads
-            return await run_read(self._engine, functools.partial(_read_messages, message_ids))
+            read = row_reader(notify_messages, self._engine.dialect)
+            return await run_read(
+                self._engine, functools.partial(_read_messages, read, message_ids)
+            )
         out: dict[str, Message] = {}
         async with self._read.connect() as conn:
             for chunk in _chunks(message_ids):
@@ -346,7 +350,14 @@ class SqlRunStore:
             )
             return await run_transaction(
                 self._engine,
-                functools.partial(_update_messages, updates, at, (owners, job_owners), steps),
+                functools.partial(
+                    _update_messages,
+                    row_reader(notify_messages, self._engine.dialect),
+                    updates,
+                    at,
+                    (owners, job_owners),
+                    steps,
+                ),
             )
         async with writer(self._engine) as conn:
             current: dict[str, Message] = {}
@@ -805,7 +816,6 @@ def _message(m: Any) -> Message:
     )
 
 
-_MESSAGE_COLUMNS = [c.name for c in notify_messages.columns]
 _UPDATABLE = ("statuses", "updated_at", "status", "provider", "provider_id", "error", "attempts")
 _UPDATE_MESSAGE = (
     f"UPDATE notify_messages SET {', '.join(f'{n} = ?' for n in _UPDATABLE)} WHERE id = ?"
@@ -815,22 +825,21 @@ _UPDATE_MESSAGE = (
 @functools.cache
 def _select_messages(n: int) -> str:
     marks = ", ".join("?" * n)
-    return f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM notify_messages WHERE id IN ({marks})"
+    columns = ", ".join(c.name for c in notify_messages.columns)  # `RowReader`'s order
+    return f"SELECT {columns} FROM notify_messages WHERE id IN ({marks})"
 
 
-def _read_messages(ids: Sequence[str], conn: sqlite3.Connection) -> dict[str, Message]:
+def _read_messages(
+    read: RowReader, ids: Sequence[str], conn: sqlite3.Connection
+) -> dict[str, Message]:
     """On a SQLite connection's thread: the stored messages of `ids` by id (unknown ids left
-    out), each column decoded as SQLAlchemy decodes its type (JSON statuses; `Epoch`
-    floats, which SQLite hands back as `int` when integral)."""
+    out), decoded as SQLAlchemy decodes them (`read`)."""
     out: dict[str, Message] = {}
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = list(ids[start : start + _IN_CHUNK])
         for row in conn.execute(_select_messages(len(chunk)), chunk):
-            stored = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
-            stored["statuses"] = orjson.loads(stored["statuses"]) if stored["statuses"] else {}
-            for name in ("release_at", "created_at", "updated_at"):
-                stored[name] = float(stored[name])
-            out[stored["id"]] = _message(stored)
+            message = _message(read(row))
+            out[message.id] = message
     return out
 
 
@@ -854,6 +863,7 @@ def _message_values(m: Message) -> dict[str, Any]:
 
 
 def _update_messages(
+    read: RowReader,
     updates: Sequence[MessageUpdate],
     at: float,
     owners: tuple[Sequence[str], Sequence[str]],
@@ -864,7 +874,7 @@ def _update_messages(
     merges, UPDATEs and inserts (`steps`: the trail entries, then the jobs; `owners`: the
     message of each of their rows)."""
     ids = list(dict.fromkeys(u.message_id for u in updates))
-    current = _read_messages(ids, conn)
+    current = _read_messages(read, ids, conn)
     written = _merged(updates, at, current)
     last = {m.id: m for m in written}.values()
     conn.executemany(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert as SqlInsert
@@ -58,6 +59,13 @@ class Compiled:
         processors = [compiled.binds[n].type.bind_processor(dialect) for n in names]
         self._get = operator.itemgetter(*names) if len(names) > 1 else None
         self._names = names
+        # the values the statement holds itself (literals: a claim's lanes and limit), which
+        # rows do not give
+        self._fixed = {
+            n: compiled.binds[n].value
+            for n in names
+            if compiled.binds[n].value is not None and n not in keys
+        }
         # (position, processor) of the values that need one (JSON): most need none
         self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
         # An INSERT takes many rows per statement: one step of SQLite for them, where
@@ -88,6 +96,8 @@ class Compiled:
         return found
 
     def row(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        if self._fixed:
+            values = {**self._fixed, **values}
         if self._get is None:
             found: tuple[Any, ...] = tuple(values[n] for n in self._names)
         else:
@@ -98,6 +108,31 @@ class Compiled:
         for i, process in self._process:
             out[i] = process(out[i])
         return tuple(out)
+
+
+class RowReader:
+    """Rows of all of a table's columns (`columns`, in that order) read with plain `sqlite3`,
+    as mappings decoded by each column type's result processor for the dialect (JSON,
+    `Epoch` floats): what a SQLAlchemy result holds, without its per-row work on the loop."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.names = tuple(c.name for c in table.columns)
+        self.columns = ", ".join(self.names)
+        processors = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
+        ]
+        self._process = [(i, p) for i, p in enumerate(processors) if p is not None]
+
+    def __call__(self, row: Sequence[Any]) -> dict[str, Any]:
+        values = list(row)
+        for i, process in self._process:
+            values[i] = process(values[i])
+        return dict(zip(self.names, values, strict=True))
+
+
+@functools.cache
+def row_reader(table: Table, dialect: Dialect) -> RowReader:
+    return RowReader(table, dialect)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -15,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.adapters.sql.engine import is_postgres, reader, writer
-from tidings.adapters.sql.script import run_read
+from tidings.adapters.sql.script import RowReader, row_reader, run_read
 from tidings.adapters.sql.tables import (
     subscriber_devices,
     subscriber_webpush,
@@ -121,7 +120,8 @@ class SqlSubscriberStore:
         if not devices and not is_postgres(self._engine):
             # SQLite, the subscribers alone (a fanout's or a delivery batch's read of many):
             # one call on a connection's thread, not SQLAlchemy's per-row work on the loop
-            found = await run_read(self._engine, functools.partial(_read_plain, unique))
+            read = row_reader(subscribers, self._engine.dialect)
+            found = await run_read(self._engine, functools.partial(_read_plain, read, unique))
             return [found[i] for i in ids if i in found]
         async with self._read.connect() as conn:
             for start in range(0, len(unique), _IN_CHUNK):
@@ -177,27 +177,23 @@ async def _load(
     return [_subscriber(rows[i], devices.get(i, []), webpush.get(i, [])) for i in ids if i in rows]
 
 
-_SUBSCRIBER_COLUMNS = tuple(c.name for c in subscribers.columns)
-
-
 @functools.cache
 def _select_subscribers(n: int) -> str:
-    marks = ", ".join("?" * n)
-    return f"SELECT {', '.join(_SUBSCRIBER_COLUMNS)} FROM subscribers WHERE id IN ({marks})"
+    columns = ", ".join(c.name for c in subscribers.columns)  # `RowReader`'s order
+    return f"SELECT {columns} FROM subscribers WHERE id IN ({', '.join('?' * n)})"
 
 
-def _read_plain(ids: Sequence[str], conn: sqlite3.Connection) -> dict[str, Subscriber]:
+def _read_plain(
+    read: RowReader, ids: Sequence[str], conn: sqlite3.Connection
+) -> dict[str, Subscriber]:
     """On a SQLite connection's thread: the subscribers of `ids` that exist, by id, without
-    devices and Web Push, each column decoded as SQLAlchemy decodes its type (JSON data,
-    `Epoch` floats)."""
+    devices and Web Push, decoded as SQLAlchemy decodes them (`read`)."""
     out: dict[str, Subscriber] = {}
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = list(ids[start : start + _IN_CHUNK])
         for row in conn.execute(_select_subscribers(len(chunk)), chunk):
-            m = dict(zip(_SUBSCRIBER_COLUMNS, row, strict=True))
-            m["data"] = orjson.loads(m["data"])
-            m["created_at"], m["updated_at"] = float(m["created_at"]), float(m["updated_at"])
-            out[m["id"]] = _subscriber(m, [], [])
+            found = _subscriber(read(row), [], [])
+            out[found.id] = found
     return out
 
 
