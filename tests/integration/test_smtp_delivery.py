@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.integration.lane_order import bulk_then_urgent
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from tidings.core.delivery.breaker import BreakerConfig, BreakerState
 from tidings.core.delivery.messages import Bounce, EmailMessage
 from tidings.core.retry import FailureClass
 from tidings.services.providers import GuardedProvider
-from tidings.types import CURRENT_LANE, Priority
 
 
 @dataclass
@@ -331,15 +331,11 @@ async def test_a_transactional_send_goes_before_the_bulk_sends_waiting(
     server.sink.delay = 0.02
     p = SmtpProvider(SmtpConfig(host="127.0.0.1", port=server.port, pool_size=2), clock)
 
-    async def bulk(n: int) -> None:
-        CURRENT_LANE.set(Priority.BULK)
-        assert (await p.send(mail(f"bulk{n}@example.org", n))).delivered
+    async def send(name: str) -> bool:
+        return (await p.send(mail(f"{name}@example.org"))).delivered
 
     try:
-        sends = [asyncio.create_task(bulk(n)) for n in range(10)]
-        await asyncio.sleep(0.005)  # one in flight (one connection is kept), nine waiting
-        assert (await p.send(mail("urgent@example.org"))).delivered
-        await asyncio.gather(*sends)
+        await bulk_then_urgent(send, settle=0.005)
     finally:
         await p.aclose()
     order = [rcpt[0] for _, rcpt, _ in server.sink.messages]

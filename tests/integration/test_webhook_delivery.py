@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from standardwebhooks.webhooks import Webhook
 
+from tests.integration.lane_order import bulk_then_urgent
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory.webhooks import MemoryWebhookEndpointStore
 from tidings.adapters.providers.webhook import HttpWebhookProvider
@@ -24,7 +25,6 @@ from tidings.core.delivery.messages import WebhookMessage
 from tidings.core.delivery.webhooks import DisablePolicy
 from tidings.core.retry import FailureClass
 from tidings.services.providers import GuardedProvider, WebhookService
-from tidings.types import CURRENT_LANE, Priority
 
 
 @dataclass
@@ -330,15 +330,11 @@ async def test_a_transactional_webhook_goes_before_the_bulk_ones_waiting(
     def hook(n: str) -> WebhookMessage:
         return WebhookMessage("ep", receiver.url, "t", "{}", n, (secret,))
 
-    async def bulk(n: int) -> None:
-        CURRENT_LANE.set(Priority.BULK)
-        assert (await provider.send(hook(f"bulk{n}"))).delivered
+    async def send(name: str) -> bool:
+        return (await provider.send(hook(name))).delivered
 
     try:
-        sends = [asyncio.create_task(bulk(n)) for n in range(10)]
-        await asyncio.sleep(0.01)  # one in flight (one connection is kept), nine waiting
-        assert (await provider.send(hook("urgent"))).delivered
-        await asyncio.gather(*sends)
+        await bulk_then_urgent(send)
     finally:
         await provider.aclose()
     order = [headers["webhook-id"] for headers, _ in receiver.requests]
