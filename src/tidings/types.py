@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from tidings.records import record
 
 JSON = dict[str, Any]
 
@@ -31,7 +33,7 @@ class EventState(enum.StrEnum):
     CANCELLED = "cancelled"  # cancelled: never dispatched, or its runs still going ended
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewEvent:
     """An authoritative business event as accepted at ingest, before it is stored."""
 
@@ -48,7 +50,7 @@ class NewEvent:
     send_at: float | None  # epoch seconds; None = now
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     """One thing that happened downstream of an event (a channel publish, a job, a delivery)."""
 
@@ -59,7 +61,7 @@ class Outcome:
     at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventRecord:
     id: str
     type: str
@@ -102,7 +104,7 @@ class JobState(enum.StrEnum):
     DEAD = "dead"  # dead-lettered
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Handoff:
     """A job written already claimed by a worker of this process, which runs it as soon as
     the transaction that stores it commits: no claim transaction and no poll in between. It is
@@ -114,7 +116,7 @@ class Handoff:
     lease_seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewJob:
     kind: str
     payload: JSON
@@ -131,7 +133,7 @@ class NewJob:
     dead: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Job:
     id: str
     kind: str
@@ -171,7 +173,7 @@ class Job:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QueueDepth:
     """Jobs waiting (due or not) and running, per lane; dead letters in total."""
 
@@ -185,7 +187,7 @@ class Scope(enum.StrEnum):
     ADMIN = "admin"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApiKey:
     id: str
     name: str
@@ -195,7 +197,7 @@ class ApiKey:
     revoked_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StreamPosition:
     """Where a channel's durable stream stands: offsets grow by one per publication; a new epoch
     means history before it is gone."""
@@ -204,7 +206,7 @@ class StreamPosition:
     epoch: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Publication:
     channel: str
     data: bytes  # JSON bytes, encoded once by the publisher
@@ -216,7 +218,7 @@ class Publication:
     time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientInfo:
     user: str
     client: str
@@ -224,13 +226,13 @@ class ClientInfo:
     chan_info: bytes | None = None  # JSON bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HistoryResult:
     position: StreamPosition
     publications: tuple[Publication, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceStats:
     num_clients: int
     num_users: int

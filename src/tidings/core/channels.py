@@ -22,10 +22,11 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 MAX_CHANNEL_LENGTH = 255
 NAMESPACE_SEPARATOR = ":"
@@ -57,7 +58,7 @@ class DeliveryClass(enum.StrEnum):
     LATEST = "latest"  # only the newest publication is kept; resubscribers get just that one
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NamespaceOptions:
     history_size: int = 0
     history_ttl: float = 0.0  # seconds
@@ -104,7 +105,7 @@ class NamespaceOptions:
         return self.delivery is not DeliveryClass.EPHEMERAL
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChannelName:
     channel: str
     namespace: str  # "" for the default namespace

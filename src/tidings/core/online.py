@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 
 class Status(enum.IntEnum):
@@ -41,7 +42,7 @@ class Status(enum.IntEnum):
         return self.name.lower()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceConfig:
     idle_after: float = 120.0  # seconds without activity on a device
     probably_offline_after: float = 45.0  # seconds without a heartbeat
@@ -69,7 +70,7 @@ class PresenceConfig:
             raise InvalidInput("need 0 <= typing_throttle < typing_ttl", field="typing_throttle")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Device:
     """One device of a user as last reported. Times are Unix seconds."""
 
@@ -92,7 +93,7 @@ class Device:
         return Status.IDLE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UserPresence:
     user: str
     status: Status
@@ -129,7 +130,7 @@ def aggregate(
     return UserPresence(user, status, live, max(seen) if seen else None)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Privacy:
     hide_online: bool = False  # others see the user as offline
     hide_last_seen: bool = False  # others do not see when the user was last seen

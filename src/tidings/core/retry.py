@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass
+
+from tidings.records import record
 
 
 class FailureClass(enum.StrEnum):
@@ -14,7 +15,7 @@ class FailureClass(enum.StrEnum):
     POLICY = "policy"  # suppressed by a rule: not an error, never retry
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RetryPolicy:
     base: float = 1.0  # seconds
     cap: float = 3600.0  # longest single wait
@@ -26,7 +27,7 @@ class RetryPolicy:
         return (rng or random).uniform(0.0, ceiling)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     retry: bool
     delay: float

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import calendar
 import enum
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.rrule import rrule, rrulestr
 
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 
 def zone(name: str, field: str = "timezone") -> ZoneInfo:
@@ -75,7 +75,7 @@ class Frequency(enum.StrEnum):
     RRULE = "rrule"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Recurrence:
     """A schedule on the recipient's wall clock. `weekdays` are 0 = Monday .. 6 = Sunday
     (weekly); `monthday` 1..31 (monthly, clamped to the month's end); `rule` an RRULE body

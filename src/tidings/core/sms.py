@@ -14,9 +14,9 @@ one unit less.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -30,7 +30,7 @@ class Encoding(enum.StrEnum):
     UCS2 = "ucs2"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SmsCount:
     encoding: Encoding
     units: int  # septets (GSM-7) or UTF-16 code units (UCS-2)

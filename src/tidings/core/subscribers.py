@@ -11,7 +11,6 @@ import base64
 import binascii
 import enum
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tidings.core.sendtime import zone
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 MAX_ID_LENGTH = 200
 # Safe in a URL path segment and in a user-limited gateway channel (`inbox:#<id>`): no `/`,
@@ -52,7 +52,7 @@ class Platform(enum.StrEnum):
     FCM = "fcm"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Device:
     """A mobile push token. A token belongs to one subscriber at a time."""
 
@@ -60,7 +60,7 @@ class Device:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WebPushSubscription:
     """A browser's Push API subscription: endpoint plus its keys (base64url, unpadded)."""
 

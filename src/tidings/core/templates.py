@@ -28,7 +28,7 @@ import html as html_lib
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +45,7 @@ from markupsafe import Markup
 
 from tidings.core import sms
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 PUSH_PAYLOAD_LIMIT = 4096  # bytes: APNs and FCM both refuse more
 EMAIL_SIZE_LIMIT = 100 * 1024  # bytes of HTML; larger mails are clipped by common clients
@@ -82,7 +83,7 @@ class RenderError(InvalidInput):
     code = "render_failed"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Content:
     """A channel message's templates in one locale: field name -> template source."""
 
@@ -90,7 +91,7 @@ class Content:
     layout: str | None = None  # name of a layout wrapping the body field
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TemplateVersion:
     template: str  # the template's id
     version: int
@@ -120,7 +121,7 @@ class TemplateVersion:
                 raise InvalidInput(f"variables: {exc.message}", field="variables") from None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rendered:
     channel: Channel
     template: str

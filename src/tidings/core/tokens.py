@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -37,6 +36,7 @@ from jwt.types import Options
 
 from tidings.core.protocol.codes import Disconnect, DisconnectCode, ErrorCode
 from tidings.errors import Unauthorized
+from tidings.records import record
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
@@ -69,7 +69,7 @@ class TokenExpired(TokenError):
         return ErrorCode.TOKEN_EXPIRED
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TokenKeys:
     """Verification keys; build from configuration with `TokenKeys.from_config`."""
 
@@ -124,7 +124,7 @@ class TokenKeys:
         return key
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JsonWebKey:
     """A verification key of a JWKS and the algorithms it may verify."""
 
@@ -193,7 +193,7 @@ def _load_public(pem: str | bytes | None, kind: type[Any], name: str) -> Any:
     return key
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectionToken:
     user: str
     exp: int | None = None
@@ -207,7 +207,7 @@ class ConnectionToken:
         return _ttl(self.exp, self.expire_at, now)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubscriptionToken:
     user: str
     channel: str

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
 
+from tidings.records import record
 from tidings.types import JSON, NewJob
 
 
@@ -22,7 +23,7 @@ ACTIVE_STATES = frozenset({CampaignState.SCHEDULED, CampaignState.RUNNING})
 FINAL_STATES = frozenset({CampaignState.CANCELLED, CampaignState.COMPLETED})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Campaign:
     """A campaign as stored.
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
+
+from tidings.records import record
 
 
 class Mark(enum.StrEnum):
@@ -30,7 +32,7 @@ class Archived(enum.StrEnum):
     ONLY = "only"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InboxItem:
     id: str
     subscriber: str
@@ -48,7 +50,7 @@ class InboxItem:
     seq: int = 0  # the store's insertion order; assigned by `add` and `add_many`
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Counts:
     """Items not archived that are unread / unseen."""
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
 
+from tidings.records import record
 from tidings.types import NewJob, Priority
 
 
@@ -18,7 +19,7 @@ class RunState(enum.StrEnum):
     DONE = "done"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Run:
     """One workflow run for one recipient of one event. ``id`` is derived from the three, so
     creating a run twice finds the first."""
@@ -36,7 +37,7 @@ class Run:
     updated_at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepRow:
     """A stored step result (the runner's ``StepResult`` as JSON). ``replace``: this row takes
     the place of the stored one (a digest leader's result once the digest closed)."""
@@ -50,7 +51,7 @@ class StepRow:
     replace: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """One message a channel step hands to delivery. ``id`` is the effect's idempotency key
     (event + recipient + channel + template version). ``status`` is the delivery axis;
@@ -79,7 +80,7 @@ class Message:
     locale: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TrailEntry:
     """One line of a recipient's trail: a decision, a step result, a delivery attempt or the
     end of a run. ``seq`` is assigned by the store, increasing."""
@@ -95,7 +96,7 @@ class TrailEntry:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessageUpdate:
     """What one delivery attempt or report changes in a stored message (`update_messages`):
     ``statuses`` merge into the stored ones (the first instant of each wins), the other
@@ -125,7 +126,7 @@ class MessageUpdate:
         return values
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunWrite:
     """What one pass over a run changes, written together."""
 
@@ -139,13 +140,13 @@ WakeJob = Callable[[str, Priority, str, float], NewJob]
 """The job that wakes run `id` (lane, step id, at): the orchestrator's, given to the store."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DigestJoin:
     leader: bool  # this run created the digest
     closed: bool  # the digest was already closed when the run arrived
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkflowRecord:
     key: str
     definition: Mapping[str, Any]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from tidings.core.notify.decisions import Preferences
+from tidings.records import record
 
 
 class SuppressionReason(enum.StrEnum):
@@ -20,7 +20,7 @@ class SuppressionReason(enum.StrEnum):
     MANUAL = "manual"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Suppression:
     """An address on a channel that must get nothing."""
 

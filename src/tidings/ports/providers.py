@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult
 from tidings.core.delivery.webhooks import DisablePolicy
+from tidings.records import record
 
 M_contra = TypeVar("M_contra", contravariant=True)
 
@@ -36,7 +36,7 @@ class Provider(Protocol[M_contra]):
     async def aclose(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WebhookEndpoint:
     id: str
     url: str

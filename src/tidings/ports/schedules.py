@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidings.records import record
 from tidings.types import JSON
 
 
@@ -15,7 +15,7 @@ class ScheduleState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Schedule:
     id: str
     subscriber: str

@@ -4,17 +4,17 @@ the bounded, cursor-based walk over the subscribers an audience holds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from tidings.core import segments as rules
 from tidings.core.notify.conditions import Condition
+from tidings.records import record
 from tidings.types import JSON
 
 COUNT_PAGE = 1000  # candidates per step of a count that walks the audience
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Segment:
     """A named audience: the members of `topic` (every subscriber when None) for whom
     `filter` holds (all of them when None). `filter` is kept as written; at least one of the
@@ -28,7 +28,7 @@ class Segment:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Audience:
     """Who a bulk send reaches: the candidates (the members of `topic`, or every subscriber)
     for whom `where` holds (see `tidings.core.segments`)."""
@@ -37,7 +37,7 @@ class Audience:
     where: Condition | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Scan:
     """One step of a walk: `ids` are the matching subscribers found, ascending; `last` is
     the last candidate looked at (where the next step starts; None when none was);

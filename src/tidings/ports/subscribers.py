@@ -4,13 +4,14 @@ subscriptions) and topics (named sets of subscribers)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
 
 from tidings.core.subscribers import Device, WebPushSubscription
+from tidings.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Subscriber:
     """A recipient as the application knows it; `id` is the application's own user id."""
 
@@ -26,7 +27,7 @@ class Subscriber:
     updated_at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Topic:
     key: str
     name: str

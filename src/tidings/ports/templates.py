@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+from tidings.records import record
 
 
 class VersionState(enum.StrEnum):
@@ -13,7 +14,7 @@ class VersionState(enum.StrEnum):
     ARCHIVED = "archived"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TemplateRecord:
     id: str
     name: str
@@ -22,7 +23,7 @@ class TemplateRecord:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VersionRecord:
     template: str
     version: int

@@ -39,7 +39,6 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from tidings.core.notify import ChannelStep, Workflow
 from tidings.core.notify.fields import channel
@@ -55,6 +54,7 @@ from tidings.ports.clock import Clock
 from tidings.ports.notify import RunState, RunStore
 from tidings.ports.segments import Audience, Audiences, SegmentStore
 from tidings.ports.subscribers import TopicStore
+from tidings.records import record
 from tidings.services.ingest import EventInput, IngestService
 from tidings.services.notify import NotifyConfig, batch_job
 from tidings.services.segments import audience_of
@@ -101,7 +101,7 @@ def tick_plan(recipients_per_second: float) -> tuple[int, float]:
     return n, n / recipients_per_second
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChannelProgress:
     rate: float | None  # the set messages per second; None: not limited on this channel
     per_recipient: int  # messages one recipient costs on it (channel steps)
@@ -109,7 +109,7 @@ class ChannelProgress:
     achieved_rate: float | None  # messages handed out per second since the first tick
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Progress:
     campaign: Campaign
     runs: dict[str, int]  # run state -> count, for the campaign's event

@@ -3,16 +3,15 @@ job that matches a filter (kind, a text in the last error)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tidings.errors import InvalidInput, NotFound
 from tidings.ports.jobs import JobQueue
+from tidings.records import record
 from tidings.types import Job, JobState
 
 MAX_SCAN = 10_000  # dead jobs looked at per filtered operation
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeadFilter:
     kind: str | None = None
     error_contains: str | None = None

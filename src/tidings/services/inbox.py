@@ -22,7 +22,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from tidings.core.paging import decode_cursor, encode_cursor
 from tidings.errors import InvalidInput
 from tidings.ports.clock import Clock
 from tidings.ports.inbox import Archived, Counts, InboxItem, InboxStore, Mark, Status
+from tidings.records import record
 from tidings.services.lanes import LaneGate
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ MAX_BATCH = 1000  # items of one `add_many`
 _YIELD_EVERY = 32  # items a batch handles between two passes of the event loop
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Feed:
     items: list[InboxItem]
     next_cursor: str | None  # older items; None at the end

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,6 +13,7 @@ from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
 from tidings.ports.jobs import JobQueue
+from tidings.records import record
 from tidings.services.lanes import LaneGate
 from tidings.services.worker import Handoffs
 from tidings.types import JSON, EventRecord, EventState, NewEvent, NewJob, Priority
@@ -25,7 +25,7 @@ DISPATCH_JOB = "event.dispatch"
 RecipientCheck = Callable[[str, Sequence[str], str | None, Sequence[str], JSON], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventInput:
     """A validated ingest request (the HTTP layer and the SDK build it)."""
 
@@ -53,7 +53,7 @@ class EventInput:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IngestResult:
     event: EventRecord
     created: bool
@@ -156,8 +156,8 @@ class IngestService:
         """Enqueue dispatch for events stored but never dispatched (e.g. after a crash between
         append and enqueue). Safe to repeat: the dispatch job's dedupe key makes it a no-op."""
         pending = await self._events.list_in_state(EventState.ACCEPTED, limit)
-        for record in pending:
-            await self._enqueue_dispatch(record)
+        for event in pending:
+            await self._enqueue_dispatch(event)
         return len(pending)
 
     async def cancel(self, event_id: str) -> EventRecord:

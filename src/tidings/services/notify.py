@@ -95,6 +95,7 @@ from tidings.ports.notify import (
 )
 from tidings.ports.preferences import PreferenceStore, SuppressionStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, TopicStore
+from tidings.records import record
 from tidings.services.inbox import InboxService
 from tidings.services.lanes import BulkTurns, LaneGate
 from tidings.services.providers import ProviderRegistry, WebhookService
@@ -131,7 +132,7 @@ PERSONAL_ROOTS = frozenset({"subscriber", "steps", "*"})
 RUN_ROOTS = frozenset({"steps", "digest", "*"})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NotifyConfig:
     sender: str = "Tidings <notifications@localhost>"
     batch_size: int = 500

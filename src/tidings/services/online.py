@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import orjson
 
@@ -51,6 +50,7 @@ from tidings.core.online import (
 from tidings.errors import Forbidden, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.online import DeviceStore, PresenceRecords
+from tidings.records import record
 from tidings.services.gateway import ClientConnection, Hub
 from tidings.tasks import cancel
 
@@ -68,7 +68,7 @@ PRIVACY_REFRESH = 30.0
 CONTACTS_REFRESH = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Counters:
     reports: int
     store_writes: int

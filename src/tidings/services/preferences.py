@@ -13,7 +13,6 @@ endpoints as given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from tidings.ports.preferences import (
     SuppressionStore,
 )
 from tidings.ports.subscribers import SubscriberStore
+from tidings.records import record
 
 # The channels that send to an address of the recipient's (in-app and webhooks do not).
 SUPPRESSIBLE: Final = (Channel.EMAIL, Channel.SMS, Channel.PUSH, Channel.WEBPUSH)
@@ -38,7 +38,7 @@ MAX_DETAIL: Final = 1000
 MAX_PAGE: Final = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SuppressionPage:
     items: list[Suppression]
     next_after: str | None  # pass as `after` for the next page; None: this was the last

@@ -30,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
 from tidings.ports.jobs import JobQueue
 from tidings.ports.notify import RunStore
+from tidings.records import record
 from tidings.tasks import cancel
 from tidings.types import CURRENT_LANE, Priority
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 PRUNE_BATCH = 1000  # rows (jobs, runs, events) deleted per transaction
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PruneStep:
     """One kind of row to prune. `prune(before, limit)` deletes up to `limit` of them older
     than `before` in one transaction and returns how many; `what` names them in the logs."""

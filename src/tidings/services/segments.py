@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from tidings.core import segments as rules
@@ -13,12 +12,13 @@ from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.segments import Audience, Audiences, Segment, SegmentStore
 from tidings.ports.subscribers import TopicStore
+from tidings.records import record
 
 MAX_PAGE = 500
 PREVIEW_EXAMINE = 5000  # subscribers a preview page looks at, at most
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Members:
     ids: list[str]
     next_cursor: str | None  # None: no one is left

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from tidings.core import subscribers as rules
@@ -22,6 +21,7 @@ from tidings.ports.clock import Clock
 from tidings.ports.inbox import InboxStore
 from tidings.ports.preferences import PreferenceStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, Topic, TopicStore
+from tidings.records import record
 
 T = TypeVar("T")
 FIELDS = frozenset({"email", "phone", "locale", "timezone", "data", "devices", "webpush"})
@@ -30,7 +30,7 @@ MAX_BULK = 1000
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None  # None: this was the last page

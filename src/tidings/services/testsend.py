@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tidings.core import subscribers as subscriber_rules
@@ -56,6 +55,7 @@ from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.providers import WebhookEndpoint
 from tidings.ports.subscribers import SubscriberStore
+from tidings.records import record
 from tidings.services.inbox import InboxService
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
@@ -75,7 +75,7 @@ SEND_CHANNELS: dict[Channel, tuple[str, ...]] = {
 _PROVIDED = {"email": DeliveryChannel.EMAIL, "webhook": DeliveryChannel.WEBHOOK}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TemplateTestResult:
     """One test-send: what was rendered (before the test mark), where it went and what the
     destination answered. `provider` is `smtp`, `webhook` or `inbox`."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -33,6 +32,7 @@ from tidings.core.protocol.codes import Disconnect, DisconnectCode, ErrorCode
 from tidings.core.sse import KEEPALIVE, decode_cursor, encode_comment, encode_cursor, encode_event
 from tidings.core.tokens import InvalidToken, TokenExpired
 from tidings.errors import Forbidden, InvalidInput, TidingsError
+from tidings.records import record
 from tidings.services.gateway import ClientConnection, EncodedBatch, EncodedPush, Hub
 from tidings.types import StreamPosition
 
@@ -44,7 +44,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 router = APIRouter(tags=["realtime"])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     kind: str  # publication, recovery_failed, join, leave, unsubscribe, disconnect, ping, ...
     data: dict[str, Any]

@@ -35,9 +35,10 @@ from tidings.core.delivery.messages import DeliveryChannel, DeliveryResult, Emai
 from tidings.core.retry import FailureClass
 from tidings.errors import InvalidInput
 from tidings.ports.clock import Clock
+from tidings.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SmtpConfig:
     host: str = "127.0.0.1"
     port: int = 25

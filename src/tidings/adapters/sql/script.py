@@ -19,7 +19,6 @@ import functools
 import operator
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Table
@@ -30,6 +29,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from tidings.adapters.sql.engine import write_lock
 from tidings.adapters.sql.sqlite_driver import run_on_thread
+from tidings.records import record
 
 
 class Statement:
@@ -135,7 +135,7 @@ def row_reader(table: Table, dialect: Dialect) -> RowReader:
     return RowReader(table, dialect)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Step:
     """One statement of a script and its rows (as `Compiled.row` makes them); a step
     without rows has no statement and runs nothing."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+
+from tidings.records import record
 
 
 class BreakerState(enum.StrEnum):
@@ -24,7 +25,7 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BreakerConfig:
     failure_threshold: int = 5  # consecutive failures that open the circuit
     failure_rate: float = 0.5  # or this share of failures over the window ...

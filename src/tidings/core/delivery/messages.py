@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from tidings.core.retry import FailureClass
+from tidings.records import record
 
 
 class DeliveryChannel(enum.StrEnum):
@@ -15,7 +16,7 @@ class DeliveryChannel(enum.StrEnum):
     WEBHOOK = "webhook"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EmailMessage:
     """One email to one recipient. `message_id` (without angle brackets or domain) makes the
     Message-ID header deterministic, so a retried delivery carries the same id; without it the
@@ -33,7 +34,7 @@ class EmailMessage:
     channel = DeliveryChannel.EMAIL
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WebhookMessage:
     """One signed POST to one endpoint. `message_id` is the Standard Webhooks `webhook-id`: the
     same on every retry, so the receiver can deduplicate. `secrets` are the endpoint's signing
@@ -58,7 +59,7 @@ class Bounce(enum.StrEnum):
     HARD = "hard"  # no such mailbox or domain: suppress the address
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeliveryResult:
     """The outcome of one hand-off. `failure` is None when the provider accepted the message.
 

@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 MIN_SECRET_BYTES = 24
@@ -123,7 +123,7 @@ def check_url(url: str, *, allow_private: bool = True) -> str:
     return url
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DisablePolicy:
     """An endpoint is disabled once it has failed `after_failures` attempts in a row and the
     streak has lasted at least `after_seconds`; both must hold, so neither a burst of failures

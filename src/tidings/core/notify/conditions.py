@@ -26,10 +26,10 @@ import enum
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 ROOTS: Final = frozenset({"payload", "subscriber", "actor", "event", "steps", "digest"})
 MAX_DEPTH: Final = 32
@@ -51,24 +51,24 @@ class Op(enum.StrEnum):
 _LOGIC = frozenset({"and", "or", "not"})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Compare:
     path: tuple[str, ...]
     op: Op
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class All:
     items: tuple[Condition, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AnyOf:
     items: tuple[Condition, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Not:
     item: Condition
 

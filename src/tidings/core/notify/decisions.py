@@ -22,7 +22,7 @@ import enum
 import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import tzinfo
 from typing import Any
 
@@ -32,6 +32,7 @@ from tidings.core.notify.durations import format_duration
 from tidings.core.notify.model import ChannelStep, Workflow
 from tidings.core.notify.schedule import QuietHours, release_instant, wall_clock, zone
 from tidings.core.notify.types import Channel, Recipient
+from tidings.records import record
 
 
 class DecisionKind(enum.StrEnum):
@@ -81,7 +82,7 @@ class Reason(enum.StrEnum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """One recorded decision. ``until`` is the release instant of a ``hold``."""
 
@@ -113,7 +114,7 @@ def _send(stage: Stage, reason: Reason, detail: str = "") -> Decision:
 # -- 1. preferences ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkflowPreference:
     """A subscriber's choices for one workflow; None/absent = no choice made."""
 
@@ -121,7 +122,7 @@ class WorkflowPreference:
     channels: Mapping[Channel, bool] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Preferences:
     """A subscriber's preferences: a global switch, global per-channel switches, per-workflow
     choices, commercial consent and quiet hours."""
@@ -238,7 +239,7 @@ class CapAction(enum.StrEnum):
     SUPPRESS = "suppress"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FrequencyCap:
     """At most ``limit`` messages per recipient within a sliding ``window`` (seconds) on
     ``channel`` (None: all channels together)."""
@@ -290,7 +291,7 @@ def check_frequency_cap(
 # -- 5. suppression ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SuppressionFacts:
     """What the service found out about this recipient and channel just before sending."""
 
@@ -346,7 +347,7 @@ def check_idempotency(key: str, already_done: bool) -> Decision:
 # -- the pipeline --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeliveryContext:
     """Everything the pipeline reads for one message, gathered by the service."""
 
@@ -360,7 +361,7 @@ class DeliveryContext:
     already_done: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Verdict:
     """The outcome: ``decision`` is the last one taken (a ``send`` only if all passed);
     ``trail`` lists every decision taken, in order."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tidings.core.notify.conditions import MISSING, resolve
 from tidings.core.notify.model import canonical
+from tidings.records import record
 
 
 def digest_window(window: float, at: float) -> tuple[float, float]:
@@ -46,7 +46,7 @@ def digest_id(workflow: str, step: str, subscriber: str, key: str, window_start:
     return hashlib.sha256(body).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DigestEvent:
     """One event collected into a digest."""
 

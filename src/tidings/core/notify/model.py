@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Final
 
 import orjson
@@ -33,6 +33,7 @@ from tidings.core.notify.fields import check_known, required
 from tidings.core.notify.schedule import SendWindow, parse_clock
 from tidings.core.notify.types import Channel, Engagement
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 KEY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 STEP_ID_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -47,7 +48,7 @@ WAITABLE: Final = frozenset({"delivered", "bounced", "failed"} | {e.value for e 
 ACTIVE_SUPPRESSED_BY_DEFAULT: Final = frozenset({Channel.PUSH, Channel.WEBPUSH})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WaitFor:
     """Escalation gate of a channel step: wait until step ``step`` reaches ``status`` or until
     ``timeout`` seconds after that step's message went out. The gated step runs only if the
@@ -58,7 +59,7 @@ class WaitFor:
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChannelStep:
     id: str
     channel: Channel
@@ -87,7 +88,7 @@ class ChannelStep:
         return self.channel in ACTIVE_SUPPRESSED_BY_DEFAULT
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DelayStep:
     """Wait ``duration`` seconds after the previous step, or until the instant in the payload
     field ``until`` (epoch seconds or an ISO 8601 date-time with offset), or until the
@@ -102,7 +103,7 @@ class DelayStep:
     kind: str = field(default="delay", init=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DigestStep:
     """Collect every event for the same recipient and key that reaches this step within one
     window (aligned to the Unix epoch) into a single run; the others end here."""
@@ -115,7 +116,7 @@ class DigestStep:
     kind: str = field(default="digest", init=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThrottleStep:
     """Let at most ``limit`` runs per recipient and key pass within a sliding ``window``;
     the rest end here."""
@@ -134,14 +135,14 @@ CONTROL_KINDS: Final = ("delay", "digest", "throttle")
 STEP_KINDS: Final = tuple(c.value for c in Channel) + CONTROL_KINDS
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChannelDefault:
     """A workflow's default for one channel, used when the subscriber has set nothing."""
 
     enabled: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Workflow:
     key: str  # the event type that triggers it
     name: str = ""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, time, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -52,6 +52,7 @@ from tidings.core.notify.model import (
 from tidings.core.notify.schedule import zone
 from tidings.core.notify.types import DeliveryStatus, Recipient, Trigger
 from tidings.core.sendtime import resolve_local
+from tidings.records import record
 
 
 class StepOutcome(enum.StrEnum):
@@ -84,7 +85,7 @@ IMPLIED_BY: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepResult:
     """What happened at one step of a run, as stored by the service.
 
@@ -160,25 +161,25 @@ class StepResult:
 # -- actions -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunChannelStep:
     step: ChannelStep
     context: Mapping[str, Any]  # the condition context, also what templates render with
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Record:
     result: StepResult
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WaitUntil:
     step_id: str
     until: float
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WaitForStatus:
     step_id: str
     watch: str  # the step whose message is awaited
@@ -186,7 +187,7 @@ class WaitForStatus:
     until: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CheckThrottle:
     """Count this step's ``passed`` results for the same workflow, recipient and ``key`` with
     ``since < at <= until``; pass :func:`throttle_result` the count."""
@@ -198,7 +199,7 @@ class CheckThrottle:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JoinDigest:
     """Add the event to digest ``digest_id`` (insert-if-absent); the run that creates it is
     the leader."""
@@ -211,7 +212,7 @@ class JoinDigest:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CloseDigest:
     """Mark the digest closed and collect its events for :func:`digest_closed`."""
 
@@ -221,7 +222,7 @@ class CloseDigest:
     max_events: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Done:
     outcome: RunOutcome
     reason: str = ""
@@ -480,7 +481,7 @@ def digest_joined(action: JoinDigest, *, leader: bool, closed: bool = False) -> 
 DIGEST_WAIT: Final = "digest window open"  # why a digest's leader waits
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Handover:
     """A digest passing to another run because its leader's event was cancelled: the new
     leader's step result (`result`, as stored JSON), why, and when its window ends."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -24,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from tidings.core.notify.fields import channel, check_known, required
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
+from tidings.records import record
 
 DAY_NAMES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALL_DAYS: Final = frozenset(range(7))
@@ -33,7 +33,7 @@ QUIET_CHANNELS_DEFAULT: Final = frozenset({Channel.PUSH, Channel.WEBPUSH, Channe
 WINDOW_CHANNELS_DEFAULT: Final = frozenset(Channel) - {Channel.IN_APP, Channel.WEBHOOK}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LocalSpan:
     """``start``/``end`` in minutes after local midnight (end may be 1440), on ``days``."""
 
@@ -64,7 +64,7 @@ class LocalSpan:
         return (today - 1) % 7 in self.days and minute < self.end
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QuietHours(LocalSpan):
     """No messages on ``channels`` while the recipient's clock is inside the span; they are
     held until it ends."""
@@ -72,7 +72,7 @@ class QuietHours(LocalSpan):
     channels: frozenset[Channel] = QUIET_CHANNELS_DEFAULT
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendWindow(LocalSpan):
     """Messages on ``channels`` go out only while the recipient's clock is inside a window."""
 

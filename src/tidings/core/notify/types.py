@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from tidings.records import record
 
 
 class Channel(enum.StrEnum):
@@ -38,7 +40,7 @@ class Engagement(enum.StrEnum):
     ARCHIVED = "archived"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Recipient:
     """What the decisions and conditions need to know about a subscriber, gathered by the
     service. ``push_tokens`` and ``webpush_subscriptions`` count valid registrations."""
@@ -64,7 +66,7 @@ class Recipient:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Trigger:
     """The event a run serves: ``at`` is when the run started (epoch seconds)."""
 

@@ -9,7 +9,8 @@ codes >= 2500 make the SDK resubscribe, disconnect codes 3000-3499 make it recon
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from tidings.records import record
 
 
 class ErrorCode(enum.IntEnum):
@@ -51,7 +52,7 @@ TEMPORARY_ERRORS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReplyError:
     """The `error` of a reply. Temporary errors are worth retrying; the others are not."""
 
@@ -136,7 +137,7 @@ def reconnects(code: int) -> bool:
     return not (3500 <= code <= 3999 or 4500 <= code <= 4999)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Disconnect:
     """Why the server ends a connection: a WebSocket close code and reason (at most 123
     bytes), or a `disconnect` push on unidirectional transports."""

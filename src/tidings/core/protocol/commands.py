@@ -9,13 +9,14 @@ keeps as compact JSON bytes. The empty command `{}` is the pong to a server ping
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import orjson
 
 from tidings.core.protocol.codes import Disconnect, DisconnectCode
 from tidings.errors import TidingsError
+from tidings.records import record
 from tidings.types import StreamPosition
 
 MAX_UINT32 = 2**32 - 1
@@ -32,7 +33,7 @@ class ProtocolError(TidingsError):
         self.disconnect = disconnect or Disconnect.of(DisconnectCode.BAD_REQUEST)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubRecovery:
     """A server-side subscription's position sent back in `connect.subs` on reconnect."""
 
@@ -41,7 +42,7 @@ class SubRecovery:
     offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectCommand:
     id: int
     token: str = ""
@@ -52,7 +53,7 @@ class ConnectCommand:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubscribeCommand:
     id: int
     channel: str
@@ -66,32 +67,32 @@ class SubscribeCommand:
     join_leave: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnsubscribeCommand:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PublishCommand:
     id: int
     channel: str
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceCommand:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceStatsCommand:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HistoryCommand:
     id: int
     channel: str
@@ -100,12 +101,12 @@ class HistoryCommand:
     reverse: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PingCommand:
     id: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendCommand:
     """Asynchronous message to the server; it has no id and gets no reply."""
 
@@ -113,27 +114,27 @@ class SendCommand:
     id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RpcCommand:
     id: int
     method: str = ""
     data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RefreshCommand:
     id: int
     token: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubRefreshCommand:
     id: int
     channel: str
     token: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PongCommand:
     """The empty command `{}`: the answer to a server ping."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from tidings.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SessionConfig:
     max_subscriptions: int = 128
     max_command_size: int = 64 * 1024  # bytes of one command

@@ -6,15 +6,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from tidings.core.protocol.codes import Disconnect
+from tidings.records import record
 from tidings.types import ClientInfo, Publication
 
 # --- reply results -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubscribeResult:
     expires: bool = False
     ttl: int = 0
@@ -28,7 +29,7 @@ class SubscribeResult:
     was_recovering: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectResult:
     """Reply to connect; also the payload of the `connect` push of unidirectional streams."""
 
@@ -45,45 +46,45 @@ class ConnectResult:
     time: int = 0  # server time, Unix milliseconds
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnsubscribeResult:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PublishResult:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceResult:
     presence: Mapping[str, ClientInfo] = field(default_factory=dict)  # by client id
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceStatsResult:
     num_clients: int = 0
     num_users: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HistoryResult:
     publications: tuple[Publication, ...] = ()
     epoch: str = ""
     offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PingResult:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RpcResult:
     data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RefreshResult:
     client: str = ""
     version: str = ""
@@ -91,7 +92,7 @@ class RefreshResult:
     ttl: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubRefreshResult:
     expires: bool = False
     ttl: int = 0
@@ -115,28 +116,28 @@ Result = (
 # --- pushes ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PublicationPush:
     pub: Publication
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JoinPush:
     info: ClientInfo
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LeavePush:
     info: ClientInfo
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnsubscribePush:
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubscribePush:
     """The server subscribed the client (server-side subscription)."""
 
@@ -147,12 +148,12 @@ class SubscribePush:
     data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessagePush:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RefreshPush:
     expires: bool = False
     ttl: int = 0

@@ -7,14 +7,13 @@ false, and the application reloads its state from its own source of truth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tidings.core.channels import DeliveryClass, NamespaceOptions
 from tidings.core.protocol.messages import SubscribeResult
+from tidings.records import record
 from tidings.types import HistoryResult, Publication, StreamPosition
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Recovery:
     recovered: bool
     publications: tuple[Publication, ...]  # empty unless recovered

@@ -8,15 +8,16 @@ Every request with an `id` must be answered exactly once through the session: wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from tidings.core.channels import NamespaceOptions
 from tidings.core.protocol.codes import Disconnect
 from tidings.core.protocol.commands import SubRecovery
+from tidings.records import record
 from tidings.types import HistoryResult, StreamPosition
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectRequest:
     """Authenticate (usually `tidings.core.tokens.decode_connection_token`), then call
     `Session.connected` or `Session.fail`."""
@@ -30,7 +31,7 @@ class ConnectRequest:
     subs: Mapping[str, SubRecovery] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubscribeRequest:
     """Check the token if any, join the channel in the hub, read the stream position (and,
     when `since` is set, the history after it), then call `Session.subscribed`."""
@@ -44,14 +45,14 @@ class SubscribeRequest:
     join_leave: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnsubscribeRequest:
     """Leave the channel in the hub. The client already has its reply."""
 
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PublishRequest:
     id: int
     channel: str
@@ -59,19 +60,19 @@ class PublishRequest:
     options: NamespaceOptions
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceRequest:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PresenceStatsRequest:
     id: int
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HistoryRequest:
     id: int
     channel: str
@@ -80,21 +81,21 @@ class HistoryRequest:
     reverse: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RpcRequest:
     id: int
     method: str
     data: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendRequest:
     """An asynchronous message from the client; there is nothing to answer."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RefreshRequest:
     """Check the fresh connection token, then call `Session.refreshed`."""
 
@@ -102,7 +103,7 @@ class RefreshRequest:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SubRefreshRequest:
     """Check the fresh subscription token, then call `Session.sub_refreshed`."""
 
@@ -126,7 +127,7 @@ Request = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Close:
     """Close the transport: a WebSocket closes with `code` and `reason`; a unidirectional
     stream first writes `encode_push_disconnect(close.disconnect)`. `channels` are the
@@ -142,7 +143,7 @@ class Close:
         return Disconnect(self.code, self.reason)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerSubscription:
     """A channel the server subscribes the client to at connect (token `channels` claim).
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Protocol
 
 from tidings.core.channels import ChannelResolver, DeliveryClass
@@ -28,6 +28,7 @@ from tidings.core.wsframe import frame as ws_frame
 from tidings.ports.broker import Broker
 from tidings.ports.clock import Clock
 from tidings.ports.presence import PresenceStore
+from tidings.records import record
 from tidings.tasks import cancel
 from tidings.types import ClientInfo, HistoryResult, PresenceStats, Publication, StreamPosition
 
@@ -100,7 +101,7 @@ class ConnectionObserver(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GatewayOptions:
     session: SessionConfig = field(default_factory=SessionConfig)
     keys: TokenKeys = field(default_factory=TokenKeys)

@@ -23,13 +23,14 @@ from tidings.core.delivery.ratelimit import TokenBucket
 from tidings.core.retry import FailureClass
 from tidings.ports.clock import Clock
 from tidings.ports.providers import Provider
+from tidings.records import record
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RateLimit:
     rate: float  # messages a second
     burst: float  # at most this many at once
