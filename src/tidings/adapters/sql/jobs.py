@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Double,
     Select,
     String,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -144,7 +147,8 @@ class SqlJobQueue:
         )
         if is_postgres(self._engine):
             candidates = candidates.with_for_update(skip_locked=True)
-            take = take.where(jobs.c.seq.in_(bindparam("seqs", expanding=True)))
+            # one array parameter: one statement whatever the number claimed (see `among`)
+            take = take.where(jobs.c.seq == any_(bindparam("seqs", type_=ARRAY(BigInteger))))
         else:
             take = take.where(jobs.c.seq.in_(candidates.scalar_subquery()))
         returning = take.returning(*jobs.c)

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, json_text, reader, writer
+from tidings.adapters.sql.engine import among, is_postgres, json_text, reader, writer
 from tidings.adapters.sql.jobs import insert_jobs, job_row
 from tidings.adapters.sql.script import (
     RowReader,
@@ -127,16 +127,21 @@ class SqlRunStore:
         self, run_ids: Sequence[str]
     ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]:
         out: dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]] = {}
+        pg = not self._script
         async with self._read.connect() as conn:
             for chunk in _chunks(run_ids):
                 runs = await _runs(conn, chunk)
                 for run in runs.values():
                     out[run.id] = (run, {}, {})
-                for row in await conn.execute(select(notify_steps).where(_s.run_id.in_(chunk))):
+                for row in await conn.execute(
+                    select(notify_steps).where(among(_s.run_id, chunk, pg))
+                ):
                     step = _step(row._mapping)
                     if step.run_id in out:
                         out[step.run_id][1][step.step_id] = step
-                for row in await conn.execute(select(notify_messages).where(_m.run_id.in_(chunk))):
+                for row in await conn.execute(
+                    select(notify_messages).where(among(_m.run_id, chunk, pg))
+                ):
                     msg = _message(row._mapping)
                     if msg.run_id in out:
                         out[msg.run_id][2][msg.step_id] = msg
@@ -204,9 +209,10 @@ class SqlRunStore:
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
         found: set[str] = set()
+        pg = not self._script
         async with self._read.connect() as conn:
             for chunk in _chunks(keys):
-                rows = await conn.execute(select(_m.id, _m.run_id).where(_m.id.in_(chunk)))
+                rows = await conn.execute(select(_m.id, _m.run_id).where(among(_m.id, chunk, pg)))
                 found.update(key for key, run in rows if exclude_run.get(key) != run)
         return found
 
@@ -214,11 +220,12 @@ class SqlRunStore:
         self, recipients: Sequence[str], since: float
     ) -> dict[str, dict[str, list[float]]]:
         out: dict[str, dict[str, list[float]]] = {}
+        pg = not self._script
         async with self._read.connect() as conn:
             for chunk in _chunks(recipients):
                 rows = await conn.execute(
                     select(_m.recipient, _m.channel, _m.release_at).where(
-                        _m.recipient.in_(chunk),
+                        among(_m.recipient, chunk, pg),
                         _m.release_at > since,
                         _m.status.in_(SENT_STATUSES),
                     )
@@ -328,7 +335,9 @@ class SqlRunStore:
         out: dict[str, Message] = {}
         async with self._read.connect() as conn:
             for chunk in _chunks(message_ids):
-                for row in await conn.execute(select(notify_messages).where(_m.id.in_(chunk))):
+                for row in await conn.execute(
+                    select(notify_messages).where(among(_m.id, chunk, True))
+                ):
                     msg = _message(row._mapping)
                     out[msg.id] = msg
         return out
@@ -365,7 +374,7 @@ class SqlRunStore:
             for chunk in _chunks(sorted({u.message_id for u in updates})):
                 rows = await conn.execute(
                     select(notify_messages)
-                    .where(_m.id.in_(chunk))
+                    .where(among(_m.id, chunk, True))
                     .order_by(_m.id)
                     .with_for_update()
                 )
@@ -708,10 +717,14 @@ def _chunks(items: Sequence[str]) -> list[list[str]]:
     return [list(items[i : i + _IN_CHUNK]) for i in range(0, len(items), _IN_CHUNK)]
 
 
+def _pg(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
 async def _runs(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Run]:
     out: dict[str, Run] = {}
     for chunk in _chunks(ids):
-        for row in await conn.execute(select(notify_runs).where(_r.id.in_(chunk))):
+        for row in await conn.execute(select(notify_runs).where(among(_r.id, chunk, _pg(conn)))):
             run = _run(row._mapping)
             out[run.id] = run
     return out

@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.engine import among, is_postgres, reader, writer
 from tidings.adapters.sql.tables import notify_preferences, notify_suppressions
 from tidings.core.notify.decisions import Preferences
 from tidings.core.notify.preferences import preferences_from_json, preferences_to_json
@@ -22,6 +22,7 @@ class SqlPreferenceStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._read = reader(engine)
+        self._pg = is_postgres(engine)
         self._insert = pg_insert if is_postgres(engine) else sqlite_insert
 
     async def get(self, subscriber: str) -> Preferences:
@@ -40,7 +41,7 @@ class SqlPreferenceStore:
             for start in range(0, len(unique), _IN_CHUNK):
                 rows = await conn.execute(
                     select(p.subscriber, p.data).where(
-                        p.subscriber.in_(unique[start : start + _IN_CHUNK])
+                        among(p.subscriber, unique[start : start + _IN_CHUNK], self._pg)
                     )
                 )
                 for r in rows:
@@ -72,6 +73,7 @@ class SqlSuppressionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._read = reader(engine)
+        self._pg = is_postgres(engine)
         self._insert = pg_insert if is_postgres(engine) else sqlite_insert
 
     async def add(
@@ -104,7 +106,8 @@ class SqlSuppressionStore:
             for start in range(0, len(unique), _IN_CHUNK):
                 rows = await conn.execute(
                     select(s.address, s.reason).where(
-                        s.channel == channel, s.address.in_(unique[start : start + _IN_CHUNK])
+                        s.channel == channel,
+                        among(s.address, unique[start : start + _IN_CHUNK], self._pg),
                     )
                 )
                 out.update((r.address, r.reason) for r in rows)

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.engine import among, is_postgres, reader, writer
 from tidings.adapters.sql.script import RowReader, row_reader, run_read
 from tidings.adapters.sql.tables import (
     subscriber_devices,
@@ -155,20 +155,24 @@ async def _load(
     if not ids:
         return []
     s, d, w = subscribers.c, subscriber_devices.c, subscriber_webpush.c
-    rows = {r.id: r._mapping for r in await conn.execute(select(subscribers).where(s.id.in_(ids)))}
+    pg = conn.dialect.name == "postgresql"
+    rows = {
+        r.id: r._mapping
+        for r in await conn.execute(select(subscribers).where(among(s.id, ids, pg)))
+    }
     if not with_devices:
         return [_subscriber(rows[i], [], []) for i in ids if i in rows]
     devices: dict[str, list[Device]] = {}
     for r in await conn.execute(
         select(d.subscriber_id, d.platform, d.token)
-        .where(d.subscriber_id.in_(ids))
+        .where(among(d.subscriber_id, ids, pg))
         .order_by(d.created_at, d.token)
     ):
         devices.setdefault(r.subscriber_id, []).append(Device(Platform(r.platform), r.token))
     webpush: dict[str, list[WebPushSubscription]] = {}
     for p in await conn.execute(
         select(w.subscriber_id, w.endpoint, w.p256dh, w.auth)
-        .where(w.subscriber_id.in_(ids))
+        .where(among(w.subscriber_id, ids, pg))
         .order_by(w.created_at, w.endpoint)
     ):
         webpush.setdefault(p.subscriber_id, []).append(
