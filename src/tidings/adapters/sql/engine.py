@@ -149,15 +149,21 @@ class LaneLock(LaneSlots):
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Any, LaneLock] = weakref.WeakKeyDictionary()
 
 
+def lane_lock(engine: AsyncEngine) -> LaneLock:
+    """The process's writer lock of a SQLite `engine` (see `writer`)."""
+    lock = _WRITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITE_LOCKS[engine.sync_engine] = LaneLock()
+    return lock
+
+
 @contextlib.asynccontextmanager
 async def write_lock(engine: AsyncEngine) -> AsyncIterator[None]:
     """This process's turn to write to a SQLite `engine` (see `writer`); nothing elsewhere."""
     if engine.dialect.name != "sqlite":
         yield
         return
-    lock = _WRITE_LOCKS.get(engine.sync_engine)
-    if lock is None:
-        lock = _WRITE_LOCKS[engine.sync_engine] = LaneLock()
+    lock = lane_lock(engine)
     lane = CURRENT_LANE.get()
     await lock.acquire(lane)
     try:

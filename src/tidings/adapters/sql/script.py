@@ -14,7 +14,7 @@ mappings into tuples in its parameter order, each value through its bind's proce
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import operator
 import sqlite3
@@ -24,12 +24,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.dml import Insert as SqlInsert
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.util.concurrency import greenlet_spawn
 
-from tidings.adapters.sql.engine import write_lock
-from tidings.adapters.sql.sqlite_driver import run_on_thread
+from tidings.adapters.sql.engine import lane_lock
+from tidings.adapters.sql.sqlite_driver import OneHopConnection, run_on_thread
 from tidings.records import record
+from tidings.types import CURRENT_LANE
 
 
 class Statement:
@@ -219,18 +222,24 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection]
     The lock is taken before the connection, as `writer` takes them: a task holding a pooled
     connection while it waits for the lock could leave a writer that holds the lock without
     a connection (every one held by such waiters) until the pool's timeout. It is released
-    before the connection goes back to the pool (whose reset is a trip of its own)."""
-    async with contextlib.AsyncExitStack() as lock:
-        await lock.enter_async_context(write_lock(engine))
-        async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            try:
-                result: _T = await run_on_thread(
-                    raw.dbapi_connection, _transaction, fn, ends_transaction=True
-                )
-            finally:
-                await lock.aclose()
-        return result
+    before the connection goes back to the pool."""
+    lock, lane = lane_lock(engine), CURRENT_LANE.get()
+    await lock.acquire(lane)
+    try:
+        pooled = await _checkout(engine)
+    except BaseException:
+        lock.release(lane)
+        raise
+    try:
+        try:
+            result: _T = await run_on_thread(
+                pooled.dbapi_connection, _transaction, fn, ends_transaction=True
+            )
+        finally:
+            lock.release(lane)
+    finally:
+        await _checkin(pooled)
+    return result
 
 
 async def run_read(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -238,9 +247,30 @@ async def run_read(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) 
     write transaction and without the writer lock: for reads of many rows that SQLAlchemy
     would bind and decode row by row on the event loop. `fn` runs plain `sqlite3` reads
     (SELECTs open no transaction), so the connection goes back with nothing to end."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        return await run_on_thread(raw.dbapi_connection, fn, ends_transaction=True)
+    pooled = await _checkout(engine)
+    try:
+        return await run_on_thread(pooled.dbapi_connection, fn, ends_transaction=True)
+    finally:
+        await _checkin(pooled)
+
+
+async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
+    """A connection of the engine's pool, without a SQLAlchemy `Connection` around it: its
+    construction and its close (a task of its own per close, shielded) were a twentieth
+    of a bulk send's time on the loop."""
+    return await greenlet_spawn(engine.sync_engine.raw_connection)
+
+
+async def _checkin(pooled: PoolProxiedConnection) -> None:
+    """Return `pooled` to the pool. After a call that ended its transaction the pool's reset
+    makes no call on the thread, so the return cannot be interrupted half way; otherwise
+    (the call was cancelled or failed) it runs shielded from cancellation, as SQLAlchemy's
+    own close does."""
+    connection: Any = pooled.dbapi_connection
+    if isinstance(connection, OneHopConnection) and connection.nothing_to_end():
+        await greenlet_spawn(pooled.close)
+        return
+    await asyncio.shield(greenlet_spawn(pooled.close))
 
 
 async def run_script(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[Any]]:

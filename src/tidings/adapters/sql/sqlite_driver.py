@@ -143,6 +143,11 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._begin, self._ended = None, False
         return skip
 
+    def nothing_to_end(self) -> bool:
+        """Whether the last call on the thread left no transaction open and was awaited to
+        its end: a COMMIT or ROLLBACK now would make no call."""
+        return self._begin is not None or self._ended
+
     def rollback(self) -> None:
         if not self._nothing_to_end():
             super().rollback()
