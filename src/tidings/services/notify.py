@@ -234,6 +234,8 @@ class _Pass:
 
 
 ReachableFn = Callable[[str], Awaitable[bool]]
+# A batch's reads about its recipients: subscribers by id, preferences, recent sends.
+_Inputs = tuple[dict[str, Subscriber], dict[str, Preferences], dict[str, dict[str, list[float]]]]
 
 
 class Orchestrator:
@@ -452,14 +454,21 @@ class Orchestrator:
         # A run is stored by the commit that moves it out of ACTIVE, with its step results
         # and messages: an unknown run is new, a stored one is waiting (load it) or done
         # (`_advance` passes it over).
-        await self._gate.hold_bulk()
-        stored = await self.runs.get_runs([r.id for r in fresh])
+        inputs: _Inputs | None = None
+        if event.priority is Priority.BULK:
+            await self._gate.hold_bulk()
+            stored = await self.runs.get_runs([r.id for r in fresh])
+        else:  # the recipients' reads go at the same time as the runs'
+            stored, inputs = await asyncio.gather(
+                self.runs.get_runs([r.id for r in fresh]),
+                self._inputs(workflow, list(recipients), bulk=False),
+            )
         waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         if waiting:
             await self._gate.hold_bulk()
         loaded = await self.runs.load_many(waiting) if waiting else {}
         items = [loaded.get(r.id) or (stored.get(r.id, r), {}, {}) for r in fresh]
-        await self._advance(event, workflow, items, turn)
+        await self._advance(event, workflow, items, turn, inputs)
 
     async def handle_run(self, job: Job) -> None:
         rid = str(job.payload.get("run_id", ""))
@@ -490,34 +499,28 @@ class Orchestrator:
         workflow: Workflow,
         items: list[tuple[Run, dict[str, StepRow], dict[str, Message]]],
         turn: object | None = None,
+        inputs: _Inputs | None = None,
     ) -> None:
         """Advance the runs. `turn`: a bulk batch's token (`BulkTurns`): while
-        transactional work is recent, it goes on only as the oldest bulk batch running."""
+        transactional work is recent, it goes on only as the oldest bulk batch running.
+        `inputs`: the recipients' reads (`_inputs`) when made already."""
         items = [i for i in items if i[0].state is not RunState.DONE]
         if not items:
             return
         ids = [run.recipient for run, _, _ in items]
-        pushes = any(
-            isinstance(s, ChannelStep) and s.channel in PUSH_CHANNELS for s in workflow.steps
-        )
-        await self._gate.hold_bulk()
-        subs = {s.id: s for s in await self.subscribers.get_many(ids, devices=pushes)}
-        await self._gate.hold_bulk()
-        prefs = await self.preferences.get_many(ids)
-        caps_window = max((c.window for c in self.config.caps), default=0.0)
-        now = self._now()
-        if caps_window:
-            await self._gate.hold_bulk()
+        if inputs is None:
+            inputs = await self._inputs(workflow, ids, bulk=event.priority is Priority.BULK)
+        subs, prefs, recent = inputs
         p = _Pass(
             event=event,
             workflow=workflow,
             trigger=Trigger(
                 event.id, event.type, event.payload, event.send_at or event.created_at, event.actor
             ),
-            now=now,
+            now=self._now(),
             recipients={i: to_recipient(i, subs.get(i)) for i in ids},
             prefs=prefs,
-            recent=await self.runs.recent_sends(ids, now - caps_window) if caps_window else {},
+            recent=recent,
         )
         # Bulk batches commit in slices: a write transaction of a few dozen runs keeps the
         # waits of transactional writers behind it (one SQLite writer) short.
@@ -549,6 +552,34 @@ class Orchestrator:
                 # before the batch ends; a failed write fails the batch (retried whole)
                 await writing
         await self._flush(p, *p.take())
+
+    async def _inputs(self, workflow: Workflow, ids: list[str], *, bulk: bool) -> _Inputs:
+        """The subscribers, preferences and (with frequency caps) recent sends of `ids`.
+        Bulk work reads them one after another, each after the lane gate; transactional work
+        reads them at the same time, each on a connection of its own: three round trips
+        waited for as one."""
+        pushes = any(
+            isinstance(s, ChannelStep) and s.channel in PUSH_CHANNELS for s in workflow.steps
+        )
+        caps_window = max((c.window for c in self.config.caps), default=0.0)
+
+        async def subscribers() -> dict[str, Subscriber]:
+            return {s.id: s for s in await self.subscribers.get_many(ids, devices=pushes)}
+
+        async def recent() -> dict[str, dict[str, list[float]]]:
+            if not caps_window:
+                return {}
+            return await self.runs.recent_sends(ids, self._now() - caps_window)
+
+        if not bulk:
+            return await asyncio.gather(subscribers(), self.preferences.get_many(ids), recent())
+        await self._gate.hold_bulk()
+        subs = await subscribers()
+        await self._gate.hold_bulk()
+        prefs = await self.preferences.get_many(ids)
+        if caps_window:
+            await self._gate.hold_bulk()
+        return subs, prefs, await recent()
 
     async def _flush(
         self,
@@ -786,6 +817,8 @@ class Orchestrator:
             note("decision", step.id, {"stage": "template", "kind": "fail", "detail": broken})
             return self._failed(step, p.now, f"payload_invalid: {broken}"), []
         key = idempotency_key(p.event.id, recipient.id, channel, version_ref)
+        if step.id not in p.effects and p.event.priority is not Priority.BULK:
+            await self._prefetch(p, step, channel, version_ref)
         facts = await self._facts(p, step, recipient, results)
         duplicates = await self._duplicates(p, step, channel, version_ref)
         verdict = decide(
@@ -987,16 +1020,7 @@ class Orchestrator:
         if address:
             table = p.suppressed.get(channel.value)
             if table is None:
-                addresses = [
-                    a
-                    for r in p.recipients.values()
-                    if (a := (r.email if channel is Channel.EMAIL else r.phone))
-                ]
-                await self._gate.hold_bulk()
-                table = await self.suppressions.check_many(
-                    channel.value, [suppression_key(channel.value, a) for a in addresses]
-                )
-                p.suppressed[channel.value] = table
+                table = await self._suppressed(p, channel)
             suppressed = table.get(suppression_key(channel.value, address), "")
         seen = any(
             r.reached("seen") is not None
@@ -1013,6 +1037,29 @@ class Orchestrator:
             seen_in_app=seen,
             user_active=active,
         )
+
+    async def _suppressed(self, p: _Pass, channel: Channel) -> dict[str, str]:
+        """The suppressed addresses of the pass's recipients on `channel` (email, SMS), read
+        once per pass."""
+        addresses = [
+            a
+            for r in p.recipients.values()
+            if (a := (r.email if channel is Channel.EMAIL else r.phone))
+        ]
+        await self._gate.hold_bulk()
+        table = await self.suppressions.check_many(
+            channel.value, [suppression_key(channel.value, a) for a in addresses]
+        )
+        p.suppressed[channel.value] = table
+        return table
+
+    async def _prefetch(self, p: _Pass, step: ChannelStep, channel: Channel, ref: str) -> None:
+        """Transactional work, before a step's first recipient: the step's two reads for the
+        pass (its effects other runs hold, the suppressed addresses) at the same time, where
+        `_duplicates` and `_facts` would wait for one after the other."""
+        if channel not in (Channel.EMAIL, Channel.SMS) or channel.value in p.suppressed:
+            return  # one read at most: made where it is needed
+        await asyncio.gather(self._duplicates(p, step, channel, ref), self._suppressed(p, channel))
 
     async def _endpoints(self, p: _Pass) -> list[str]:
         if p.endpoints is None:
@@ -1107,7 +1154,11 @@ class Orchestrator:
             raise PermanentJobError(f"message {mid} not found")
         if message.status not in (QUEUED, DeliveryStatus.FAILED.value):
             return  # an earlier attempt finished it
-        event = await self.events.get(message.event_id)
+        # the event and the subscriber at the same time: two round trips waited for as one
+        event, subscriber = await asyncio.gather(
+            self.events.get(message.event_id),
+            self._subscriber(message.recipient, devices=message.channel in PUSH_CHANNELS),
+        )
         if event is not None and event.state is EventState.CANCELLED:
             # Cancelled after this message was queued (held, delayed by quiet hours, or
             # caught mid-dispatch): it never goes out.
@@ -1119,9 +1170,6 @@ class Orchestrator:
         if gone is not None:
             raise PermanentJobError(f"message {mid}: {gone}")
         assert event is not None and workflow is not None
-        subscriber = await self._subscriber(
-            message.recipient, devices=message.channel in PUSH_CHANNELS
-        )
         template = await self._version(workflow, _step_of(workflow, message), message)
         attempt = message.attempts + 1
         result, provider = await self._attempt(message, event, workflow, subscriber, template, {})

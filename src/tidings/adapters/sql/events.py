@@ -64,11 +64,31 @@ class SqlEventStore:
         return await self._find(events.c.idempotency_key == idempotency_key)
 
     async def _find(self, where: ColumnElement[bool]) -> EventRecord | None:
+        # the event and its outcomes in one round trip: a row per outcome (one row with
+        # no outcome when it has none), in the order they were added
+        query = (
+            select(events, *_OUTCOME_COLUMNS)
+            .select_from(events.outerjoin(event_outcomes, event_outcomes.c.event_id == events.c.id))
+            .where(where)
+            .order_by(event_outcomes.c.id)
+        )
         async with self._read.connect() as conn:
-            row = (await conn.execute(select(events).where(where))).one_or_none()
-            if row is None:
-                return None
-            return (await _with_outcomes(conn, [_record(row._mapping)]))[0]
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return None
+        record = _record(rows[0]._mapping)
+        outcomes = tuple(
+            Outcome(
+                kind=m["o_kind"],
+                target=m["o_target"],
+                status=m["o_status"],
+                detail=m["o_detail"],
+                at=m["o_at"],
+            )
+            for m in (r._mapping for r in rows)
+            if m["o_id"] is not None
+        )
+        return dataclasses.replace(record, outcomes=outcomes) if outcomes else record
 
     async def add_outcome(self, event_id: str, outcome: Outcome) -> None:
         async with writer(self._engine) as conn:
@@ -170,6 +190,12 @@ def _row(r: EventRecord) -> dict[str, Any]:
         "state": r.state.value,
         "created_at": r.created_at,
     }
+
+
+_OUTCOME_COLUMNS = [
+    event_outcomes.c[name].label(f"o_{name}")
+    for name in ("id", "kind", "target", "status", "detail", "at")
+]
 
 
 def _record(m: Any) -> EventRecord:
