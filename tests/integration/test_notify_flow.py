@@ -1091,3 +1091,55 @@ async def test_a_batch_counts_its_attempt_against_the_messages_attempts(
     slow = next(m for m in (await env.report(event_id))["messages"] if m["recipient"] == "slow")
     assert (slow["status"], slow["attempts"]) == ("failed", 1)
     assert [m["To"] for m in env.mails()] == ["ok@example.com"]
+
+
+async def test_transactional_reads_wait_together_bulk_reads_one_after_another(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transactional event's fanout waits for its runs, subscribers and preferences at
+    once, then for its effects and suppressed addresses at once; a bulk event's reads go one
+    after another (each behind the lane gate). Each read is slowed by 50 ms to show it."""
+    loop = asyncio.get_running_loop()
+    spans: dict[str, list[tuple[float, float]]] = {}
+
+    def slowed(name: str, read: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = loop.time()
+            await asyncio.sleep(0.05)
+            try:
+                return await read(*args, **kwargs)
+            finally:
+                spans.setdefault(name, []).append((start, loop.time()))
+
+        return wrapper
+
+    n = env.notify
+    for target, method, name in [
+        (n.runs, "get_runs", "runs"),
+        (n.subscribers, "get_many", "subscribers"),
+        (n.preferences, "get_many", "preferences"),
+        (n.runs, "effects_done", "effects"),
+        (n.suppressions, "check_many", "suppressed"),
+    ]:
+        monkeypatch.setattr(target, method, slowed(name, getattr(target, method)))
+
+    def together(*names: str) -> bool:
+        found = [spans[name][0] for name in names]
+        return max(start for start, _ in found) < min(end for _, end in found)
+
+    await env.subscriber("u1", email="u1@example.com")
+    await env.send("news", recipients=["u1"], payload={"text": "now"})
+    await env.drain()
+    assert sorted(spans) == ["effects", "preferences", "runs", "subscribers", "suppressed"]
+    assert together("runs", "subscribers", "preferences")
+    assert together("effects", "suppressed")
+    assert not together("preferences", "effects")  # the second pair needs the first's rows
+
+    spans.clear()
+    await env.send("news", recipients=["u1"], payload={"text": "later"}, priority=Priority.BULK)
+    await env.drain()
+    names = sorted(spans, key=lambda name: spans[name][0][0])
+    assert names == ["runs", "subscribers", "preferences", "suppressed", "effects"]
+    for first, second in itertools.pairwise(names):
+        assert spans[first][0][1] <= spans[second][0][0]  # one after another
+    assert [m["Subject"] for m in env.mails()] == ["News", "News"]
