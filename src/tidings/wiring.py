@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -30,7 +31,7 @@ from tidings.adapters.redis import RedisBroker, RedisPresenceStore
 from tidings.adapters.redis.online import RedisDeviceStore
 from tidings.adapters.sql.campaigns import SqlCampaignStore
 from tidings.adapters.sql.checkpoint import WalCheckpointer
-from tidings.adapters.sql.engine import sqlite_path
+from tidings.adapters.sql.engine import lost_connection, sqlite_path
 from tidings.adapters.sql.inbox import SqlInboxStore
 from tidings.adapters.sql.notify import SqlRunStore, SqlWorkflowStore
 from tidings.adapters.sql.online import SqlPresenceRecords
@@ -662,7 +663,12 @@ def create_app(
                 await gc_policy.stop()
             await rt.stop()
 
-    app = create_api(rt.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan)
+    app = create_api(
+        rt.services,
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+        unavailable=(DBAPIError, lost_connection),
+    )
     app.include_router(sse.router)
     app.include_router(longpoll.router)
     app.state.runtime = rt

@@ -42,7 +42,10 @@ def create_api(
     *,
     max_body_bytes: int,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    unavailable: tuple[type[Exception], Callable[[BaseException], bool]] | None = None,
 ) -> FastAPI:
+    """The API. `unavailable`: which unexpected errors mean a backing service is out of
+    reach (a 503, see `problems.install`)."""
     app = FastAPI(
         title="Tidings",
         version=__version__,
@@ -53,7 +56,7 @@ def create_api(
     app.state.services = services
     app.state.registry = registry
     app.state.queue_gauges = ops.QueueGauges(registry)
-    problems.install(app)
+    problems.install(app, unavailable)
     app.include_router(events.router)
     app.include_router(realtime.router)
     app.include_router(presence.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -85,7 +86,14 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def install(app: FastAPI) -> None:
+def install(
+    app: FastAPI,
+    unavailable: tuple[type[Exception], Callable[[BaseException], bool]] | None = None,
+) -> None:
+    """The problem+json handlers. `unavailable`: an exception class of a backing service's
+    library and which of its errors mean the service is out of reach (the database
+    connection lost): those answer 503 with `Retry-After`, the others 500."""
+
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = [
@@ -129,7 +137,22 @@ def install(app: FastAPI) -> None:
         log.exception("unhandled error", extra={"path": request.url.path})
         return problem(500, "internal error", instance=request.url.path)
 
+    async def out_of_reach(request: Request, exc: Exception) -> Response:
+        assert unavailable is not None
+        if not unavailable[1](exc):
+            return await crash(request, exc)
+        log.warning("backing service unavailable", exc_info=True, extra={"path": request.url.path})
+        return problem(
+            503,
+            "the database is unavailable; retry shortly",
+            kind="unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(TidingsError, domain)
     app.add_exception_handler(StarletteHTTPException, http)
     app.add_exception_handler(Exception, crash)
+    if unavailable is not None:
+        app.add_exception_handler(unavailable[0], out_of_reach)

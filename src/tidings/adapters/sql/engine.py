@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import ColumnElement, any_, event, literal, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tidings.adapters.lanes import LaneSlots
@@ -191,6 +191,15 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
 
 def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether `exc` is the database connection failing, not the statement: the server
+    went away (SQLAlchemy invalidated the connection) or the driver lost its link. The
+    request may succeed again once the pool has connected anew."""
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, InterfaceError)
+    )
 
 
 def among(column: ColumnElement[Any], values: Sequence[Any], postgres: bool) -> ColumnElement[bool]:
