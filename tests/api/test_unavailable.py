@@ -19,20 +19,27 @@ DATABASE = "tidings_test_unavailable"
 
 @pytest.fixture
 async def pg_api(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
-    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-            await conn.execute(text(f"CREATE DATABASE {DATABASE}"))
-    finally:
-        await admin.dispose()
+    await _admin(pg_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    await _admin(pg_url, f"CREATE DATABASE {DATABASE}")
     # no connection counts as idle: none is pinged before use, so a broken one is met
     monkeypatch.setattr(sql_engine, "PING_AFTER_IDLE", 3600.0)
     settings = make_settings(pg_url.rsplit("/", 1)[0] + "/" + DATABASE)
     # no background workers: the request under test is the first to meet a broken connection
     settings.worker = WorkerSettings(enabled=False)
-    async for api in open_api(settings):
-        yield api
+    try:
+        async for api in open_api(settings):
+            yield api
+    finally:
+        await _admin(pg_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+
+
+async def _admin(pg_url: str, statement: str) -> None:
+    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await admin.dispose()
 
 
 async def test_a_lost_connection_is_a_503_and_the_next_request_is_served(
