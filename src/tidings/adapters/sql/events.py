@@ -42,15 +42,9 @@ class SqlEventStore:
             return record, True
         except IntegrityError:
             pass  # the key is taken: by the same request (replay) or another body (conflict)
-        async with self._read.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(events).where(events.c.idempotency_key == event.idempotency_key)
-                )
-            ).one_or_none()
-            if row is None:  # the id collided, not the key: cannot happen with uuid4 ids
-                raise Conflict(f"event {event.id} exists", field="id")
-            [existing] = await _with_outcomes(conn, [_record(row._mapping)])
+        existing = await self.get_by_key(event.idempotency_key)
+        if existing is None:  # the id collided, not the key: cannot happen with uuid4 ids
+            raise Conflict(f"event {event.id} exists", field="id")
         if existing.body_hash != event.body_hash:
             raise IdempotencyConflict(
                 "idempotency key was used with a different body", field="idempotency_key"
