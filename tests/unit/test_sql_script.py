@@ -240,6 +240,17 @@ async def test_rows_read_in_one_call_are_decoded_as_sqlalchemy_decodes_them(
     assert [(type(f["at"]), f["body"]) for f in found] == [(float, {"x": [1, None]}), (float, None)]
 
 
+async def test_rows_by_id_over_several_queries_leave_unknown_ids_out(engine: AsyncEngine) -> None:
+    stored = [{"id": f"s{i}", "body": None, "at": float(i), "until": None} for i in range(700)]
+    async with writer(engine) as conn:
+        await conn.execute(stamps.insert(), stored)
+    read = row_reader(stamps, engine.dialect)
+    asked = [f"s{i}" for i in range(0, 1400, 2)]  # 700 ids, half of them unknown
+    found = await run_read(engine, lambda c: [m["id"] for m in read.by_id(c, asked)])
+    assert sorted(found) == sorted(f"s{i}" for i in range(0, 700, 2))
+    assert len(asked) > MAX_ROWS  # more than one query
+
+
 async def test_a_statement_keeps_the_values_it_holds_itself(engine: AsyncEngine) -> None:
     """Literal values of the statement (a claim's lanes and limit) need not be in the rows."""
     await run_script(engine, script(engine.dialect, (PUT, [doc(1), doc(2)])))

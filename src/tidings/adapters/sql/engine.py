@@ -189,7 +189,7 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_READ_ONLY: True})
 
 
-def is_postgres(engine: AsyncEngine) -> bool:
+def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
     return engine.dialect.name == "postgresql"
 
 

@@ -103,7 +103,8 @@ class SqlRunStore:
             .values({c: bindparam(f"b_{c}") for c in _UPDATABLE})
         )
         # On SQLite a commit runs as one call on the connection's thread (`run_script`).
-        self._script = not is_postgres(engine)
+        self._pg = is_postgres(engine)
+        self._script = not self._pg  # SQLite: one-call transactions and reads (script.py)
         self._script_steps = [
             Statement(s)
             for s in (
@@ -127,20 +128,19 @@ class SqlRunStore:
         self, run_ids: Sequence[str]
     ) -> dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]]:
         out: dict[str, tuple[Run, dict[str, StepRow], dict[str, Message]]] = {}
-        pg = not self._script
         async with self._read.connect() as conn:
             for chunk in _chunks(run_ids):
                 runs = await _runs(conn, chunk)
                 for run in runs.values():
                     out[run.id] = (run, {}, {})
                 for row in await conn.execute(
-                    select(notify_steps).where(among(_s.run_id, chunk, pg))
+                    select(notify_steps).where(among(_s.run_id, chunk, self._pg))
                 ):
                     step = _step(row._mapping)
                     if step.run_id in out:
                         out[step.run_id][1][step.step_id] = step
                 for row in await conn.execute(
-                    select(notify_messages).where(among(_m.run_id, chunk, pg))
+                    select(notify_messages).where(among(_m.run_id, chunk, self._pg))
                 ):
                     msg = _message(row._mapping)
                     if msg.run_id in out:
@@ -209,10 +209,11 @@ class SqlRunStore:
 
     async def effects_done(self, keys: Sequence[str], exclude_run: Mapping[str, str]) -> set[str]:
         found: set[str] = set()
-        pg = not self._script
         async with self._read.connect() as conn:
             for chunk in _chunks(keys):
-                rows = await conn.execute(select(_m.id, _m.run_id).where(among(_m.id, chunk, pg)))
+                rows = await conn.execute(
+                    select(_m.id, _m.run_id).where(among(_m.id, chunk, self._pg))
+                )
                 found.update(key for key, run in rows if exclude_run.get(key) != run)
         return found
 
@@ -220,12 +221,11 @@ class SqlRunStore:
         self, recipients: Sequence[str], since: float
     ) -> dict[str, dict[str, list[float]]]:
         out: dict[str, dict[str, list[float]]] = {}
-        pg = not self._script
         async with self._read.connect() as conn:
             for chunk in _chunks(recipients):
                 rows = await conn.execute(
                     select(_m.recipient, _m.channel, _m.release_at).where(
-                        among(_m.recipient, chunk, pg),
+                        among(_m.recipient, chunk, self._pg),
                         _m.release_at > since,
                         _m.status.in_(SENT_STATUSES),
                     )
@@ -336,7 +336,7 @@ class SqlRunStore:
         async with self._read.connect() as conn:
             for chunk in _chunks(message_ids):
                 for row in await conn.execute(
-                    select(notify_messages).where(among(_m.id, chunk, True))
+                    select(notify_messages).where(among(_m.id, chunk, self._pg))
                 ):
                     msg = _message(row._mapping)
                     out[msg.id] = msg
@@ -374,7 +374,7 @@ class SqlRunStore:
             for chunk in _chunks(sorted({u.message_id for u in updates})):
                 rows = await conn.execute(
                     select(notify_messages)
-                    .where(among(_m.id, chunk, True))
+                    .where(among(_m.id, chunk, self._pg))
                     .order_by(_m.id)
                     .with_for_update()
                 )
@@ -717,14 +717,12 @@ def _chunks(items: Sequence[str]) -> list[list[str]]:
     return [list(items[i : i + _IN_CHUNK]) for i in range(0, len(items), _IN_CHUNK)]
 
 
-def _pg(conn: AsyncConnection) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
 async def _runs(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Run]:
     out: dict[str, Run] = {}
     for chunk in _chunks(ids):
-        for row in await conn.execute(select(notify_runs).where(among(_r.id, chunk, _pg(conn)))):
+        for row in await conn.execute(
+            select(notify_runs).where(among(_r.id, chunk, is_postgres(conn)))
+        ):
             run = _run(row._mapping)
             out[run.id] = run
     return out
@@ -835,25 +833,12 @@ _UPDATE_MESSAGE = (
 )
 
 
-@functools.cache
-def _select_messages(n: int) -> str:
-    marks = ", ".join("?" * n)
-    columns = ", ".join(c.name for c in notify_messages.columns)  # `RowReader`'s order
-    return f"SELECT {columns} FROM notify_messages WHERE id IN ({marks})"
-
-
 def _read_messages(
     read: RowReader, ids: Sequence[str], conn: sqlite3.Connection
 ) -> dict[str, Message]:
     """On a SQLite connection's thread: the stored messages of `ids` by id (unknown ids left
     out), decoded as SQLAlchemy decodes them (`read`)."""
-    out: dict[str, Message] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = list(ids[start : start + _IN_CHUNK])
-        for row in conn.execute(_select_messages(len(chunk)), chunk):
-            message = _message(read(row))
-            out[message.id] = message
-    return out
+    return {m.id: m for m in map(_message, read.by_id(conn, ids))}
 
 
 def _merged(

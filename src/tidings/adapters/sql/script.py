@@ -18,7 +18,7 @@ import asyncio
 import functools
 import operator
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Table
@@ -119,8 +119,10 @@ class RowReader:
     `Epoch` floats): what a SQLAlchemy result holds, without its per-row work on the loop."""
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.table = table.name
         self.names = tuple(c.name for c in table.columns)
         self.columns = ", ".join(self.names)
+        self._selects: dict[int, str] = {}  # SELECT ... WHERE id IN (n marks), by n
         processors = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
         ]
@@ -131,6 +133,19 @@ class RowReader:
         for i, process in self._process:
             values[i] = process(values[i])
         return dict(zip(self.names, values, strict=True))
+
+    def by_id(self, conn: sqlite3.Connection, ids: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """On the connection's thread: the decoded rows whose `id` is one of `ids` (unknown
+        ids left out), `MAX_ROWS` ids per query."""
+        for start in range(0, len(ids), MAX_ROWS):
+            chunk = list(ids[start : start + MAX_ROWS])
+            sql = self._selects.get(len(chunk))
+            if sql is None:
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT {self.columns} FROM {self.table} WHERE id IN ({marks})"
+                self._selects[len(chunk)] = sql
+            for row in conn.execute(sql, chunk):
+                yield self(row)
 
 
 @functools.cache

@@ -155,7 +155,7 @@ async def _load(
     if not ids:
         return []
     s, d, w = subscribers.c, subscriber_devices.c, subscriber_webpush.c
-    pg = conn.dialect.name == "postgresql"
+    pg = is_postgres(conn)
     rows = {
         r.id: r._mapping
         for r in await conn.execute(select(subscribers).where(among(s.id, ids, pg)))
@@ -181,24 +181,12 @@ async def _load(
     return [_subscriber(rows[i], devices.get(i, []), webpush.get(i, [])) for i in ids if i in rows]
 
 
-@functools.cache
-def _select_subscribers(n: int) -> str:
-    columns = ", ".join(c.name for c in subscribers.columns)  # `RowReader`'s order
-    return f"SELECT {columns} FROM subscribers WHERE id IN ({', '.join('?' * n)})"
-
-
 def _read_plain(
     read: RowReader, ids: Sequence[str], conn: sqlite3.Connection
 ) -> dict[str, Subscriber]:
     """On a SQLite connection's thread: the subscribers of `ids` that exist, by id, without
     devices and Web Push, decoded as SQLAlchemy decodes them (`read`)."""
-    out: dict[str, Subscriber] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = list(ids[start : start + _IN_CHUNK])
-        for row in conn.execute(_select_subscribers(len(chunk)), chunk):
-            found = _subscriber(read(row), [], [])
-            out[found.id] = found
-    return out
+    return {s.id: s for s in (_subscriber(m, [], []) for m in read.by_id(conn, ids))}
 
 
 def _subscriber(m: Any, devices: list[Device], webpush: list[WebPushSubscription]) -> Subscriber:
