@@ -139,7 +139,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         the last call ended it. Known from this side alone: a call whose awaiting task was
         cancelled may still be running on the thread, and only a COMMIT or ROLLBACK queued
         behind it ends what it began."""
-        skip = self._begin is not None or self._ended
+        skip = self.nothing_to_end()
         self._begin, self._ended = None, False
         return skip
 
