@@ -2,8 +2,8 @@
 
 A `@dataclass(frozen=True)` makes its instances immutable at run time by raising in
 `__setattr__`, so its generated `__init__` has to set each field through
-`object.__setattr__`: 1.97 us for a class of twenty fields here, against 0.26 us for the
-plain `__init__` of the same class. A bulk send builds some twenty such objects per
+`object.__setattr__`: seven to eight times the plain `__init__` of the same class
+(bench/overheads.py: 3.71 against 0.45 us for twenty fields). A bulk send builds some twenty such objects per
 recipient (runs, steps, messages, decisions, trail entries, inbox items), and that cost
 was about a tenth of the event loop's time.
 
