@@ -3,9 +3,9 @@
 A `@dataclass(frozen=True)` makes its instances immutable at run time by raising in
 `__setattr__`, so its generated `__init__` has to set each field through
 `object.__setattr__`: seven to eight times the plain `__init__` of the same class
-(bench/overheads.py: 3.71 against 0.45 us for twenty fields). A bulk send builds some twenty such objects per
-recipient (runs, steps, messages, decisions, trail entries, inbox items), and that cost
-was about a tenth of the event loop's time.
+(bench/overheads.py: 3.71 against 0.45 us for twenty fields). A bulk send builds some
+twenty such objects per recipient (runs, steps, messages, decisions, trail entries, inbox
+items), and that cost was about a tenth of the event loop's time.
 
 A `record` is frozen for the type checker (`dataclass_transform(frozen_default=True)`:
 mypy rejects any assignment to a field, as it does for a frozen dataclass) and a plain
