@@ -251,6 +251,33 @@ async def test_rows_by_id_over_several_queries_leave_unknown_ids_out(engine: Asy
     assert len(asked) > MAX_ROWS  # more than one query
 
 
+async def test_rows_by_id_come_back_as_sqlalchemy_reads_them_doubles_exact(
+    engine: AsyncEngine,
+) -> None:
+    """`by_id` reads a query's rows as one JSON row: doubles keep every digit (JSON text
+    from SQLite keeps 15), and text, JSON columns, integers and NULLs come back as
+    SQLAlchemy's own select gives them."""
+    stored = [
+        {
+            "id": "a",
+            "body": {"t": 'quote " \\ \u00e9 \U0001f600', "n": [1, 2.5]},
+            "at": 1795997236.886771,
+            "until": None,
+        },
+        {"id": "b", "body": None, "at": 1 / 3, "until": 123456789.12345678},
+        {"id": "c", "body": [], "at": 5.0, "until": -1e-300},
+        {"id": "d", "body": "text", "at": 2.0**60, "until": 7.0},
+    ]
+    async with writer(engine) as conn:
+        await conn.execute(stamps.insert(), stored)
+        expected = {r.id: dict(r._mapping) for r in await conn.execute(select(stamps))}
+    read = row_reader(stamps, engine.dialect)
+    found = await run_read(engine, lambda c: {m["id"]: m for m in read.by_id(c, "abcdx")})
+    assert found == expected
+    assert found["a"]["at"] == 1795997236.886771 and found["b"]["until"] == 123456789.12345678
+    assert {type(m["at"]) for m in found.values()} == {float}
+
+
 async def test_a_statement_keeps_the_values_it_holds_itself(engine: AsyncEngine) -> None:
     """Literal values of the statement (a claim's lanes and limit) need not be in the rows."""
     await run_script(engine, script(engine.dialect, (PUT, [doc(1), doc(2)])))

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings.adapters.sql.engine import among, is_postgres, json_text, reader, writer
 from tidings.adapters.sql.jobs import insert_jobs, job_row
 from tidings.adapters.sql.script import (
+    MAX_ROWS,
     RowReader,
     Statement,
     Step,
@@ -828,9 +829,19 @@ def _message(m: Any) -> Message:
 
 
 _UPDATABLE = ("statuses", "updated_at", "status", "provider", "provider_id", "error", "attempts")
-_UPDATE_MESSAGE = (
-    f"UPDATE notify_messages SET {', '.join(f'{n} = ?' for n in _UPDATABLE)} WHERE id = ?"
-)
+
+
+@functools.cache
+def _update_messages_sql(n: int) -> str:
+    """One UPDATE of `n` messages, each row's values (`_UPDATABLE`, then the id) from a
+    VALUES list: one step of SQLite for all of them, where `executemany` steps once per
+    row and takes the GIL back after each, holding SQLite's write lock while it waits."""
+    row = "(" + ", ".join("?" * (len(_UPDATABLE) + 1)) + ")"
+    return (
+        f"WITH v({', '.join(_UPDATABLE)}, id) AS (VALUES {', '.join([row] * n)}) "
+        f"UPDATE notify_messages SET {', '.join(f'{c} = v.{c}' for c in _UPDATABLE)} "
+        "FROM v WHERE notify_messages.id = v.id"
+    )
 
 
 def _read_messages(
@@ -874,14 +885,22 @@ def _update_messages(
     ids = list(dict.fromkeys(u.message_id for u in updates))
     current = _read_messages(read, ids, conn)
     written = _merged(updates, at, current)
-    last = {m.id: m for m in written}.values()
-    conn.executemany(
-        _UPDATE_MESSAGE,
-        [
-            (json_text(dict(m.statuses)), *(getattr(m, n) for n in _UPDATABLE[1:]), m.id)
-            for m in last
-        ],
-    )
+    last = list({m.id: m for m in written}.values())
+    per = MAX_ROWS  # 8 values a row: 4,000 parameters, well within SQLite's bound
+    for start in range(0, len(last), per):
+        chunk = last[start : start + per]
+        conn.execute(
+            _update_messages_sql(len(chunk)),
+            [
+                value
+                for m in chunk
+                for value in (
+                    json_text(dict(m.statuses)),
+                    *(getattr(m, n) for n in _UPDATABLE[1:]),
+                    m.id,
+                )
+            ],
+        )
     if len(current) < len(ids):  # unknown ids: their trail entries and jobs go too
         steps = [
             Step(step.statement, [r for r, o in zip(step.rows, own, strict=True) if o in current])
