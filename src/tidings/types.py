@@ -25,6 +25,15 @@ CURRENT_LANE: contextvars.ContextVar[Priority] = contextvars.ContextVar(
     "tidings_lane", default=Priority.TRANSACTIONAL
 )
 
+# Whether the current task's reads may run on the event loop's own thread: set while a
+# worker runs a transactional job, whose reads are a few rows by key. On SQLite such a read
+# takes a few dozen microseconds there, where its trip to a connection's thread and back
+# (two thread wake-ups, the GIL taken back from a busy loop, the loop coming round) took
+# one to eight milliseconds while a bulk send ran.
+INLINE_READS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tidings_inline_reads", default=False
+)
+
 
 class EventState(enum.StrEnum):
     ACCEPTED = "accepted"  # persisted, not yet dispatched

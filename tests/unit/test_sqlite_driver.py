@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from sqlite3 import OperationalError
@@ -13,14 +14,26 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tidings.adapters.sql import create_engine
+from tidings.adapters.sql import create_engine, sqlite_driver
 from tidings.adapters.sql.engine import reader
-from tidings.adapters.sql.script import run_transaction
+from tidings.adapters.sql.script import run_read, run_transaction
 from tidings.adapters.sql.sqlite_driver import OneHopCursor
+from tidings.types import INLINE_READS
 
 meta = MetaData()
 things = Table(
@@ -194,3 +207,67 @@ async def test_a_stream_begins_before_its_cursor(engine: AsyncEngine) -> None:
         assert [row[0] async for row in result] == ["t0", "t1", "t2"]
         raw = await conn.get_raw_connection()
         assert raw.dbapi_connection._connection._connection.in_transaction
+
+
+@contextlib.contextmanager
+def calls_by_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, bool]]]:
+    """Each statement the driver runs: (the thread it ran on, whether a transaction was open
+    on the connection when it returned)."""
+    seen: list[tuple[int, bool]] = []
+    run = sqlite_driver._run
+
+    def recorded(conn: sqlite3.Connection, *args: Any) -> Any:
+        try:
+            return run(conn, *args)
+        finally:
+            seen.append((threading.get_ident(), conn.in_transaction))
+
+    monkeypatch.setattr(sqlite_driver, "_run", recorded)
+    yield seen
+
+
+async def test_inline_reads_run_on_the_loops_thread_and_leave_no_transaction(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `INLINE_READS`, a reader's statements run on the calling thread, in one read
+    transaction (two statements see one snapshot) that ends there; writers still go to the
+    connection's thread; without it, reads do too."""
+    async with engine.begin() as conn:
+        await conn.execute(insert(things), [{"name": "a"}, {"name": "b"}])
+    loop_thread = threading.get_ident()
+    token = INLINE_READS.set(True)
+    try:
+        with calls_by_thread(monkeypatch) as seen:
+            async with reader(engine).connect() as conn:
+                first = (await conn.execute(select(things.c.name).order_by("id"))).scalars()
+                raw = (await conn.get_raw_connection()).dbapi_connection
+                count = (await conn.execute(select(func.count()).select_from(things))).scalar()
+            assert list(first) == ["a", "b"] and count == 2
+            assert [thread for thread, _ in seen] == [loop_thread, loop_thread]
+            assert [open_ for _, open_ in seen] == [True, True]  # one read transaction
+            assert raw._connection._conn.in_transaction is False  # ended on release
+            async with engine.begin() as conn:  # a writer: on the connection's thread
+                await conn.execute(insert(things).values(name="c"))
+            assert seen[-1][0] != loop_thread
+    finally:
+        INLINE_READS.reset(token)
+    with calls_by_thread(monkeypatch) as seen:
+        async with reader(engine).connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(things))).scalar() == 3
+        assert seen and seen[0][0] != loop_thread
+
+
+async def test_run_read_runs_inline_for_a_transactional_job(engine: AsyncEngine) -> None:
+    threads: list[int] = []
+
+    def count(conn: sqlite3.Connection) -> int:
+        threads.append(threading.get_ident())
+        return int(conn.execute("SELECT count(*) FROM things").fetchone()[0])
+
+    assert await run_read(engine, count) == 0
+    token = INLINE_READS.set(True)
+    try:
+        assert await run_read(engine, count) == 0
+    finally:
+        INLINE_READS.reset(token)
+    assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()

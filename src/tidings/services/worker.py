@@ -21,7 +21,7 @@ from tidings.errors import LeaseLost
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.lanes import LaneGate
-from tidings.types import CURRENT_LANE, Handoff, Job, NewJob, Priority
+from tidings.types import CURRENT_LANE, INLINE_READS, Handoff, Job, NewJob, Priority
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class WorkerPool:
             return
         keeper = asyncio.create_task(self._keep_lease(job.id, token))
         lane = CURRENT_LANE.set(job.lane)
+        inline = INLINE_READS.set(job.lane is Priority.TRANSACTIONAL)
         urgent = (
             self._gate.urgent() if job.lane is Priority.TRANSACTIONAL else contextlib.nullcontext()
         )
@@ -215,6 +216,7 @@ class WorkerPool:
         else:
             await self._settle(self._jobs.complete(job.id, token))
         finally:
+            INLINE_READS.reset(inline)
             CURRENT_LANE.reset(lane)
             keeper.cancel()
 

@@ -31,7 +31,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from tidings.adapters.sql.engine import lane_lock
-from tidings.adapters.sql.sqlite_driver import OneHopConnection, run_on_thread
+from tidings.adapters.sql.sqlite_driver import OneHopConnection, read_inline, run_on_thread
 from tidings.records import record
 from tidings.types import CURRENT_LANE
 
@@ -291,6 +291,9 @@ async def run_read(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) 
     (SELECTs open no transaction), so the connection goes back with nothing to end."""
     pooled = await _checkout(engine)
     try:
+        done, result = read_inline(pooled.dbapi_connection, fn)
+        if done:  # on the loop's thread, for a transactional job (`INLINE_READS`)
+            return result  # type: ignore[return-value]
         return await run_on_thread(pooled.dbapi_connection, fn, ends_transaction=True)
     finally:
         await _checkin(pooled)

@@ -30,6 +30,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
+from tidings.types import INLINE_READS
+
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
 _T = TypeVar("_T")
 
@@ -79,11 +81,15 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _call(self, operation: Any, parameters: Any, many: bool) -> None:
         connection: Any = self._connection  # an aiosqlite.Connection
         adapt: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
-        async with adapt._execute_mutex:
-            begin, adapt._begin, adapt._ended = adapt._begin, None, False
-            outcome: _Outcome = await connection._execute(
-                _run, connection._conn, operation, parameters, many, begin
-            )
+        if adapt.may_read_inline():
+            begin, adapt._begin, adapt._ended, adapt._inline = adapt._begin, None, False, True
+            outcome: _Outcome = _run(connection._conn, operation, parameters, many, begin)
+        else:
+            async with adapt._execute_mutex:
+                begin, adapt._begin, adapt._ended = adapt._begin, None, False
+                outcome = await connection._execute(
+                    _run, connection._conn, operation, parameters, many, begin
+                )
         finished: _Finished = self._cursor  # type: ignore[assignment]
         finished.description, finished.rowcount, finished.lastrowid, rows = outcome
         self._rows.clear()
@@ -118,7 +124,7 @@ class StreamingCursor(AsyncAdapt_aiosqlite_ss_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("_begin", "_ended")
+    __slots__ = ("_begin", "_ended", "_inline")
     _cursor_cls = OneHopCursor
     _ss_cursor_cls = StreamingCursor
 
@@ -128,6 +134,31 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         # The last call on the thread left no transaction open and was awaited to its end
         # (a COMMIT, a ROLLBACK, `run_on_thread` with `ends_transaction`): nothing to end.
         self._ended = False
+        # A read transaction is open that statements ran in on the loop's thread
+        # (`may_read_inline`): it ends there too.
+        self._inline = False
+
+    def may_read_inline(self) -> bool:
+        """Whether the next statement runs on the calling (event loop's) thread instead of
+        the connection's: the task allows it (`INLINE_READS`), the connection reads (its
+        transaction begins deferred, or is such a read already), and no call of it is in
+        flight on its thread."""
+        return (
+            INLINE_READS.get()
+            and (self._inline or self._begin == "BEGIN")
+            and not self._execute_mutex.locked()
+        )
+
+    def _end_inline(self) -> bool:
+        """End a read transaction begun on the loop's thread, there; whether there was one."""
+        if not self._inline:
+            return False
+        self._inline = False
+        conn: sqlite3.Connection = self._connection._conn
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # it only read: nothing to keep
+        self._begin, self._ended = None, True
+        return True
 
     def begin_with_next_statement(self, sql: str) -> None:
         """Start a transaction with `sql` (a BEGIN) on the thread, in the same call as the
@@ -149,11 +180,15 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         return self._begin is not None or self._ended
 
     def rollback(self) -> None:
+        if self._end_inline():
+            return
         if not self._nothing_to_end():
             super().rollback()
         self._ended = True  # the pool's reset on return has nothing left to end either
 
     def commit(self) -> None:
+        if self._end_inline():
+            return
         if not self._nothing_to_end():
             super().commit()
         self._ended = True
@@ -188,8 +223,22 @@ async def run_on_thread(
         return result
 
 
+def read_inline(connection: Any, fn: Callable[..., _T], *args: Any) -> tuple[bool, _T | None]:
+    """`(True, fn(sqlite3_connection, *args))` run on the calling thread when the task allows
+    reads there (`INLINE_READS`) and no call of `connection` is in flight on its thread;
+    else `(False, None)`, nothing run. `fn` only reads, outside any transaction."""
+    adapt: OneHopConnection = connection
+    if not INLINE_READS.get() or adapt._execute_mutex.locked():
+        return False, None
+    adapt._ended = False
+    try:
+        return True, fn(adapt._connection._conn, *args)
+    finally:
+        adapt._ended = True  # it opened no transaction: the release has nothing to end
+
+
 def dbapi() -> OneHopDBAPI:
     return OneHopDBAPI(aiosqlite, sqlite3)
 
 
-__all__: Sequence[str] = ("OneHopDBAPI", "dbapi", "run_on_thread")
+__all__: Sequence[str] = ("OneHopDBAPI", "dbapi", "read_inline", "run_on_thread")
