@@ -969,6 +969,28 @@ async def test_a_bulk_email_goes_out_in_batches_each_settled_in_one_write(
     assert len(sent) == 120 and {t["status"] for t in sent} == {"sent"}
 
 
+async def test_a_bulk_sends_workers_deliver_what_the_fanout_made_before_making_more(
+    env: Env,
+) -> None:
+    """A bulk send's delivery jobs are due since its event's accept, ahead of its batch
+    jobs still queued: one job at a time, the workers alternate between a batch and the
+    deliveries it made, and the queue never holds more than one batch's deliveries."""
+    env.notify.config = dataclasses.replace(env.notify.config, bulk_batch_size=50)
+    addresses = {f"m{i:03d}": f"m{i:03d}@example.com" for i in range(150)}
+    event_id = await mailing(env, addresses)
+    env.clock.advance(1.0)  # the fanout enqueues its batches after the accept
+    pool = env.runtime.pools[-1]
+    ran: list[str] = []
+    while claimed := await pool.claim(1):
+        ran.append(claimed[0].kind)
+        await pool.execute(claimed[0])
+    assert ran == ["event.dispatch"] + ["notify.batch", "notify.deliver_batch"] * 3
+    event = await env.notify.events.get(event_id)
+    assert event is not None
+    assert {j["run_at"] for j in await jobs_of(env, "notify.deliver_batch")} == {event.created_at}
+    assert len(env.mails()) == 150
+
+
 async def test_a_message_failing_in_a_batch_goes_on_alone(env: Env) -> None:
     """The others of its batch are sent; a transient failure becomes the message's own
     delivery job, due after its backoff, with the batch's attempt counted (3 attempts in

@@ -595,7 +595,10 @@ class Orchestrator:
         (a subscriber sees an item once its run is committed)."""
         size = self.config.send_batch
         tries = self.config.delivery_attempts
-        jobs += [send_batch_job(sends[i : i + size], tries) for i in range(0, len(sends), size)]
+        due = p.event.created_at
+        jobs += [
+            send_batch_job(sends[i : i + size], tries, due) for i in range(0, len(sends), size)
+        ]
         # Bulk waits while transactional work is in flight before each of its two
         # transactions, so neither takes SQLite's one writer lock from under it.
         await self._gate.pause()
@@ -603,8 +606,9 @@ class Orchestrator:
         queued = False
         if writes:
             await self._gate.pause()
-            # Due transactional jobs (deliveries) go straight to a local worker once stored.
-            with self._handoffs.offering(jobs, p.now) as offered:
+            # Due jobs (deliveries, bulk ones too) go straight to a local worker with a free
+            # slot once stored, without a claim transaction and a poll.
+            with self._handoffs.offering(jobs, p.now, bulk=True) as offered:
                 offered.stored = await self.runs.commit(writes, offered.jobs)
             queued = offered.queued()  # those handed off run as they are stored
         if queued and self._on_enqueue is not None:
@@ -1665,13 +1669,18 @@ class Orchestrator:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def send_batch_job(messages: Sequence[Message], max_attempts: int) -> NewJob:
+def send_batch_job(messages: Sequence[Message], max_attempts: int, due: float) -> NewJob:
     """The job that delivers these due bulk messages together (`handle_deliver_batch`);
-    its dedupe key is its first message's (a message is in one batch only)."""
+    its dedupe key is its first message's (a message is in one batch only).
+
+    It is due since `due`, its event's accept: ahead of the event's batches still queued
+    (due since the fanout enqueued them), so a bulk send's workers deliver what the fanout
+    made before making more, and the queue holds a few slices, not the whole send."""
     return NewJob(
         DELIVER_BATCH_JOB,
         {"message_ids": [m.id for m in messages]},
         lane=Priority.BULK,
+        run_at=due,
         dedupe_key=f"deliver-batch:{messages[0].id}",
         max_attempts=max_attempts,
     )

@@ -262,17 +262,22 @@ class Offered:
 
 class Handoffs:
     """Hands jobs enqueued in this process straight to a local worker pool with a free slot,
-    skipping the claim transaction and the poll (`Handoff`). Only due transactional jobs are
-    handed off: bulk work keeps the queue's order and its claim loop."""
+    skipping the claim transaction and the poll (`Handoff`). Due transactional jobs are
+    handed off, and due bulk ones when offered with `bulk` (the deliveries a bulk fanout
+    made, which are due first anyway: `notify.send_batch_job`); other bulk work keeps the
+    queue's order and its claim loop."""
 
     def __init__(self, pools: Sequence[WorkerPool]) -> None:
         self._pools = pools  # read at each offer: the runtime fills it after wiring
         self._pending: dict[str, WorkerPool] = {}  # handoff job id -> pool holding its slot
 
-    def offer(self, job: NewJob, now: float) -> NewJob:
-        """The job, with a hand-off if a local pool can take it now (else unchanged). Follow
-        with `settle` once the transaction storing it has ended (or failed)."""
-        if job.lane is not Priority.TRANSACTIONAL or (job.run_at is not None and job.run_at > now):
+    def offer(self, job: NewJob, now: float, *, bulk: bool = False) -> NewJob:
+        """The job, with a hand-off if a local pool can take it now (else unchanged); a bulk
+        job only with `bulk`. Follow with `settle` once the transaction storing it has ended
+        (or failed)."""
+        if job.lane is not Priority.TRANSACTIONAL and not bulk:
+            return job
+        if job.run_at is not None and job.run_at > now:
             return job
         for pool in self._pools:
             handoff = pool.reserve(job.lane)
@@ -282,11 +287,13 @@ class Handoffs:
         return job
 
     @contextlib.contextmanager
-    def offering(self, jobs: Sequence[NewJob], now: float) -> Iterator[Offered]:
+    def offering(
+        self, jobs: Sequence[NewJob], now: float, *, bulk: bool = False
+    ) -> Iterator[Offered]:
         """Offer `jobs` (see `offer`) for the transaction in the block, which stores
         `Offered.jobs` and sets `Offered.stored`; on leaving, however the block ends, the
         stored hand-offs run and the other slots are freed (`settle`)."""
-        offered = Offered([self.offer(j, now) for j in jobs])
+        offered = Offered([self.offer(j, now, bulk=bulk) for j in jobs])
         try:
             yield offered
         finally:

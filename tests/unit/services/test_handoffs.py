@@ -270,10 +270,17 @@ async def test_a_reserved_slot_is_not_claimed_and_unreserve_wakes_the_loop(
 # -- Handoffs.offer -------------------------------------------------------------------------
 
 
-async def test_offer_hands_off_due_transactional_jobs_only(clock: ManualClock) -> None:
+def two_pools(clock: ManualClock) -> tuple[CountingQueue, WorkerPool, WorkerPool]:
+    """A queue and two pools of one slot each: transactional only (leases of 30 s), and
+    both lanes (45 s), as the runtime has them."""
     jobs = CountingQueue(clock)
     tx_pool = make_pool(jobs, clock, Recorder(jobs), lanes=(TX,), concurrency=1, lease_seconds=30)
     any_pool = make_pool(jobs, clock, Recorder(jobs), concurrency=1, lease_seconds=45)
+    return jobs, tx_pool, any_pool
+
+
+async def test_offer_hands_off_due_transactional_jobs_only(clock: ManualClock) -> None:
+    jobs, tx_pool, any_pool = two_pools(clock)
     handoffs = Handoffs([tx_pool, any_pool])
     now = clock.now()
     async with started(jobs, tx_pool, any_pool):
@@ -298,6 +305,23 @@ async def test_offer_hands_off_due_transactional_jobs_only(clock: ManualClock) -
         assert again.handoff is not None and again.handoff.lease_seconds == 30
         handoffs.settle([again], set())
     assert handoffs.offer(first, now) is first  # stopped pools take nothing
+
+
+async def test_offer_hands_off_a_due_bulk_job_when_offered_as_bulk(clock: ManualClock) -> None:
+    """A bulk fanout's deliveries (`bulk=True`) go to a pool that serves the bulk lane, never
+    the transactional-only one, and only while it has a free slot."""
+    jobs, tx_pool, any_pool = two_pools(clock)
+    handoffs = Handoffs([tx_pool, any_pool])
+    now = clock.now()
+    async with started(jobs, tx_pool, any_pool):
+        bulk = NewJob(kind="k", payload={}, lane=BULK, run_at=now - 5)
+        offered = handoffs.offer(bulk, now, bulk=True)
+        assert offered.handoff is not None and offered.handoff.lease_seconds == 45  # any pool
+        assert free_slots(tx_pool) == 1 and free_slots(any_pool) == 0
+        assert handoffs.offer(bulk, now, bulk=True) is bulk  # no bulk slot left
+        later = NewJob(kind="k", payload={}, lane=BULK, run_at=now + 1)
+        assert handoffs.offer(later, now, bulk=True) is later  # not due
+        handoffs.settle([offered], set())
 
 
 async def test_offer_without_a_started_pool_leaves_the_job(clock: ManualClock) -> None:
