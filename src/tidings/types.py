@@ -25,13 +25,14 @@ CURRENT_LANE: contextvars.ContextVar[Priority] = contextvars.ContextVar(
     "tidings_lane", default=Priority.TRANSACTIONAL
 )
 
-# Whether the current task's reads may run on the event loop's own thread: set while a
-# worker runs a transactional job, whose reads are a few rows by key. On SQLite such a read
-# takes a few dozen microseconds there, where its trip to a connection's thread and back
-# (two thread wake-ups, the GIL taken back from a busy loop, the loop coming round) took
-# one to eight milliseconds while a bulk send ran.
-INLINE_READS: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "tidings_inline_reads", default=False
+# Whether the current task's SQLite statements may run on the event loop's own thread: set
+# while a worker runs a transactional job on SQLite, whose reads are a few rows by key and
+# whose writes a few rows (work that would overlap its reads awaits them one by one then:
+# `services.lanes.together`). Such a read takes a few dozen microseconds there, where its trip to a
+# connection's thread and back (two thread wake-ups, the GIL taken back from a busy loop,
+# the loop coming round) took one to eight milliseconds while a bulk send ran.
+INLINE_SQLITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tidings_inline_sqlite", default=False
 )
 
 

@@ -354,6 +354,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
                 policy=notify.config.retry,  # one backoff for jobs and batched messages
                 name=name,
                 gate=gate,
+                inline_sqlite=db_file is not None,
             )
         )
     return Runtime(

@@ -33,7 +33,7 @@ from tidings.adapters.sql import create_engine, sqlite_driver
 from tidings.adapters.sql.engine import reader
 from tidings.adapters.sql.script import run_read, run_transaction
 from tidings.adapters.sql.sqlite_driver import OneHopCursor
-from tidings.types import INLINE_READS
+from tidings.types import INLINE_SQLITE
 
 meta = MetaData()
 things = Table(
@@ -229,13 +229,13 @@ def calls_by_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int,
 async def test_inline_reads_run_on_the_loops_thread_and_leave_no_transaction(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With `INLINE_READS`, a reader's statements run on the calling thread, in one read
+    """With `INLINE_SQLITE`, a reader's statements run on the calling thread, in one read
     transaction (two statements see one snapshot) that ends there; writers still go to the
     connection's thread; without it, reads do too."""
     async with engine.begin() as conn:
         await conn.execute(insert(things), [{"name": "a"}, {"name": "b"}])
     loop_thread = threading.get_ident()
-    token = INLINE_READS.set(True)
+    token = INLINE_SQLITE.set(True)
     try:
         with calls_by_thread(monkeypatch) as seen:
             async with reader(engine).connect() as conn:
@@ -250,7 +250,7 @@ async def test_inline_reads_run_on_the_loops_thread_and_leave_no_transaction(
                 await conn.execute(insert(things).values(name="c"))
             assert seen[-1][0] != loop_thread
     finally:
-        INLINE_READS.reset(token)
+        INLINE_SQLITE.reset(token)
     with calls_by_thread(monkeypatch) as seen:
         async with reader(engine).connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(things))).scalar() == 3
@@ -265,9 +265,46 @@ async def test_run_read_runs_inline_for_a_transactional_job(engine: AsyncEngine)
         return int(conn.execute("SELECT count(*) FROM things").fetchone()[0])
 
     assert await run_read(engine, count) == 0
-    token = INLINE_READS.set(True)
+    token = INLINE_SQLITE.set(True)
     try:
         assert await run_read(engine, count) == 0
     finally:
-        INLINE_READS.reset(token)
+        INLINE_SQLITE.reset(token)
     assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
+
+
+async def test_a_transactional_jobs_write_runs_inline_unless_another_process_writes(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """With `INLINE_SQLITE`, `run_transaction` runs on the calling thread; while another
+    connection (another process) holds SQLite's write lock, it waits on the connection's
+    thread instead of blocking the loop, and commits once the lock is free."""
+    threads: list[int] = []
+
+    def put(name: str) -> Any:
+        def fn(conn: sqlite3.Connection) -> int:
+            threads.append(threading.get_ident())
+            return int(conn.execute("INSERT INTO things (name) VALUES (?)", (name,)).lastrowid)
+
+        return fn
+
+    token = INLINE_SQLITE.set(True)
+    try:
+        await run_transaction(engine, put("a"))
+        assert threads == [threading.get_ident()]
+        other = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        pending = asyncio.ensure_future(run_transaction(engine, put("b")))
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # waiting, and the loop still runs
+        other.execute("COMMIT")
+        await asyncio.wait_for(pending, 5)
+        other.close()
+    finally:
+        INLINE_SQLITE.reset(token)
+    assert threads[1] != threading.get_ident()  # the second went to the connection's thread
+    async with engine.connect() as conn:
+        assert list((await conn.execute(select(things.c.name).order_by("id"))).scalars()) == [
+            "a",
+            "b",
+        ]

@@ -24,11 +24,33 @@ import asyncio
 import contextlib
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar, overload
 
-from tidings.types import CURRENT_LANE, Priority
+from tidings.types import CURRENT_LANE, INLINE_SQLITE, Priority
 
 DEFAULT_HORIZON = 0.25
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_C = TypeVar("_C")
+
+
+@overload
+async def together(a: Awaitable[_A], b: Awaitable[_B], /) -> tuple[_A, _B]: ...
+@overload
+async def together(
+    a: Awaitable[_A], b: Awaitable[_B], c: Awaitable[_C], /
+) -> tuple[_A, _B, _C]: ...
+async def together(*aws: Awaitable[Any]) -> tuple[Any, ...]:
+    """Await `aws` at the same time (`asyncio.gather`), or one after another when the task's
+    SQLite statements run on the loop's own thread (`INLINE_SQLITE`): they would not
+    overlap there, and each task gather makes waits for a pass of the event loop, which a
+    bulk send keeps busy."""
+    if INLINE_SQLITE.get():
+        return tuple([await a for a in aws])
+    return tuple(await asyncio.gather(*aws))
 
 
 class LaneGate:

@@ -97,7 +97,7 @@ from tidings.ports.preferences import PreferenceStore, SuppressionStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, TopicStore
 from tidings.records import record
 from tidings.services.inbox import InboxService
-from tidings.services.lanes import BulkTurns, LaneGate
+from tidings.services.lanes import BulkTurns, LaneGate, together
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
 from tidings.services.worker import Handoffs, PermanentJobError, RetryableJobError
@@ -459,10 +459,11 @@ class Orchestrator:
             await self._gate.hold_bulk()
             stored = await self.runs.get_runs([r.id for r in fresh])
         else:  # the recipients' reads go at the same time as the runs'
-            stored, inputs = await asyncio.gather(
+            stored, inputs = await together(
                 self.runs.get_runs([r.id for r in fresh]),
                 self._inputs(workflow, list(recipients), bulk=False),
             )
+
         waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         if waiting:
             await self._gate.hold_bulk()
@@ -572,7 +573,7 @@ class Orchestrator:
             return await self.runs.recent_sends(ids, self._now() - caps_window)
 
         if not bulk:
-            return await asyncio.gather(subscribers(), self.preferences.get_many(ids), recent())
+            return await together(subscribers(), self.preferences.get_many(ids), recent())
         await self._gate.hold_bulk()
         subs = await subscribers()
         await self._gate.hold_bulk()
@@ -601,11 +602,12 @@ class Orchestrator:
         ]
         # Bulk waits while transactional work is in flight before each of its two
         # transactions, so neither takes SQLite's one writer lock from under it.
-        await self._gate.pause()
+        await self._gate.hold_bulk()
         stored = await self.inbox.add_many(inbox, push=False) if inbox else []
         queued = False
+
         if writes:
-            await self._gate.pause()
+            await self._gate.hold_bulk()
             # Due jobs (deliveries, bulk ones too) go straight to a local worker with a free
             # slot once stored, without a claim transaction and a poll.
             with self._handoffs.offering(jobs, p.now, bulk=True) as offered:
@@ -1063,7 +1065,7 @@ class Orchestrator:
         `_duplicates` and `_facts` would wait for one after the other."""
         if channel not in (Channel.EMAIL, Channel.SMS) or channel.value in p.suppressed:
             return  # one read at most: made where it is needed
-        await asyncio.gather(self._duplicates(p, step, channel, ref), self._suppressed(p, channel))
+        await together(self._duplicates(p, step, channel, ref), self._suppressed(p, channel))
 
     async def _endpoints(self, p: _Pass) -> list[str]:
         if p.endpoints is None:
@@ -1153,13 +1155,14 @@ class Orchestrator:
 
     async def handle_deliver(self, job: Job) -> None:
         mid = str(job.payload.get("message_id", ""))
+
         message = await self.runs.message(mid)
         if message is None:
             raise PermanentJobError(f"message {mid} not found")
         if message.status not in (QUEUED, DeliveryStatus.FAILED.value):
             return  # an earlier attempt finished it
         # the event and the subscriber at the same time: two round trips waited for as one
-        event, subscriber = await asyncio.gather(
+        event, subscriber = await together(
             self.events.get(message.event_id),
             self._subscriber(message.recipient, devices=message.channel in PUSH_CHANNELS),
         )

@@ -21,7 +21,7 @@ from tidings.errors import LeaseLost
 from tidings.ports.clock import Clock
 from tidings.ports.jobs import JobQueue
 from tidings.services.lanes import LaneGate
-from tidings.types import CURRENT_LANE, INLINE_READS, Handoff, Job, NewJob, Priority
+from tidings.types import CURRENT_LANE, INLINE_SQLITE, Handoff, Job, NewJob, Priority
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,12 @@ class WorkerPool:
         policy: RetryPolicy | None = None,
         name: str = "worker",
         gate: LaneGate | None = None,
+        inline_sqlite: bool = False,
     ) -> None:
+        """`inline_sqlite`: the store is SQLite, whose statements a transactional job may run
+        on the event loop's thread (`INLINE_SQLITE`)."""
         self._jobs = jobs
+        self._inline = inline_sqlite
         self._clock = clock
         self._handlers = handlers
         self._on_dead = on_dead or {}
@@ -186,7 +190,7 @@ class WorkerPool:
             return
         keeper = asyncio.create_task(self._keep_lease(job.id, token))
         lane = CURRENT_LANE.set(job.lane)
-        inline = INLINE_READS.set(job.lane is Priority.TRANSACTIONAL)
+        inline = INLINE_SQLITE.set(self._inline and job.lane is Priority.TRANSACTIONAL)
         urgent = (
             self._gate.urgent() if job.lane is Priority.TRANSACTIONAL else contextlib.nullcontext()
         )
@@ -216,7 +220,7 @@ class WorkerPool:
         else:
             await self._settle(self._jobs.complete(job.id, token))
         finally:
-            INLINE_READS.reset(inline)
+            INLINE_SQLITE.reset(inline)
             CURRENT_LANE.reset(lane)
             keeper.cancel()
 

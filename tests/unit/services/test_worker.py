@@ -6,7 +6,7 @@ from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryJobQueue
 from tidings.core.retry import FailureClass, RetryPolicy
 from tidings.services.worker import PermanentJobError, RetryableJobError, WorkerPool
-from tidings.types import INLINE_READS, Job, JobState, NewJob, Priority
+from tidings.types import INLINE_SQLITE, Job, JobState, NewJob, Priority
 
 
 def pool(jobs: MemoryJobQueue, clock: ManualClock, handlers: dict, **kw: object) -> WorkerPool:
@@ -169,17 +169,27 @@ async def test_lease_is_extended_while_a_long_job_runs() -> None:
     assert job is not None and job.state == JobState.DONE
 
 
-async def test_a_transactional_job_may_read_on_the_loops_thread(clock: ManualClock) -> None:
-    """`INLINE_READS` is set while a transactional job runs, not while a bulk one does, and
-    not after either."""
-    jobs = MemoryJobQueue(clock)
-    seen: dict[str, bool] = {}
+async def test_a_transactional_job_on_sqlite_may_use_the_loops_thread(
+    clock: ManualClock,
+) -> None:
+    """`INLINE_SQLITE` is set while a transactional job runs in a pool on SQLite, not while
+    a bulk one does, not in a pool on another store, and not after either."""
+    seen: dict[tuple[bool, str], bool] = {}
 
     async def handle(job: Job) -> None:
-        seen[job.payload["name"]] = INLINE_READS.get()
+        seen[(job.payload["sqlite"], job.payload["name"])] = INLINE_SQLITE.get()
 
-    await jobs.enqueue(NewJob(kind="k", payload={"name": "tx"}))
-    await jobs.enqueue(NewJob(kind="k", payload={"name": "bulk"}, lane=Priority.BULK))
-    assert await pool(jobs, clock, {"k": handle}).run_once() == 2
-    assert seen == {"tx": True, "bulk": False}
-    assert INLINE_READS.get() is False
+    for sqlite in (True, False):
+        jobs = MemoryJobQueue(clock)
+        await jobs.enqueue(NewJob(kind="k", payload={"sqlite": sqlite, "name": "tx"}))
+        await jobs.enqueue(
+            NewJob(kind="k", payload={"sqlite": sqlite, "name": "bulk"}, lane=Priority.BULK)
+        )
+        assert await pool(jobs, clock, {"k": handle}, inline_sqlite=sqlite).run_once() == 2
+    assert seen == {
+        (True, "tx"): True,
+        (True, "bulk"): False,
+        (False, "tx"): False,
+        (False, "bulk"): False,
+    }
+    assert INLINE_SQLITE.get() is False

@@ -30,8 +30,8 @@ from sqlalchemy.sql.dml import Insert as SqlInsert
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from tidings.adapters.sql.engine import lane_lock
-from tidings.adapters.sql.sqlite_driver import OneHopConnection, read_inline, run_on_thread
+from tidings.adapters.sql.engine import BUSY_TIMEOUT_MS, lane_lock
+from tidings.adapters.sql.sqlite_driver import OneHopConnection, run_inline, run_on_thread
 from tidings.records import record
 from tidings.types import CURRENT_LANE
 
@@ -256,6 +256,30 @@ def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T
         raise
 
 
+def _transaction_now(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]
+) -> tuple[_T] | None:
+    """`_transaction`, if SQLite's write lock is free now (None, nothing done, if another
+    process holds it): BEGIN IMMEDIATE tries once instead of waiting `BUSY_TIMEOUT_MS`."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise
+        return None
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+        return (result,)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
     """`fn(connection)` in one write transaction of a SQLite `engine` (BEGIN IMMEDIATE,
     then COMMIT, or ROLLBACK when it raises), as one call on a pooled connection's thread,
@@ -274,9 +298,15 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection]
         raise
     try:
         try:
-            result: _T = await run_on_thread(
-                pooled.dbapi_connection, _transaction, fn, ends_transaction=True
-            )
+            # a transactional job's (`INLINE_SQLITE`) on the loop's thread, unless another
+            # process holds SQLite's write lock: the loop would wait for it
+            done, found = run_inline(pooled.dbapi_connection, _transaction_now, fn)
+            if done and found is not None:
+                result: _T = found[0]
+            else:
+                result = await run_on_thread(
+                    pooled.dbapi_connection, _transaction, fn, ends_transaction=True
+                )
         finally:
             lock.release(lane)
     finally:
@@ -291,8 +321,8 @@ async def run_read(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) 
     (SELECTs open no transaction), so the connection goes back with nothing to end."""
     pooled = await _checkout(engine)
     try:
-        done, result = read_inline(pooled.dbapi_connection, fn)
-        if done:  # on the loop's thread, for a transactional job (`INLINE_READS`)
+        done, result = run_inline(pooled.dbapi_connection, fn)
+        if done:  # on the loop's thread, for a transactional job (`INLINE_SQLITE`)
             return result  # type: ignore[return-value]
         return await run_on_thread(pooled.dbapi_connection, fn, ends_transaction=True)
     finally:

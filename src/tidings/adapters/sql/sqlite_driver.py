@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
-from tidings.types import INLINE_READS
+from tidings.types import INLINE_SQLITE
 
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
 _T = TypeVar("_T")
@@ -140,11 +140,11 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def may_read_inline(self) -> bool:
         """Whether the next statement runs on the calling (event loop's) thread instead of
-        the connection's: the task allows it (`INLINE_READS`), the connection reads (its
+        the connection's: the task allows it (`INLINE_SQLITE`), the connection reads (its
         transaction begins deferred, or is such a read already), and no call of it is in
         flight on its thread."""
         return (
-            INLINE_READS.get()
+            INLINE_SQLITE.get()
             and (self._inline or self._begin == "BEGIN")
             and not self._execute_mutex.locked()
         )
@@ -223,22 +223,23 @@ async def run_on_thread(
         return result
 
 
-def read_inline(connection: Any, fn: Callable[..., _T], *args: Any) -> tuple[bool, _T | None]:
+def run_inline(connection: Any, fn: Callable[..., _T], *args: Any) -> tuple[bool, _T | None]:
     """`(True, fn(sqlite3_connection, *args))` run on the calling thread when the task allows
-    reads there (`INLINE_READS`) and no call of `connection` is in flight on its thread;
-    else `(False, None)`, nothing run. `fn` only reads, outside any transaction."""
+    it (`INLINE_SQLITE`) and no call of `connection` is in flight on its thread; else
+    `(False, None)`, nothing run. `fn` leaves no transaction open, whether it returns or
+    raises (`run_on_thread`'s `ends_transaction`)."""
     adapt: OneHopConnection = connection
-    if not INLINE_READS.get() or adapt._execute_mutex.locked():
+    if not INLINE_SQLITE.get() or adapt._execute_mutex.locked():
         return False, None
     adapt._ended = False
     try:
         return True, fn(adapt._connection._conn, *args)
     finally:
-        adapt._ended = True  # it opened no transaction: the release has nothing to end
+        adapt._ended = True  # no transaction left open: the release has nothing to end
 
 
 def dbapi() -> OneHopDBAPI:
     return OneHopDBAPI(aiosqlite, sqlite3)
 
 
-__all__: Sequence[str] = ("OneHopDBAPI", "dbapi", "read_inline", "run_on_thread")
+__all__: Sequence[str] = ("OneHopDBAPI", "dbapi", "run_inline", "run_on_thread")
