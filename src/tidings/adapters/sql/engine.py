@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import ColumnElement, any_, event, literal, text
+from sqlalchemy import ColumnElement, Select, any_, event, literal, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError
@@ -187,6 +187,18 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     """The same engine and pool, for transactions that only read. On SQLite they begin
     deferred instead of taking the write lock; elsewhere the option changes nothing."""
     return engine.execution_options(**{_READ_ONLY: True})
+
+
+async def none_due(engine: AsyncEngine, due: Select[Any]) -> bool:
+    """On SQLite, whether `due` (the rows a bulk write would take) finds none, read without
+    the write lock: retention's pruning then takes no write transaction (one scanned its
+    candidates for over 100 ms holding the lock while transactional writers waited). On
+    PostgreSQL, False: its writers do not queue on one lock, and the read would be a
+    round trip more."""
+    if is_postgres(engine):
+        return False
+    async with reader(engine).connect() as conn:
+        return (await conn.execute(due.limit(1))).first() is None
 
 
 def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:

@@ -7,7 +7,7 @@ from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.engine import is_postgres, none_due, reader, writer
 from tidings.adapters.sql.jobs import job_row
 from tidings.adapters.sql.tables import campaigns, event_outcomes, events, jobs, notify_runs
 from tidings.errors import Conflict, IdempotencyConflict, NotFound
@@ -155,6 +155,8 @@ class SqlEventStore:
             .order_by(e.state, e.created_at)
             .limit(limit)
         )
+        if await none_due(self._engine, due):
+            return 0
         if is_postgres(self._engine):  # processes pruning at once take different events
             due = due.with_for_update(skip_locked=True)
         async with writer(self._engine) as conn:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
-from tidings.adapters.sql.engine import is_postgres, reader, writer
+from tidings.adapters.sql.engine import is_postgres, none_due, reader, writer
 from tidings.adapters.sql.script import (
     Statement,
     row_reader,
@@ -270,13 +270,14 @@ class SqlJobQueue:
             raise NotFound(f"dead job {job_id} not found")
 
     async def prune(self, before: float, limit: int) -> int:
-        due = (
+        oldest = (
             select(jobs.c.seq)
             .where(jobs.c.state == JobState.DONE.value, jobs.c.run_at < before)
             .order_by(jobs.c.run_at, jobs.c.seq)
-            .limit(limit)
-            .scalar_subquery()
         )
+        if await none_due(self._engine, oldest):
+            return 0
+        due = oldest.limit(limit).scalar_subquery()
         async with writer(self._engine) as conn:
             result = await conn.execute(delete(jobs).where(jobs.c.seq.in_(due)))
         return int(result.rowcount)

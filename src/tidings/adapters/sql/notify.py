@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tidings.adapters.sql.engine import among, is_postgres, json_text, reader, writer
+from tidings.adapters.sql.engine import among, is_postgres, json_text, none_due, reader, writer
 from tidings.adapters.sql.jobs import insert_jobs, job_row
 from tidings.adapters.sql.script import (
     MAX_ROWS,
@@ -631,6 +631,8 @@ class SqlRunStore:
             .order_by(_r.updated_at, _r.id)
             .limit(limit)
         )
+        if await none_due(self._engine, due):
+            return 0
         if is_postgres(self._engine):  # processes pruning at once take different runs
             due = due.with_for_update(skip_locked=True)
         by_run = (
