@@ -124,7 +124,7 @@ async def test_begin_goes_with_the_first_statement(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read of one statement is one call for BEGIN and the statement, one for ROLLBACK; a
-    transaction that runs no statement makes no call."""
+    transaction that runs no statement makes no call; `run_transaction` none either."""
     async with engine.connect() as conn:  # a connection in the pool, opened already
         await conn.execute(text("select 1"))
     with counting_calls(monkeypatch) as calls:
@@ -140,7 +140,8 @@ async def test_begin_goes_with_the_first_statement(
         assert calls == ["_run", "commit"]
         calls.clear()
         await run_transaction(engine, lambda c: c.execute("insert into things (name) values ('s')"))
-        assert calls == ["_transaction"]  # the script ended its transaction: no ROLLBACK call
+        # on the loop's thread, and it ended its transaction: no call at all, no ROLLBACK
+        assert calls == []
 
 
 async def test_a_cancelled_statement_is_rolled_back_once_it_ends(engine: AsyncEngine) -> None:
@@ -273,12 +274,12 @@ async def test_run_read_runs_inline_for_a_transactional_job(engine: AsyncEngine)
     assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
 
 
-async def test_a_transactional_jobs_write_runs_inline_unless_another_process_writes(
+async def test_a_write_transaction_runs_inline_unless_another_process_writes(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    """With `INLINE_SQLITE`, `run_transaction` runs on the calling thread; while another
-    connection (another process) holds SQLite's write lock, it waits on the connection's
-    thread instead of blocking the loop, and commits once the lock is free."""
+    """`run_transaction` runs on the calling thread (any task, `INLINE_SQLITE` or not);
+    while another connection (another process) holds SQLite's write lock, it waits on the
+    connection's thread instead of blocking the loop, and commits once the lock is free."""
     threads: list[int] = []
 
     def put(name: str) -> Any:
@@ -288,23 +289,20 @@ async def test_a_transactional_jobs_write_runs_inline_unless_another_process_wri
 
         return fn
 
-    token = INLINE_SQLITE.set(True)
-    try:
-        await run_transaction(engine, put("a"))
-        assert threads == [threading.get_ident()]
-        other = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
-        pending = asyncio.ensure_future(run_transaction(engine, put("b")))
-        await asyncio.sleep(0.2)
-        assert not pending.done()  # waiting, and the loop still runs
-        other.execute("COMMIT")
-        await asyncio.wait_for(pending, 5)
-        other.close()
-    finally:
-        INLINE_SQLITE.reset(token)
+    assert INLINE_SQLITE.get() is False
+    await run_transaction(engine, put("a"))
+    assert threads == [threading.get_ident()]
+    other = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    pending = asyncio.ensure_future(run_transaction(engine, put("b")))
+    await asyncio.sleep(0.2)
+    assert not pending.done()  # waiting, and the loop still runs
+    other.execute("COMMIT")
+    await asyncio.wait_for(pending, 5)
+    other.close()
     assert threads[1] != threading.get_ident()  # the second went to the connection's thread
+    await run_transaction(engine, put("c"))  # the lock free again: inline once more
+    assert threads[2] == threading.get_ident()
     async with engine.connect() as conn:
-        assert list((await conn.execute(select(things.c.name).order_by("id"))).scalars()) == [
-            "a",
-            "b",
-        ]
+        names = (await conn.execute(select(things.c.name).order_by("id"))).scalars()
+        assert list(names) == ["a", "b", "c"]

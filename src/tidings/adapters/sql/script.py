@@ -1,4 +1,4 @@
-"""A SQLite write transaction in one call on the connection's thread.
+"""A SQLite write transaction in one call, on the event loop's thread.
 
 Through SQLAlchemy a write transaction of several statements is several round trips between
 the event loop and the connection's thread: BEGIN, each statement, COMMIT. Each waits for
@@ -6,10 +6,18 @@ the loop to come round while the transaction holds SQLite's only write lock, and
 statement's parameters are bound row by row on the loop. A bulk send's slice (steps,
 messages, trail, runs and jobs of 50 runs) was seven such trips.
 
-`run_script` runs BEGIN IMMEDIATE, the statements and COMMIT (or ROLLBACK) as one call on the
-connection's thread, under the process's writer lock (`writer`'s), with rows given as
-tuples. `Statement` compiles a statement once for the engine's dialect and turns row
-mappings into tuples in its parameter order, each value through its bind's processor.
+`run_script` runs BEGIN IMMEDIATE, the statements and COMMIT (or ROLLBACK) as one call,
+under the process's writer lock (`writer`'s), with rows given as tuples. `Statement`
+compiles a statement once for the engine's dialect and turns row mappings into tuples in
+its parameter order, each value through its bind's processor.
+
+The call runs on the event loop's own thread (`run_transaction`), not the connection's:
+`sqlite3` gives the GIL back while SQLite steps and takes it again after each statement
+and row, and on the connection's thread each of those waits for the busy loop to let go of
+it, all the while holding SQLite's one write lock. A bulk slice's commit held the lock
+5.7 ms at p50 that way (bench/results/writer_holds.md) for some hundreds of microseconds of
+work; transactional writers waited behind it. Only while another process holds SQLite's
+write lock does the call go to the connection's thread, to wait there.
 """
 
 from __future__ import annotations
@@ -282,8 +290,9 @@ def _transaction_now(
 
 async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
     """`fn(connection)` in one write transaction of a SQLite `engine` (BEGIN IMMEDIATE,
-    then COMMIT, or ROLLBACK when it raises), as one call on a pooled connection's thread,
-    under the process's writer lock. `fn` runs on that thread: plain `sqlite3` calls only.
+    then COMMIT, or ROLLBACK when it raises), as one call on a pooled connection, under the
+    process's writer lock: on the calling thread, or, while another process holds SQLite's
+    write lock, on the connection's thread. `fn` makes plain `sqlite3` calls only.
 
     The lock is taken before the connection, as `writer` takes them: a task holding a pooled
     connection while it waits for the lock could leave a writer that holds the lock without
@@ -298,9 +307,9 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection]
         raise
     try:
         try:
-            # a transactional job's (`INLINE_SQLITE`) on the loop's thread, unless another
-            # process holds SQLite's write lock: the loop would wait for it
-            done, found = run_inline(pooled.dbapi_connection, _transaction_now, fn)
+            # on the loop's thread, unless another process holds SQLite's write lock: the
+            # loop would wait for it
+            done, found = run_inline(pooled.dbapi_connection, _transaction_now, fn, always=True)
             if done and found is not None:
                 result: _T = found[0]
             else:

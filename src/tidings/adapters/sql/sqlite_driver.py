@@ -223,13 +223,15 @@ async def run_on_thread(
         return result
 
 
-def run_inline(connection: Any, fn: Callable[..., _T], *args: Any) -> tuple[bool, _T | None]:
+def run_inline(
+    connection: Any, fn: Callable[..., _T], *args: Any, always: bool = False
+) -> tuple[bool, _T | None]:
     """`(True, fn(sqlite3_connection, *args))` run on the calling thread when the task allows
-    it (`INLINE_SQLITE`) and no call of `connection` is in flight on its thread; else
-    `(False, None)`, nothing run. `fn` leaves no transaction open, whether it returns or
-    raises (`run_on_thread`'s `ends_transaction`)."""
+    it (`INLINE_SQLITE`, or `always`) and no call of `connection` is in flight on its thread;
+    else `(False, None)`, nothing run. `fn` leaves no transaction open, whether it returns
+    or raises (`run_on_thread`'s `ends_transaction`)."""
     adapt: OneHopConnection = connection
-    if not INLINE_SQLITE.get() or adapt._execute_mutex.locked():
+    if not (always or INLINE_SQLITE.get()) or adapt._execute_mutex.locked():
         return False, None
     adapt._ended = False
     try:
