@@ -25,12 +25,14 @@ CURRENT_LANE: contextvars.ContextVar[Priority] = contextvars.ContextVar(
     "tidings_lane", default=Priority.TRANSACTIONAL
 )
 
-# Whether the current task's SQLite statements may run on the event loop's own thread: set
-# while a worker runs a transactional job on SQLite, whose reads are a few rows by key and
-# whose writes a few rows (work that would overlap its reads awaits them one by one then:
-# `services.lanes.together`). Such a read takes a few dozen microseconds there, where its trip to a
+# Whether the current task's SQLite reads may run on the event loop's own thread: set while
+# a worker runs a job on SQLite, whose reads are bounded (a few rows by key, a slice of a
+# bulk send). Such a read takes a few dozen microseconds there, where its trip to a
 # connection's thread and back (two thread wake-ups, the GIL taken back from a busy loop,
-# the loop coming round) took one to eight milliseconds while a bulk send ran.
+# the loop coming round) took one to eight milliseconds while a bulk send ran. Work that
+# would overlap its reads elsewhere awaits them one by one then (`services.lanes.together`).
+# API requests, whose reads can be pages of any size, keep the connections' threads. (Write
+# transactions run on the loop's thread anyway: `adapters.sql.script.run_transaction`.)
 INLINE_SQLITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "tidings_inline_sqlite", default=False
 )

@@ -63,8 +63,8 @@ class WorkerPool:
         gate: LaneGate | None = None,
         inline_sqlite: bool = False,
     ) -> None:
-        """`inline_sqlite`: the store is SQLite, whose statements a transactional job may run
-        on the event loop's thread (`INLINE_SQLITE`)."""
+        """`inline_sqlite`: the store is SQLite, whose statements a job may run on the event
+        loop's thread (`INLINE_SQLITE`)."""
         self._jobs = jobs
         self._inline = inline_sqlite
         self._clock = clock
@@ -190,7 +190,7 @@ class WorkerPool:
             return
         keeper = asyncio.create_task(self._keep_lease(job.id, token))
         lane = CURRENT_LANE.set(job.lane)
-        inline = INLINE_SQLITE.set(self._inline and job.lane is Priority.TRANSACTIONAL)
+        inline = INLINE_SQLITE.set(self._inline)
         urgent = (
             self._gate.urgent() if job.lane is Priority.TRANSACTIONAL else contextlib.nullcontext()
         )
