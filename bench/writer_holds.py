@@ -6,9 +6,9 @@ wrapping the runtime's own pieces:
 - every hold of the process's writer lock (`LaneLock`), by the function that took it
   (claims, run commits, inbox inserts, settling...): count, sum, p50, p99, max, and the
   share of the send during which the lock was held;
-- each one-call write transaction (`script.run_transaction`) split into its parts: the
-  pooled connection's checkout, the wait until the connection's thread starts the work,
-  the work on the thread, and the way back until the lock is released;
+- each one-call write transaction (`script.run_transaction`): where it ran (on the event
+  loop's thread, or on the connection's while another process held SQLite's write lock)
+  and how long its work took there;
 - the same 50-row inbox insert in plain `sqlite3` on a table of the same schema, for
   comparison;
 - each thread's CPU over the send (`/proc/self/task`): the event loop, the SQLite
@@ -44,7 +44,7 @@ from tidings.adapters.sql import engine as sql_engine
 from tidings.adapters.sql import script as sql_script
 
 HOLDS: dict[str, list[float]] = {}
-PARTS: list[tuple[float, float, float, float]] = []
+PARTS: dict[str, list[float]] = {}  # the work of one-call write transactions, by where it ran
 
 
 def _taker() -> str:
@@ -74,36 +74,24 @@ def install() -> None:
     lock.acquire = timed_acquire  # type: ignore[method-assign]
     lock.release = timed_release  # type: ignore[method-assign]
 
-    inner = sql_script._transaction
+    # the real `run_transaction`, its work timed where it runs (`script` looks both up by
+    # name at each call)
+    for name, where in (("_transaction_now", "loop"), ("_transaction", "thread")):
+        work = getattr(sql_script, name)
 
-    def timed_inner(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        start = time.perf_counter()
-        result = inner(conn, fn)
-        return result, start, time.perf_counter()
+        def timed(
+            conn: sqlite3.Connection,
+            fn: Callable[[sqlite3.Connection], Any],
+            work: Callable[..., Any] = work,
+            where: str = where,
+        ) -> Any:
+            start = time.perf_counter()
+            try:
+                return work(conn, fn)
+            finally:
+                PARTS.setdefault(where, []).append(time.perf_counter() - start)
 
-    async def run_transaction(engine: Any, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        async with contextlib.AsyncExitStack() as held:
-            await held.enter_async_context(sql_engine.write_lock(engine))
-            t0 = time.perf_counter()
-            async with engine.connect() as conn:
-                t1 = time.perf_counter()
-                raw = await conn.get_raw_connection()
-                try:
-                    result, t2, t3 = await sql_script.run_on_thread(
-                        raw.dbapi_connection, timed_inner, fn, ends_transaction=True
-                    )
-                finally:
-                    t4 = time.perf_counter()
-                    await held.aclose()
-                PARTS.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
-            return result
-
-    # every module that imported it by name
-    for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith("tidings.") and hasattr(
-            module, "run_transaction"
-        ):
-            module.run_transaction = run_transaction  # type: ignore[attr-defined]
+        setattr(sql_script, name, timed)
 
 
 class ThreadCpu:
@@ -243,18 +231,23 @@ def main() -> None:
             )
         lines += [
             "",
-            "One-call write transactions (`run_transaction`), in parts:",
+            "One-call write transactions (`run_transaction`), their work where it ran:",
             "",
-            "| part | p50 ms | p90 ms | p99 ms |",
-            "|---|---|---|---|",
+            "| on | transactions | p50 ms | p90 ms | p99 ms |",
+            "|---|---|---|---|---|",
         ]
-        for i, part in enumerate(
-            ("connection checkout", "until the thread starts", "on the thread", "back, released")
+        for where, label in (
+            ("loop", "the event loop's thread"),
+            ("thread", "the connection's thread (SQLite's lock held elsewhere)"),
         ):
-            values = [p[i] for p in PARTS]
-            lines.append(
-                f"| {part} | {q(values, 0.5):.2f} | {q(values, 0.9):.2f} | {q(values, 0.99):.2f} |"
-            )
+            values = PARTS.get(where, [])
+            if values:
+                lines.append(
+                    f"| {label} | {len(values):,} | {q(values, 0.5):.2f} | {q(values, 0.9):.2f} "
+                    f"| {q(values, 0.99):.2f} |"
+                )
+            else:
+                lines.append(f"| {label} | 0 | | | |")
         lines += [
             "",
             f"A 50-row inbox insert in plain `sqlite3` on the same file: {raw:.2f} ms at p50.",
