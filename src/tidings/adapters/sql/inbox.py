@@ -3,7 +3,7 @@
 A batch (`add_many`) is one transaction: one INSERT ... ON CONFLICT DO NOTHING RETURNING id,
 seq (the rows returned are the ones inserted), then, only if some delivery keys were stored
 already, one SELECT of those (on SQLite after the write transaction, which runs as one call
-on the connection's thread). The INSERT is driver SQL: on SQLite a multi-row VALUES list
+on the event loop's thread). The INSERT is driver SQL: on SQLite a multi-row VALUES list
 (1,000 rows at most per statement), on PostgreSQL 13 array parameters unnested WITH
 ORDINALITY, inserted in input order; SQLAlchemy's per-row parameter processing cost about
 as much as SQLite's own work. `seq` comes from the table (SQLite's rowid, PostgreSQL's
@@ -91,7 +91,7 @@ def _pg_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
 
 
 def _sqlite_insert_rows(conn: sqlite3.Connection, *, rows: list[tuple[Any, ...]]) -> dict[str, int]:
-    """On the connection's thread: insert the rows in order, skipping those whose delivery
+    """In `run_transaction`'s call: insert the rows in order, skipping those whose delivery
     key is stored; the `seq` of each row inserted, by id."""
     returned = insert_rows(conn, _sqlite_insert, rows, _SQLITE_ROWS)
     return {item_id: int(seq) for item_id, seq in returned}
@@ -155,7 +155,7 @@ class SqlInboxStore:
                     stored = stored_of(inserted)
                     found = await self._by_keys(conn, stored) if stored else {}
             else:
-                # one call on the connection's thread: no hops while holding the writer
+                # one call (script.py): no hops while holding the writer
                 inserted = await run_transaction(
                     self._engine, functools.partial(_sqlite_insert_rows, rows=rows)
                 )

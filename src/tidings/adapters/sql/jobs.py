@@ -71,12 +71,12 @@ def _due_sql(lanes: tuple[str, ...]) -> str:
 
 
 def _any_due(lanes: tuple[str, ...], now: float, conn: sqlite3.Connection) -> bool:
-    """On the connection's thread, outside any transaction: see `_due_sql`."""
+    """In `run_read`'s call, outside any transaction: see `_due_sql`."""
     return conn.execute(_due_sql(lanes), [*lanes, now, now]).fetchone() is not None
 
 
 def _changed(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> int:
-    """On the connection's thread: the rows one statement changed."""
+    """In `run_transaction`'s call: the rows one statement changed."""
     return int(conn.execute(sql, params).rowcount)
 
 
@@ -124,7 +124,7 @@ class SqlJobQueue:
             if not await run_read(self._engine, functools.partial(_any_due, tuple(rank), now)):
                 return []
             # Then one UPDATE ... RETURNING in one IMMEDIATE transaction, as one call on
-            # the connection's thread (`run_script`); through SQLAlchemy it was a trip through
+            # a connection (`run_script`); through SQLAlchemy it was a trip through
             # the loop for each of BEGIN, the UPDATE and COMMIT, each waiting for the loop
             # while holding SQLite's one write lock (16 ms at p99 during a bulk send).
             dialect = self._engine.dialect
@@ -186,7 +186,7 @@ class SqlJobQueue:
 
     async def _settle(self, job_id: str, token: str, **values: Any) -> None:
         if not is_postgres(self._engine):
-            # One call on the connection's thread (script.py): a worker settles every job it
+            # One call on a connection (script.py): a worker settles every job it
             # runs, and through SQLAlchemy the UPDATE and the COMMIT were two trips, each
             # waiting for the loop while holding SQLite's one write lock.
             names = tuple(sorted(values))

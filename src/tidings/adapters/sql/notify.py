@@ -103,7 +103,7 @@ class SqlRunStore:
             .where(_m.id == bindparam("b_id"))
             .values({c: bindparam(f"b_{c}") for c in _UPDATABLE})
         )
-        # On SQLite a commit runs as one call on the connection's thread (`run_script`).
+        # On SQLite a commit runs as one call (`run_script`).
         self._pg = is_postgres(engine)
         self._script = not self._pg  # SQLite: one-call transactions and reads (script.py)
         self._script_steps = [
@@ -174,7 +174,7 @@ class SqlRunStore:
         runs = [{**_run_row(w.run), "updated_at": now} for w in writes]
         queued = [job_row(j, now) for j in jobs if j.handoff is None]
         handing = [job_row(j, now) for j in jobs if j.handoff is not None]
-        if self._script:  # SQLite: the transaction as one call on the connection's thread
+        if self._script:  # SQLite: the transaction as one call (`run_script`)
             done = await run_script(
                 self._engine,
                 script(
@@ -328,7 +328,7 @@ class SqlRunStore:
         return None if row is None else _message(row._mapping)
 
     async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
-        if self._script:  # SQLite: one call on a connection's thread, as the settling reads
+        if self._script:  # SQLite: one call on a connection, as the settling reads
             read = row_reader(notify_messages, self._engine.dialect)
             return await run_read(
                 self._engine, functools.partial(_read_messages, read, message_ids)
@@ -351,7 +351,7 @@ class SqlRunStore:
         job_owners = [u.message_id for u in updates for _ in u.jobs]
         new_jobs = [job_row(j, at) for u in updates for j in u.jobs]
         if self._script:
-            # SQLite: the reads, updates and inserts in one call on the connection's thread
+            # SQLite: the reads, updates and inserts in one call (`run_transaction`)
             # (script.py): one trip holding the write lock, however many messages.
             steps = script(
                 self._engine.dialect,
@@ -849,7 +849,7 @@ def _update_messages_sql(n: int) -> str:
 def _read_messages(
     read: RowReader, ids: Sequence[str], conn: sqlite3.Connection
 ) -> dict[str, Message]:
-    """On a SQLite connection's thread: the stored messages of `ids` by id (unknown ids left
+    """In a SQLite connection's call: the stored messages of `ids` by id (unknown ids left
     out), decoded as SQLAlchemy decodes them (`read`)."""
     return {m.id: m for m in map(_message, read.by_id(conn, ids))}
 
@@ -881,7 +881,7 @@ def _update_messages(
     steps: Sequence[Step],
     conn: sqlite3.Connection,
 ) -> list[Message]:
-    """On a SQLite connection's thread, inside the transaction: `update_messages`' reads,
+    """In a SQLite transaction's call: `update_messages`' reads,
     merges, UPDATEs and inserts (`steps`: the trail entries, then the jobs; `owners`: the
     message of each of their rows)."""
     ids = list(dict.fromkeys(u.message_id for u in updates))

@@ -152,8 +152,8 @@ class RowReader:
         return dict(zip(self.names, values, strict=True))
 
     def by_id(self, conn: sqlite3.Connection, ids: Sequence[str]) -> Iterator[dict[str, Any]]:
-        """On the connection's thread: the decoded rows whose `id` is one of `ids` (unknown
-        ids left out), `MAX_ROWS` ids per query.
+        """On a connection (on its thread, or the loop's): the decoded rows whose `id` is one
+        of `ids` (unknown ids left out), `MAX_ROWS` ids per query.
 
         Each query's rows come back as one row (a JSON array of arrays): `sqlite3` gives the
         GIL back and takes it again for every row it steps to, and each time it may wait for
@@ -221,7 +221,7 @@ def insert_rows(
     rows: Sequence[tuple[Any, ...]],
     per: int,
 ) -> list[Any]:
-    """On the connection's thread: `rows` inserted `per` at a time, each chunk by the
+    """In the transaction's call: `rows` inserted `per` at a time, each chunk by the
     statement `sql(len(chunk))` (an INSERT whose VALUES takes that many rows); the rows
     the statements returned (RETURNING), in order."""
     found: list[Any] = []
@@ -233,7 +233,7 @@ def insert_rows(
 
 
 def run_steps(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]]:
-    """On the connection's thread, inside the transaction: each step's returned rows."""
+    """In the transaction's call: each step's returned rows."""
     out: list[list[Any]] = []
     for step in steps:
         found: list[Any] = []
@@ -254,6 +254,11 @@ def run_steps(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]
 def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
     """On the connection's thread: `fn` inside BEGIN IMMEDIATE ... COMMIT."""
     conn.execute("BEGIN IMMEDIATE")
+    return _to_commit(conn, fn)
+
+
+def _to_commit(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`fn` in the transaction begun, then COMMIT; ROLLBACK if it raises."""
     try:
         result = fn(conn)
         conn.execute("COMMIT")
@@ -278,14 +283,7 @@ def _transaction_now(
         return None
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-        return (result,)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    return (_to_commit(conn, fn),)
 
 
 async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -324,14 +322,15 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[sqlite3.Connection]
 
 
 async def run_read(engine: AsyncEngine, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-    """`fn(connection)` as one call on a pooled SQLite connection's thread, outside any
-    write transaction and without the writer lock: for reads of many rows that SQLAlchemy
-    would bind and decode row by row on the event loop. `fn` runs plain `sqlite3` reads
-    (SELECTs open no transaction), so the connection goes back with nothing to end."""
+    """`fn(connection)` as one call on a pooled SQLite connection (on its thread, or the
+    loop's for a job: `INLINE_SQLITE`), outside any write transaction and without the writer
+    lock: for reads of many rows that SQLAlchemy would bind and decode row by row. `fn` runs
+    plain `sqlite3` reads (SELECTs open no transaction), so the connection goes back with
+    nothing to end."""
     pooled = await _checkout(engine)
     try:
         done, result = run_inline(pooled.dbapi_connection, fn)
-        if done:  # on the loop's thread, for a transactional job (`INLINE_SQLITE`)
+        if done:  # on the loop's thread, for a job (`INLINE_SQLITE`)
             return result  # type: ignore[return-value]
         return await run_on_thread(pooled.dbapi_connection, fn, ends_transaction=True)
     finally:

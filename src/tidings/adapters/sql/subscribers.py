@@ -119,7 +119,7 @@ class SqlSubscriberStore:
         by_id: dict[str, Subscriber] = {}
         if not devices and not is_postgres(self._engine):
             # SQLite, the subscribers alone (a fanout's or a delivery batch's read of many):
-            # one call on a connection's thread, not SQLAlchemy's per-row work on the loop
+            # one call on a connection (`run_read`), not SQLAlchemy's per-row work
             read = row_reader(subscribers, self._engine.dialect)
             found = await run_read(self._engine, functools.partial(_read_plain, read, unique))
             return [found[i] for i in ids if i in found]
@@ -184,7 +184,7 @@ async def _load(
 def _read_plain(
     read: RowReader, ids: Sequence[str], conn: sqlite3.Connection
 ) -> dict[str, Subscriber]:
-    """On a SQLite connection's thread: the subscribers of `ids` that exist, by id, without
+    """In `run_read`'s call on SQLite: the subscribers of `ids` that exist, by id, without
     devices and Web Push, decoded as SQLAlchemy decodes them (`read`)."""
     return {s.id: s for s in (_subscriber(m, [], []) for m in read.by_id(conn, ids))}
 
