@@ -47,6 +47,7 @@ BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT / "src"))
 
 from tidings.adapters.sql import create_engine
+from tidings.adapters.sql.engine import reader
 from tidings.adapters.sql.tables import (
     events,
     inbox_items,
@@ -134,9 +135,12 @@ async def seed(url: str, n: int) -> None:
 
 
 async def count(url: str, what: Any) -> int:
+    """Rows of `what`. The test's reads take read-only connections (`reader`): an engine's
+    plain connection begins IMMEDIATE on SQLite, and a count holding the write lock stalled
+    the runtime's writers."""
     engine = create_engine(url)
     try:
-        async with engine.connect() as conn:
+        async with reader(engine).connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(what))).scalar_one())
     finally:
         await engine.dispose()
@@ -193,7 +197,7 @@ async def inapp(
         while done < n:
             # counting done runs scans the runs table: poll rarely until the end is near
             await asyncio.sleep(poll_interval(done, n, time.perf_counter() - start))
-            async with engine.connect() as conn:
+            async with reader(engine).connect() as conn:
                 done = int(
                     (
                         await conn.execute(
@@ -208,7 +212,7 @@ async def inapp(
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu0
         tracked = tracked_objects() - tracked0
-        async with engine.connect() as conn:
+        async with reader(engine).connect() as conn:
             items = int(
                 (await conn.execute(select(func.count()).select_from(inbox_items))).scalar_one()
             )
@@ -293,7 +297,7 @@ async def email(
         settled, statuses = 0, {}
         while settled < n:
             await asyncio.sleep(poll_interval(settled, n, time.perf_counter() - start))
-            async with engine.connect() as conn:
+            async with reader(engine).connect() as conn:
                 rows = await conn.execute(
                     select(m.status, func.count()).where(m.status != "queued").group_by(m.status)
                 )
@@ -463,7 +467,7 @@ async def handed_off(url: str) -> tuple[dict[int, float], dict[int, float]]:
     engine = create_engine(url)
     m, e = notify_messages.c, events.c
     try:
-        async with engine.connect() as conn:
+        async with reader(engine).connect() as conn:
             rows = (
                 await conn.execute(
                     select(e.payload, e.created_at, m.created_at, m.statuses)
@@ -575,7 +579,7 @@ async def count_done(url: str, workflow: str) -> int:
         t, done = notify_messages.c, notify_messages.c.status == "sent"
     engine = create_engine(url)
     try:
-        async with engine.connect() as conn:
+        async with reader(engine).connect() as conn:
             query = select(func.count()).where(t.workflow == workflow, done)
             return int((await conn.execute(query)).scalar_one())
     finally:
