@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import math
 from collections.abc import Awaitable, Iterator
@@ -48,9 +49,18 @@ async def together(*aws: Awaitable[Any]) -> tuple[Any, ...]:
     SQLite statements run on the loop's own thread (`INLINE_SQLITE`): they would not
     overlap there, and each task gather makes waits for a pass of the event loop, which a
     bulk send keeps busy."""
-    if INLINE_SQLITE.get():
-        return tuple([await a for a in aws])
-    return tuple(await asyncio.gather(*aws))
+    if not INLINE_SQLITE.get():
+        return tuple(await asyncio.gather(*aws))
+    done: list[Any] = []
+    try:
+        for a in aws:
+            done.append(await a)
+    except BaseException:
+        for rest in aws[len(done) + 1 :]:  # never started: closed, as gather would run them
+            if inspect.iscoroutine(rest):
+                rest.close()
+        raise
+    return tuple(done)
 
 
 class LaneGate:

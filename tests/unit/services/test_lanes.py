@@ -4,14 +4,18 @@ most the horizon per urgent section; other work passes at once."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from typing import Any
+
+import pytest
 
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryEventStore, MemoryJobQueue
 from tidings.services.ingest import EventInput, IngestService
-from tidings.services.lanes import BulkTurns, LaneGate
+from tidings.services.lanes import BulkTurns, LaneGate, together
 from tidings.services.worker import WorkerPool
-from tidings.types import CURRENT_LANE, Job, NewJob, Priority
+from tidings.types import CURRENT_LANE, INLINE_SQLITE, Job, NewJob, Priority
 
 
 async def bulk_steps(gate: LaneGate, log: list[str], n: int) -> None:
@@ -227,3 +231,34 @@ async def test_accepting_a_transactional_event_holds_bulk_work_back() -> None:
         await ingest.ingest(EventInput(type="t", payload={}, recipients=("u1",), priority=priority))
     assert events.busy == [True, False]  # urgent while a transactional one is stored
     assert not gate.busy()
+
+
+async def test_together_awaits_one_by_one_inline_and_at_once_otherwise() -> None:
+    """`together`: at once (overlapping) unless `INLINE_SQLITE` is set, then one after
+    another; a failure there closes the awaitables not started (no never-awaited warning)."""
+    order: list[str] = []
+
+    async def step(name: str, fail: bool = False) -> str:
+        order.append(f"{name}+")
+        await asyncio.sleep(0.01)
+        order.append(f"{name}-")
+        if fail:
+            raise ValueError(name)
+        return name
+
+    assert await together(step("a"), step("b")) == ("a", "b")
+    assert order[:2] == ["a+", "b+"]  # overlapping
+    order.clear()
+    token = INLINE_SQLITE.set(True)
+    try:
+        assert await together(step("a"), step("b"), step("c")) == ("a", "b", "c")
+        assert order == ["a+", "a-", "b+", "b-", "c+", "c-"]
+        order.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a never-awaited coroutine would warn
+            with pytest.raises(ValueError, match="a"):
+                await together(step("a", fail=True), step("b"))
+            gc.collect()
+        assert order == ["a+", "a-"]
+    finally:
+        INLINE_SQLITE.reset(token)
