@@ -463,7 +463,6 @@ class Orchestrator:
                 self.runs.get_runs([r.id for r in fresh]),
                 self._inputs(workflow, list(recipients), bulk=False),
             )
-
         waiting = [r.id for r in stored.values() if r.state is RunState.WAITING]
         if waiting:
             await self._gate.hold_bulk()
@@ -557,8 +556,8 @@ class Orchestrator:
     async def _inputs(self, workflow: Workflow, ids: list[str], *, bulk: bool) -> _Inputs:
         """The subscribers, preferences and (with frequency caps) recent sends of `ids`.
         Bulk work reads them one after another, each after the lane gate; transactional work
-        reads them at the same time, each on a connection of its own: three round trips
-        waited for as one."""
+        reads them `together` (at the same time, each on a connection of its own, unless
+        SQLite's reads run on the loop's thread)."""
         pushes = any(
             isinstance(s, ChannelStep) and s.channel in PUSH_CHANNELS for s in workflow.steps
         )
@@ -605,7 +604,6 @@ class Orchestrator:
         await self._gate.hold_bulk()
         stored = await self.inbox.add_many(inbox, push=False) if inbox else []
         queued = False
-
         if writes:
             await self._gate.hold_bulk()
             # Due jobs (deliveries, bulk ones too) go straight to a local worker with a free
@@ -1155,7 +1153,6 @@ class Orchestrator:
 
     async def handle_deliver(self, job: Job) -> None:
         mid = str(job.payload.get("message_id", ""))
-
         message = await self.runs.message(mid)
         if message is None:
             raise PermanentJobError(f"message {mid} not found")

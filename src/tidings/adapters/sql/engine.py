@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -88,7 +88,8 @@ def create_engine(url: str) -> AsyncEngine:
             # then writes would fail with "database is locked" instead of waiting its turn.
             # Readers (see `reader`) stay deferred and, with WAL, never wait for a writer.
             # The BEGIN runs in the first statement's call on the connection's thread.
-            begin = "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
+            read_only = conn.get_execution_options().get(_READ_ONLY)
+            begin = sqlite_driver.READ_BEGIN if read_only else "BEGIN IMMEDIATE"
             dbapi_conn = cast(sqlite_driver.OneHopConnection, conn.connection.dbapi_connection)
             dbapi_conn.begin_with_next_statement(begin)
 
@@ -189,16 +190,19 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_READ_ONLY: True})
 
 
-async def none_due(engine: AsyncEngine, due: Select[Any]) -> bool:
-    """On SQLite, whether `due` (the rows a bulk write would take) finds none, read without
-    the write lock: retention's pruning then takes no write transaction (one scanned its
-    candidates for over 100 ms holding the lock while transactional writers waited). On
-    PostgreSQL, False: its writers do not queue on one lock, and the read would be a
+async def none_due(
+    engine: AsyncEngine, due: Select[Any], params: Mapping[str, Any] | None = None
+) -> bool:
+    """On SQLite, whether `due` (the rows a write would take: a claim's candidates, what a
+    prune would delete) finds none, read without the write lock, so that the write need not
+    take it: most claims during a bulk send found nothing, and a prune scanned its
+    candidates for over 100 ms, each holding the lock while transactional writers waited.
+    On PostgreSQL, False: its writers do not queue on one lock, and the read would be a
     round trip more."""
     if is_postgres(engine):
         return False
     async with reader(engine).connect() as conn:
-        return (await conn.execute(due.limit(1))).first() is None
+        return (await conn.execute(due.limit(1), params)).first() is None
 
 
 def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:

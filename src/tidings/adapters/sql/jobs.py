@@ -31,14 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from tidings.adapters.sql.engine import is_postgres, none_due, reader, writer
-from tidings.adapters.sql.script import (
-    Statement,
-    row_reader,
-    run_read,
-    run_script,
-    run_transaction,
-    script,
-)
+from tidings.adapters.sql.script import Statement, row_reader, run_script, run_transaction, script
 from tidings.adapters.sql.tables import jobs
 from tidings.errors import LeaseLost, NotFound
 from tidings.ports.clock import Clock
@@ -57,22 +50,6 @@ def _settle_sql(names: tuple[str, ...]) -> str:
     assert names and set(names) <= _SETTLED, names
     columns = ", ".join(f"{n} = ?" for n in names)
     return f"UPDATE jobs SET {columns} WHERE id = ? AND state = ? AND lease_token = ?"
-
-
-@functools.cache
-def _due_sql(lanes: tuple[str, ...]) -> str:
-    """SQLite: whether a job of `lanes` is there to claim (the claim's candidates, one)."""
-    marks = ", ".join("?" * len(lanes))
-    return (
-        f"SELECT 1 FROM jobs WHERE lane IN ({marks}) AND ("
-        f"(state = '{JobState.QUEUED.value}' AND run_at <= ?) "
-        f"OR (state = '{_RUNNING}' AND locked_until <= ?)) LIMIT 1"
-    )
-
-
-def _any_due(lanes: tuple[str, ...], now: float, conn: sqlite3.Connection) -> bool:
-    """In `run_read`'s call, outside any transaction: see `_due_sql`."""
-    return conn.execute(_due_sql(lanes), [*lanes, now, now]).fetchone() is not None
 
 
 def _changed(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> int:
@@ -117,11 +94,9 @@ class SqlJobQueue:
         params = {"now": now, "until": now + lease_seconds, "token": uuid.uuid4().hex + "."}
         candidates, take, prepared = self._claim_statements(tuple(rank), limit)
         if not is_postgres(self._engine):
-            # SQLite: first a read, without the write lock, of whether any job is there to
-            # claim: a worker polls, and most polls during a bulk send found nothing (or
-            # what a hand-off had taken) while holding SQLite's one write lock, in front of
-            # transactional writers.
-            if not await run_read(self._engine, functools.partial(_any_due, tuple(rank), now)):
+            # SQLite: first whether any job is there to claim, read without the write lock
+            # (`none_due`): most polls during a bulk send found nothing.
+            if await none_due(self._engine, candidates, params):
                 return []
             # Then one UPDATE ... RETURNING in one IMMEDIATE transaction, as one call on
             # a connection (`run_script`); through SQLAlchemy it was a trip through

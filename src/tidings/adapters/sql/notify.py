@@ -21,6 +21,7 @@ from tidings.adapters.sql.script import (
     RowReader,
     Statement,
     Step,
+    insert_rows,
     row_reader,
     run_read,
     run_script,
@@ -103,9 +104,8 @@ class SqlRunStore:
             .where(_m.id == bindparam("b_id"))
             .values({c: bindparam(f"b_{c}") for c in _UPDATABLE})
         )
-        # On SQLite a commit runs as one call (`run_script`).
+        # on SQLite one-call transactions and reads (script.py)
         self._pg = is_postgres(engine)
-        self._script = not self._pg  # SQLite: one-call transactions and reads (script.py)
         self._script_steps = [
             Statement(s)
             for s in (
@@ -174,7 +174,7 @@ class SqlRunStore:
         runs = [{**_run_row(w.run), "updated_at": now} for w in writes]
         queued = [job_row(j, now) for j in jobs if j.handoff is None]
         handing = [job_row(j, now) for j in jobs if j.handoff is not None]
-        if self._script:  # SQLite: the transaction as one call (`run_script`)
+        if not self._pg:  # SQLite: the transaction as one call (`run_script`)
             done = await run_script(
                 self._engine,
                 script(
@@ -328,7 +328,7 @@ class SqlRunStore:
         return None if row is None else _message(row._mapping)
 
     async def messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
-        if self._script:  # SQLite: one call on a connection, as the settling reads
+        if not self._pg:  # SQLite: one call on a connection, as the settling reads
             read = row_reader(notify_messages, self._engine.dialect)
             return await run_read(
                 self._engine, functools.partial(_read_messages, read, message_ids)
@@ -350,7 +350,7 @@ class SqlRunStore:
         trail = [_trail_row(t) for u in updates for t in u.trail]
         job_owners = [u.message_id for u in updates for _ in u.jobs]
         new_jobs = [job_row(j, at) for u in updates for j in u.jobs]
-        if self._script:
+        if not self._pg:
             # SQLite: the reads, updates and inserts in one call (`run_transaction`)
             # (script.py): one trip holding the write lock, however many messages.
             steps = script(
@@ -881,28 +881,17 @@ def _update_messages(
     steps: Sequence[Step],
     conn: sqlite3.Connection,
 ) -> list[Message]:
-    """In a SQLite transaction's call: `update_messages`' reads,
-    merges, UPDATEs and inserts (`steps`: the trail entries, then the jobs; `owners`: the
-    message of each of their rows)."""
+    """In a SQLite transaction's call: `update_messages`' reads, merges, UPDATEs and inserts
+    (`steps`: the trail entries, then the jobs; `owners`: the message of each of their
+    rows)."""
     ids = list(dict.fromkeys(u.message_id for u in updates))
     current = _read_messages(read, ids, conn)
     written = _merged(updates, at, current)
-    last = list({m.id: m for m in written}.values())
-    per = MAX_ROWS  # 8 values a row: 4,000 parameters, well within SQLite's bound
-    for start in range(0, len(last), per):
-        chunk = last[start : start + per]
-        conn.execute(
-            _update_messages_sql(len(chunk)),
-            [
-                value
-                for m in chunk
-                for value in (
-                    json_text(dict(m.statuses)),
-                    *(getattr(m, n) for n in _UPDATABLE[1:]),
-                    m.id,
-                )
-            ],
-        )
+    last = {m.id: m for m in written}.values()
+    rows = [
+        (json_text(dict(m.statuses)), *(getattr(m, n) for n in _UPDATABLE[1:]), m.id) for m in last
+    ]
+    insert_rows(conn, _update_messages_sql, rows, MAX_ROWS)  # 8 values a row
     if len(current) < len(ids):  # unknown ids: their trail entries and jobs go too
         steps = [
             Step(step.statement, [r for r, o in zip(step.rows, own, strict=True) if o in current])

@@ -221,9 +221,9 @@ def insert_rows(
     rows: Sequence[tuple[Any, ...]],
     per: int,
 ) -> list[Any]:
-    """In the transaction's call: `rows` inserted `per` at a time, each chunk by the
-    statement `sql(len(chunk))` (an INSERT whose VALUES takes that many rows); the rows
-    the statements returned (RETURNING), in order."""
+    """In the transaction's call: `rows` written `per` at a time, each chunk by the
+    statement `sql(len(chunk))` (an INSERT whose VALUES takes that many rows, or an UPDATE
+    from such a VALUES list); the rows the statements returned (RETURNING), in order."""
     found: list[Any] = []
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]

@@ -33,6 +33,7 @@ from sqlalchemy.util.concurrency import await_
 from tidings.types import INLINE_SQLITE
 
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
+READ_BEGIN = "BEGIN"  # a transaction that only reads (deferred); writers BEGIN IMMEDIATE
 _T = TypeVar("_T")
 
 
@@ -145,7 +146,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         flight on its thread."""
         return (
             INLINE_SQLITE.get()
-            and (self._inline or self._begin == "BEGIN")
+            and (self._inline or self._begin == READ_BEGIN)
             and not self._execute_mutex.locked()
         )
 
