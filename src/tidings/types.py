@@ -27,9 +27,9 @@ CURRENT_LANE: contextvars.ContextVar[Priority] = contextvars.ContextVar(
 
 # Whether the current task's SQLite reads may run on the event loop's own thread: set while
 # a worker runs a job on SQLite, whose reads are bounded (a few rows by key, a slice of a
-# bulk send). Such a read takes a few dozen microseconds there, where its trip to a
+# bulk send). Such a read is a few dozen microseconds of work there, without the trip to a
 # connection's thread and back (two thread wake-ups, the GIL taken back from a busy loop,
-# the loop coming round) took one to eight milliseconds while a bulk send ran. Work that
+# the loop coming round), which a bulk send made long. Work that
 # would overlap its reads elsewhere awaits them one by one then (`services.lanes.together`).
 # API requests, whose reads can be pages of any size, keep the connections' threads. (Write
 # transactions run on the loop's thread anyway: `adapters.sql.script.run_transaction`.)
