@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from tidings.core.notify import (
     next_action,
     throttle_result,
 )
+from tidings.core.notify.decisions import key_prefix, recipient_key, wire_id
 from tidings.core.notify.runner import condition_context
 from tidings.core.notify.types import DeliveryStatus
 from tidings.core.retry import FailureClass, RetryPolicy
@@ -164,19 +164,10 @@ def batch_job(
     )
 
 
-RUN_ID_RECIPIENT = 40  # longest recipient id a run id spells out
-
-
 def run_id(event_id: str, workflow: str, recipient: str) -> str:
-    """A run's id: 24 hex digits of SHA-256 over ``[event_id, workflow]``, then the
-    recipient id (one longer than 40 characters as ``~`` and 39 hex digits of its SHA-256;
-    ``~`` is not in a subscriber id). A fanout makes its batches in recipient order, so the
-    runs, steps and messages of one event are appended to their indexes rather than
-    scattered over them (on SQLite each scattered insert rewrites a whole page)."""
-    prefix = hashlib.sha256(orjson.dumps([event_id, workflow])).hexdigest()[:24]
-    if len(recipient) > RUN_ID_RECIPIENT:
-        recipient = "~" + hashlib.sha256(recipient.encode()).hexdigest()[:39]
-    return prefix + recipient
+    """A run's id: `recipient_key` of the recipient after a prefix over
+    ``[event_id, workflow]`` (one event's runs are appended to the index, not scattered)."""
+    return recipient_key(key_prefix(event_id, workflow), recipient)
 
 
 def to_recipient(subscriber_id: str, s: Subscriber | None) -> Recipient:
@@ -1350,7 +1341,7 @@ class Orchestrator:
                 endpoint,
                 event.type,
                 data,
-                message_id=f"msg_{message.id[:32]}",
+                message_id=f"msg_{wire_id(message.id)}",
                 occurred_at=event.created_at,
             )
             return result, f"webhook:{endpoint}"
@@ -1387,7 +1378,7 @@ class Orchestrator:
             text=text,
             html=html,
             headers={"X-Tidings-Event": event.id, "X-Tidings-Workflow": workflow.key},
-            message_id=message.id[:40],
+            message_id=wire_id(message.id),
         )
         return await self.providers.send(email), "smtp"
 

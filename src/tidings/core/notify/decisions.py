@@ -328,12 +328,41 @@ def check_suppression(
 # -- 6. idempotency ------------------------------------------------------------------------
 
 
+KEY_RECIPIENT = 40  # longest recipient id a key spells out
+
+
+@functools.lru_cache(maxsize=1024)
+def key_prefix(*parts: str) -> str:
+    """24 hex digits of SHA-256 over the canonical JSON of `parts` (the same parts recur for
+    every recipient of a batch: cached)."""
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:24]
+
+
+def recipient_key(prefix: str, recipient: str) -> str:
+    """`prefix` (`key_prefix`), then the recipient id; one longer than 40 characters as
+    ``~`` and 39 hex digits of its SHA-256 (``~`` is not in a subscriber id). A fanout makes
+    its batches in recipient order, so the keys of one event's runs, messages and inbox
+    items are appended to their indexes rather than scattered over them: on SQLite each
+    scattered insert rewrites a whole page (a 64-hex random key made a message row cost
+    about three times as much to write)."""
+    if len(recipient) > KEY_RECIPIENT:
+        recipient = "~" + hashlib.sha256(recipient.encode()).hexdigest()[:39]
+    return prefix + recipient
+
+
 def idempotency_key(
     event_id: str, recipient: str, channel: Channel | str, template_version: str
 ) -> str:
-    """The stable effect key: SHA-256 over the canonical JSON of the four parts, hex."""
-    body = orjson.dumps([event_id, recipient, str(channel), template_version])
-    return hashlib.sha256(body).hexdigest()
+    """The stable effect key, also the message's id: `recipient_key` of the recipient after
+    a prefix over ``[event_id, channel, template_version]``."""
+    return recipient_key(key_prefix(event_id, str(channel), template_version), recipient)
+
+
+def wire_id(key: str) -> str:
+    """The id receivers see for a message with idempotency key `key` (SMTP Message-ID,
+    Standard Webhooks `webhook-id`): 32 hex digits of SHA-256 over the key, stable across
+    retries, of characters every header allows, and not spelling out the recipient."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def check_idempotency(key: str, already_done: bool) -> Decision:
