@@ -49,6 +49,23 @@ async def test_current_is_head_and_upgrade_is_idempotent(migrated_url: str) -> N
     assert await asyncio.to_thread(sql.current, migrated_url) == head
 
 
+async def test_postgresql_leaves_room_on_message_pages(migrated_url: str) -> None:
+    """Status updates of a message stay on its page (HOT), touching no index."""
+    engine = sql.create_engine(migrated_url)
+    try:
+        if not sql.is_postgres(engine):
+            return  # SQLite touches only the indexes whose columns change
+        async with engine.connect() as conn:
+            options = (
+                await conn.execute(
+                    text("SELECT reloptions FROM pg_class WHERE relname = 'notify_messages'")
+                )
+            ).scalar_one()
+        assert options == ["fillfactor=50"]
+    finally:
+        await engine.dispose()
+
+
 async def test_check_answers(migrated_url: str) -> None:
     engine = sql.create_engine(migrated_url)
     try:
