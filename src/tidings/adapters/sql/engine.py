@@ -65,9 +65,10 @@ def create_engine(url: str) -> AsyncEngine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            # The notification tables are keyed by hashes (idempotency keys), so inserts land
-            # all over their indexes: a larger page cache keeps those pages in memory instead
-            # of re-reading them from the file for every batch.
+            # A larger page cache keeps the pages a bulk send reads and appends to (its
+            # subscribers, the indexes of the notification tables, keyed in recipient order
+            # within one event but by subscriber across events) in memory instead of
+            # re-reading them from the file for every batch.
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             # A checkpoint copies the WAL's pages into the file and syncs it. A runtime runs
             # them off the commit path (`WalCheckpointer`); this bound is for processes
