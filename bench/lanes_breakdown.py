@@ -3,7 +3,7 @@
 The runtime of `tidings serve` (workers on, SQLite, the garbage-collector policy of `serve`)
 runs in this process with a real SMTP sink (aiosmtpd) in a child process. Transactional
 emails are ingested at a fixed rate, first idle, then during a bulk in-app send to N
-subscribers. Besides the latency from ingest to the sink (p50/p99), it measures, by
+subscribers (`--bulk email`: a bulk email through the same SMTP provider and sink). Besides the latency from ingest to the sink (p50/p99), it measures, by
 wrapping the runtime's own pieces:
 
 - the event loop's lag (a 1 ms sleep's overshoot) and its stalls over 30 ms;
@@ -47,8 +47,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
+from tidings.adapters import lanes as adapter_lanes
+from tidings.adapters.providers import smtp as smtp_module
 from tidings.adapters.sql import engine as sql_engine
 from tidings.adapters.sql import tables as sql_tables
+from tidings.adapters.sql.engine import reader
 from tidings.services import worker as worker_module
 from tidings.services.gcpolicy import GcPolicy
 from tidings.types import CURRENT_LANE, Priority
@@ -117,6 +120,26 @@ class Probe:
             probe.add(f"run {name}", time.perf_counter() - t)
 
         worker_module.WorkerPool.execute = timed_execute  # type: ignore[method-assign]
+        # the SMTP provider: a connection slot's wait, and a send (its four round trips)
+        slot_acquire = adapter_lanes.LaneSlots.acquire
+
+        async def timed_slot(self: Any, lane: Priority | None = None) -> None:
+            t = time.perf_counter()
+            await slot_acquire(self, lane)
+            name = (lane or CURRENT_LANE.get()).value
+            probe.add(f"smtp slot wait {name}", time.perf_counter() - t)
+
+        adapter_lanes.LaneSlots.acquire = timed_slot  # type: ignore[method-assign]
+        send = smtp_module.SmtpProvider.send
+
+        async def timed_send(self: Any, message: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await send(self, message)
+            finally:
+                probe.add(f"smtp send {CURRENT_LANE.get().value}", time.perf_counter() - t)
+
+        smtp_module.SmtpProvider.send = timed_send  # type: ignore[method-assign]
         gc.callbacks.append(self._on_gc)
 
         # The wait for a connection of the engine's pool, per lane (a checkout that finds
@@ -186,11 +209,17 @@ class Probe:
 
 
 async def run(
-    n: int, rate: float, idle_s: float, gc_freeze: float, commit: int, pg: str | None = None
+    n: int,
+    rate: float,
+    idle_s: float,
+    gc_freeze: float,
+    commit: int,
+    pg: str | None = None,
+    bulk: str = "inapp",
 ) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from tidings.adapters.sql.tables import notify_runs
+    from tidings.adapters.sql.tables import notify_messages, notify_runs
     from tidings.config import NotifySettings, Settings, SmtpSettings
     from tidings.services.ingest import EventInput
     from tidings.wiring import build_runtime
@@ -255,23 +284,29 @@ async def run(
         probe.phase = "bulk"
         await runtime.services.ingest.ingest(
             EventInput(
-                type="bulk.news",
+                type="bulk.news" if bulk == "inapp" else "bulk.mail",
                 topic="all",
                 payload={"headline": "Release", "text": "out"},
                 priority=Priority.BULK,
             )
         )
+        # done: every run of the in-app send; every message of the bulk email sent
+        finished = (
+            select(func.count())
+            .select_from(notify_runs)
+            .where(notify_runs.c.workflow == "bulk.news", notify_runs.c.state == "done")
+            if bulk == "inapp"
+            else select(func.count())
+            .select_from(notify_messages)
+            .where(notify_messages.c.workflow == "bulk.mail", notify_messages.c.status == "sent")
+        )
         bulk_start, seq = time.perf_counter(), 2_000_000
         while True:
             seq = await load(5.0, seq)
-            async with engine.connect() as conn:
-                done = (
-                    await conn.execute(
-                        select(func.count())
-                        .select_from(notify_runs)
-                        .where(notify_runs.c.workflow == "bulk.news", notify_runs.c.state == "done")
-                    )
-                ).scalar_one()
+            # read-only: a plain connection begins IMMEDIATE on SQLite and would hold the
+            # write lock while it counts
+            async with reader(engine).connect() as conn:
+                done = (await conn.execute(finished)).scalar_one()
             if done >= n:
                 break
         bulk_seconds = time.perf_counter() - bulk_start
@@ -292,6 +327,7 @@ async def run(
         "recipients": n,
         "gc_freeze": gc_freeze,
         "commit_size": commit,
+        "bulk": bulk,
         "bulk_per_s": n / bulk_seconds,
         "stalls_over_30ms": [round(s * 1000, 1) for p, s in probe.stalls if p == "bulk"],
         "metrics": {
@@ -323,6 +359,10 @@ SHOWN = (
     "pool wait bulk",
     "run event.dispatch transactional",
     "run notify.deliver transactional",
+    "run notify.deliver_batch bulk",
+    "smtp slot wait transactional",
+    "smtp send transactional",
+    "smtp send bulk",
 )
 
 
@@ -337,7 +377,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for r in results:
         lines += [
-            f"## gc_freeze_interval {r['gc_freeze']:g} s, bulk_commit_size {r['commit_size']}",
+            f"## bulk {r.get('bulk', 'inapp')}, gc_freeze_interval {r['gc_freeze']:g} s, "
+            f"bulk_commit_size {r['commit_size']}",
             "",
             f"Bulk: {r['bulk_per_s']:,.0f} recipients/s; loop stalls over 30 ms during it: "
             f"{len(r['stalls_over_30ms'])} (longest {max(r['stalls_over_30ms'], default=0):.0f} "
@@ -373,6 +414,12 @@ def main() -> None:
     ap.add_argument("--gc-freeze", type=float, action="append", help="seconds (repeatable)")
     ap.add_argument("--commit-size", type=int, action="append", help="runs (repeatable)")
     ap.add_argument("--pg", help="a postgresql+asyncpg URL: run on PostgreSQL, not SQLite")
+    ap.add_argument(
+        "--bulk",
+        choices=("inapp", "email"),
+        default="inapp",
+        help="the bulk send: in-app messages, or emails through the same SMTP provider",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.sink is not None:
@@ -383,7 +430,15 @@ def main() -> None:
         print(
             json.dumps(
                 asyncio.run(
-                    run(args.recipients, args.rate, args.idle_seconds, freeze, commit, args.pg)
+                    run(
+                        args.recipients,
+                        args.rate,
+                        args.idle_seconds,
+                        freeze,
+                        commit,
+                        args.pg,
+                        args.bulk,
+                    )
                 )
             )
         )
@@ -407,6 +462,8 @@ def main() -> None:
                     "--commit-size",
                     str(commit),
                     *(["--pg", args.pg] if args.pg else []),
+                    "--bulk",
+                    args.bulk,
                 ],
                 check=True,
                 capture_output=True,
