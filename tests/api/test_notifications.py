@@ -90,6 +90,33 @@ async def test_define_trigger_and_explain(api: Api) -> None:
     assert [m["id"] for m in mine.json()["messages"]] == [message["id"]]
 
 
+async def test_message_ids_spell_out_the_recipient_and_work_as_path_segments(api: Api) -> None:
+    """A message's id is its idempotency key: a prefix per event, channel and template
+    version, then the recipient id (a long one hashed). Subscriber ids may hold
+    `. + = : @ _ -`; such ids still name the message in URLs, and the inbox item has the
+    message's id."""
+    h = api.auth()
+    await api.client.put("/v1/workflows/order.shipped", json=WORKFLOW, headers=h)
+    odd, long_id = "ana.b+x=y:z@ex-1_", "s" * 60
+    r = await api.client.post(
+        "/v1/events",
+        json={"type": "order.shipped", "recipients": [odd, long_id], "payload": {"order": 7}},
+        headers=h,
+    )
+    assert r.status_code == 202, r.text
+    report = await settle(api, r.json()["id"], {"waiting"})
+    ids = {m["recipient"]: m["id"] for m in report["messages"]}
+    assert ids[odd].endswith(odd) and len(ids[odd]) == 24 + len(odd)
+    assert len(ids[long_id]) == 64 and ids[long_id][24] == "~"
+    assert ids[odd][:24] == ids[long_id][:24]  # one prefix for the event's in-app step
+    for recipient, message_id in ids.items():
+        got = await api.client.get(f"/v1/messages/{message_id}", headers=h)
+        assert got.status_code == 200, got.text
+        assert got.json()["recipient"] == recipient
+        feed = await api.client.get(f"/v1/subscribers/{recipient}/inbox", headers=h)
+        assert [item["id"] for item in feed.json()["items"]] == [message_id]
+
+
 async def test_bad_definitions_and_reports_are_problems_naming_the_field(api: Api) -> None:
     h = api.auth()
     bad = {"steps": [{"id": "a", "type": "email", "content": {"subject": "s"}, "wait_for": 3}]}
