@@ -354,7 +354,7 @@ notify_messages = Table(
     Index("ix_notify_messages_event", "event_id"),
     Index("ix_notify_messages_recipient", "recipient", "created_at"),
     Index("ix_notify_messages_run", "run_id"),
-    # PostgreSQL: half of room on each page for status updates (HOT: no index entries)
+    # PostgreSQL: half of each page left free for status updates (HOT: no index entries)
     postgresql_with={"fillfactor": 50},
 )
 
