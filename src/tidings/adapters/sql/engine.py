@@ -90,7 +90,7 @@ def create_engine(url: str) -> AsyncEngine:
             # Readers (see `reader`) stay deferred and, with WAL, never wait for a writer.
             # The BEGIN runs in the first statement's call on the connection's thread.
             read_only = conn.get_execution_options().get(_READ_ONLY)
-            begin = sqlite_driver.READ_BEGIN if read_only else "BEGIN IMMEDIATE"
+            begin = sqlite_driver.READ_BEGIN if read_only else sqlite_driver.WRITE_BEGIN
             dbapi_conn = cast(sqlite_driver.OneHopConnection, conn.connection.dbapi_connection)
             dbapi_conn.begin_with_next_statement(begin)
 

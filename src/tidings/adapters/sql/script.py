@@ -40,7 +40,12 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from tidings.adapters.sql.engine import BUSY_TIMEOUT_MS, lane_lock
-from tidings.adapters.sql.sqlite_driver import OneHopConnection, run_inline, run_on_thread
+from tidings.adapters.sql.sqlite_driver import (
+    WRITE_BEGIN,
+    OneHopConnection,
+    run_inline,
+    run_on_thread,
+)
 from tidings.records import record
 from tidings.types import CURRENT_LANE
 
@@ -254,7 +259,7 @@ def run_steps(steps: Sequence[Step], conn: sqlite3.Connection) -> list[list[Any]
 
 def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
     """On the connection's thread: `fn` inside BEGIN IMMEDIATE ... COMMIT."""
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(WRITE_BEGIN)
     return _to_commit(conn, fn)
 
 
@@ -277,7 +282,7 @@ def _transaction_now(
     process holds it): BEGIN IMMEDIATE tries once instead of waiting `BUSY_TIMEOUT_MS`."""
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(WRITE_BEGIN)
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             raise

@@ -33,7 +33,8 @@ from sqlalchemy.util.concurrency import await_
 from tidings.types import INLINE_SQLITE
 
 _Outcome = tuple[Any, int, int | None, list[Any] | None]
-READ_BEGIN = "BEGIN"  # a transaction that only reads (deferred); writers BEGIN IMMEDIATE
+READ_BEGIN = "BEGIN"  # a transaction that only reads (deferred)
+WRITE_BEGIN = "BEGIN IMMEDIATE"  # a writer takes SQLite's write lock at its start
 _T = TypeVar("_T")
 
 
