@@ -344,7 +344,7 @@ def recipient_key(prefix: str, recipient: str) -> str:
     its batches in recipient order, so the keys of one event's runs, messages and inbox
     items are appended to their indexes rather than scattered over them: on SQLite each
     scattered insert rewrites a whole page (a 64-hex random key made a message row cost
-    3.4 times as much to write, an inbox item 4.5 times)."""
+    3 times as much to write, an inbox item 4 times: bench/row_writes.py)."""
     if len(recipient) > KEY_RECIPIENT:
         recipient = "~" + hashlib.sha256(recipient.encode()).hexdigest()[:39]
     return prefix + recipient
