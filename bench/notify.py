@@ -103,6 +103,17 @@ def migrate(url: str) -> None:
     subprocess.run([BIN / "tidings", "migrate"], env=env, check=True, capture_output=True)
 
 
+def sqlite_send(tmp: str, name: str, n: int) -> tuple[str, Path]:
+    """A migrated SQLite database `name` under `tmp` with `n` subscribers in topic `all`,
+    and the workflows file: (its URL, the file), for a send of this module's workflows."""
+    workflows = Path(tmp) / "workflows.yaml"
+    workflows.write_text(WORKFLOWS)
+    url = f"sqlite+aiosqlite:///{tmp}/{name}.db"
+    migrate(url)
+    asyncio.run(seed(url, n))
+    return url, workflows
+
+
 async def seed(url: str, n: int) -> None:
     """N subscribers with an email address, all in topic `all`, written in bulk."""
     engine = create_engine(url)

@@ -148,11 +148,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        workflows = Path(tmp) / "workflows.yaml"
-        workflows.write_text(nb.WORKFLOWS)
-        url = f"sqlite+aiosqlite:///{tmp}/send.db"
-        nb.migrate(url)
-        asyncio.run(nb.seed(url, args.recipients))
+        url, workflows = nb.sqlite_send(tmp, "send", args.recipients)
         sent = asyncio.run(nb.inapp(url, args.recipients, workflows))
         schema, rows = read_rows(Path(tmp) / "send.db")
         assert all(len(rows[t]) == args.recipients for t in TABLES), "one row each a delivery"

@@ -204,11 +204,7 @@ def main() -> None:
         HOLDS.clear()
         PARTS.clear()
         with tempfile.TemporaryDirectory() as tmp:
-            workflows = Path(tmp) / "workflows.yaml"
-            workflows.write_text(nb.WORKFLOWS)
-            url = f"sqlite+aiosqlite:///{tmp}/{test}.db"
-            nb.migrate(url)
-            asyncio.run(nb.seed(url, args.recipients))
+            url, workflows = nb.sqlite_send(tmp, test, args.recipients)
             HOLDS.clear()
             PARTS.clear()
             with ThreadCpu() as cpu:
