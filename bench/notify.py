@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 from aiosmtpd.controller import Controller
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -326,6 +326,7 @@ async def email(
         sink.wait(10)
     return {
         "recipients": n,
+        "hot_update_percent": await hot_updates(url),
         "smtp_pool": pool,
         "worker_concurrency": concurrency,
         "send_batch": send_batch,
@@ -338,6 +339,29 @@ async def email(
         "writer_hold_ms_per_delivery": 1000 * holds.seconds / max(1, statuses.get("sent", 0)),
         "cpu_ms_per_delivery": 1000 * cpu / max(1, statuses.get("sent", 0)),
     }
+
+
+async def hot_updates(url: str) -> float | None:
+    """On PostgreSQL, the share of the message rows' updates that were heap-only (HOT: no
+    index entry for the new row version), read from the server's statistics once the
+    runtime's connections have closed and reported theirs; None on SQLite."""
+    if not url.startswith("postgresql"):
+        return None
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                        "WHERE relname = 'notify_messages'"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    updated, hot = int(row[0]), int(row[1])
+    return 100 * hot / updated if updated else None
 
 
 def poll_interval(done: int, n: int, elapsed: float) -> float:
@@ -735,16 +759,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "| store | recipients | messages per delivery job | SMTP connections | worker slots "
         "| seconds | sent | SMTP deliveries/s | CPU ms per delivery "
-        "| SQLite write lock ms per delivery |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| SQLite write lock ms per delivery | message updates HOT % (PostgreSQL) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r["test"] == "email":
+            hot = r.get("hot_update_percent")
             lines.append(
                 f"| {r['store']} | {r['recipients']:,} | {r.get('send_batch', 1)} | "
                 f"{r['smtp_pool']} | {r['worker_concurrency']} | {r['seconds']:.1f} | "
                 f"{r['statuses'].get('sent', 0):,} | {r['deliveries_per_s']:,.0f} | "
-                f"{r['cpu_ms_per_delivery']:.1f} | {r['writer_hold_ms_per_delivery']:.1f} |"
+                f"{r['cpu_ms_per_delivery']:.1f} | {r['writer_hold_ms_per_delivery']:.1f} | "
+                f"{'-' if hot is None else f'{hot:.0f}'} |"
             )
     lines += [
         "",
