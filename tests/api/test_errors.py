@@ -65,6 +65,12 @@ async def test_wrong_scope_is_403(api: Api) -> None:
         ({**GOOD, "type": "has spaces"}, "type"),
         ({**GOOD, "recipients": "u"}, "recipients"),
         ({**GOOD, "send_at": "tomorrow"}, "send_at"),
+        ({**GOOD, "send_at": "2030-01-01T09:00:00"}, "send_at"),
+        ({**GOOD, "recipients": ["u05", "bad id"]}, "recipients.1"),
+        ({**GOOD, "recipients": ["u05", ""]}, "recipients.1"),
+        ({**GOOD, "recipients": ["a/b"]}, "recipients.0"),
+        ({**GOOD, "recipients": ["x" * 201]}, "recipients.0"),
+        ({**GOOD, "channels": ["news", "news"]}, "channels"),
         ({"type": "t", "payload": {}}, "body"),
         ({**GOOD, "payload": [1, 2]}, "payload"),
         ({**GOOD, "channels": ["news", "nowhere:x"]}, "channels.1"),
@@ -82,14 +88,71 @@ async def test_bad_body_is_422_naming_the_field(api: Api, body: dict, field: str
     assert await rows(api) == 0
 
 
-async def test_bad_json_is_422(api: Api) -> None:
+async def test_recipient_id_error_names_the_item_and_the_rule(api: Api) -> None:
+    body = {"type": "comment.created", "recipients": ["u05", "bad id"], "payload": {}}
+    r = await api.client.post("/v1/events", json=body, headers=api.auth())
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    rule = "must be 1..200 characters of A-Z a-z 0-9 _ . @ : = + -"
+    assert problem["detail"] == f"recipients.1: {rule}"
+    assert problem["errors"] == [{"field": "recipients.1", "message": rule, "type": "value_error"}]
+    assert await rows(api) == 0
+
+
+async def test_send_at_without_offset_names_send_at(api: Api) -> None:
+    r = await api.client.post(
+        "/v1/events", json={**GOOD, "send_at": "2030-01-01T09:00:00"}, headers=api.auth()
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"] == "send_at: needs a UTC offset, e.g. 2026-01-01T09:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b'{"type": ', "request body is not valid JSON: Expecting value at position 9"),
+        (
+            b'{"type": "t",}',
+            "request body is not valid JSON: Expecting property name enclosed in double "
+            "quotes at position 13",
+        ),
+    ],
+)
+async def test_bad_json_is_422(api: Api, content: bytes, detail: str) -> None:
     r = await api.client.post(
         "/v1/events",
-        content=b'{"type": ',
+        content=content,
         headers={**api.auth(), "content-type": "application/json"},
     )
     assert r.status_code == 422
-    assert r.json()["title"] == "Invalid request"
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["title"] == "Invalid request"
+    assert problem["detail"] == detail
+    assert problem["errors"] == [{"field": "body", "message": detail, "type": "json_invalid"}]
+    assert await rows(api) == 0
+
+
+async def test_a_domain_error_names_its_field_once(api: Api) -> None:
+    workflow = {
+        "steps": [
+            {"id": "inapp", "type": "in_app", "content": {"title": "t"}},
+            {
+                "id": "email",
+                "type": "email",
+                "content": {"subject": "s", "text": "t"},
+                "wait_for": {"step": "inapp", "status": "seen", "timeout": "1 hour"},
+            },
+        ]
+    }
+    r = await api.client.put("/v1/workflows/x", json=workflow, headers=api.auth())
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    message = '\'1 hour\' is not a duration such as "30s", "10m", "1h30m", "2d"'
+    assert problem["detail"] == f"steps[1].wait_for.timeout: {message}"
+    assert problem["errors"] == [
+        {"field": "steps[1].wait_for.timeout", "message": message, "type": "invalid"}
+    ]
 
 
 async def test_oversized_body_is_413(api: Api) -> None:

@@ -8,7 +8,8 @@ from sqlalchemy import text
 
 from tests.api.conftest import Api
 from tidings.services.dispatch import Dispatcher
-from tidings.types import Job, JobState, Priority, Scope
+from tidings.services.ingest import DISPATCH_JOB
+from tidings.types import Job, JobState, NewEvent, NewJob, Priority, Scope
 
 EVENT = {
     "type": "order.shipped",
@@ -285,3 +286,71 @@ async def test_cancel_by_key_with_a_bad_body_is_422(api: Api, body: dict, field:
 async def test_cancel_by_key_needs_an_api_key(api: Api) -> None:
     r = await api.client.post("/v1/events/cancel", json={"idempotency_key": "k"})
     assert r.status_code == 401
+
+
+async def test_a_bad_recipient_is_refused_and_nothing_is_stored(api: Api) -> None:
+    body = {"type": "comment.created", "recipients": ["u05", "bad id"], "payload": {}}
+    r = await api.client.post(
+        "/v1/events", json=body, headers={**api.auth(), "Idempotency-Key": "bad-recipient"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "recipients.1"
+    assert await count_events(api) == 0
+    async with api.runtime.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM jobs"))).scalar_one() == 0
+    # the key is still free: the corrected event is accepted under it
+    body["recipients"] = ["u05"]
+    r = await api.client.post(
+        "/v1/events", json=body, headers={**api.auth(), "Idempotency-Key": "bad-recipient"}
+    )
+    assert r.status_code == 202, r.text
+
+
+async def test_a_stored_bad_recipient_is_recorded_and_the_others_notified(api: Api) -> None:
+    """An event stored before ingest checked recipient ids: its dispatch records the bad id
+    as not sent, notifies the valid recipient and completes on its first attempt."""
+    h = api.auth()
+    workflow = {
+        "steps": [
+            {"id": "inapp", "type": "in_app", "content": {"title": "New comment", "body": "-"}}
+        ]
+    }
+    r = await api.client.put("/v1/workflows/comment.created", json=workflow, headers=h)
+    assert r.status_code == 200, r.text
+    r = await api.client.put("/v1/subscribers/u05", json={}, headers=h)
+    assert r.status_code == 201, r.text
+    event = NewEvent(
+        id="old-event",
+        type="comment.created",
+        idempotency_key="old-event",
+        body_hash="-",
+        actor=None,
+        recipients=("u05", "bad id", "bad id"),
+        topic=None,
+        channels=(),
+        payload={},
+        priority=Priority.TRANSACTIONAL,
+        send_at=None,
+    )
+    job = NewJob(kind=DISPATCH_JOB, payload={"event_id": event.id}, dedupe_key="dispatch:old")
+    await api.runtime.services.ingest._events.append(event, then=job)
+
+    got = await wait_state(api, event.id, "dispatched")
+    assert [(o["kind"], o["target"], o["status"], o["detail"]) for o in got["outcomes"]] == [
+        (
+            "recipient",
+            "bad id",
+            "not_sent",
+            "not a subscriber id: must be 1..200 characters of A-Z a-z 0-9 _ . @ : = + -",
+        )
+    ]
+    inbox = await api.client.get("/v1/subscribers/u05/inbox", headers=h)
+    assert [i["title"] for i in inbox.json()["items"]] == ["New comment"]
+    async with api.runtime.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT state, attempts, last_error FROM jobs WHERE kind = :k"),
+                {"k": DISPATCH_JOB},
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("done", 1, None)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -86,6 +86,34 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def _error(e: Mapping[str, Any]) -> dict[str, Any]:
+    """One pydantic error as `{field, message, type}`. A body that is not JSON at all is
+    the `body` field (pydantic's location is the character position); a `ValueError` raised
+    by a validator is its own message, without pydantic's "Value error, " in front."""
+    kind = e.get("type")
+    ctx = e.get("ctx") or {}
+    loc = tuple(e.get("loc", ()))
+    if kind == "json_invalid":
+        at = f" at position {loc[-1]}" if len(loc) > 1 else ""
+        reason = ctx.get("error") or "cannot be decoded"
+        return {
+            "field": "body",
+            "message": f"request body is not valid JSON: {reason}{at}",
+            "type": kind,
+        }
+    message = str(e.get("msg", ""))
+    if kind == "value_error" and "error" in ctx:
+        message = str(ctx["error"])
+    return {"field": _field(loc), "message": message, "type": kind}
+
+
+def _unprefixed(message: str, field: str) -> str:
+    """`message` without a leading `field: ` (errors that carry their location in the
+    message too, for the command line), so the detail names the field once."""
+    prefix = f"{field}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
 def install(
     app: FastAPI,
     unavailable: tuple[type[Exception], Callable[[BaseException], bool]] | None = None,
@@ -96,14 +124,16 @@ def install(
 
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = [
-            {"field": _field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type")}
-            for e in exc.errors()
-        ]
+        errors = [_error(e) for e in exc.errors()]
         first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        detail = (
+            first["message"]
+            if first.get("type") == "json_invalid"
+            else f"{first['field']}: {first['message']}"
+        )
         return problem(
             422,
-            f"{first['field']}: {first['message']}",
+            detail,
             kind="validation",
             instance=request.url.path,
             errors=errors,
@@ -113,10 +143,11 @@ def install(
         assert isinstance(exc, TidingsError)
         status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 400)
         extra: dict[str, Any] = {}
+        message = _unprefixed(exc.message, exc.field) if exc.field else exc.message
         if exc.field:
-            extra["errors"] = [{"field": exc.field, "message": exc.message, "type": exc.code}]
+            extra["errors"] = [{"field": exc.field, "message": message, "type": exc.code}]
         headers = {"WWW-Authenticate": 'Bearer realm="tidings"'} if status == 401 else None
-        detail = f"{exc.field}: {exc.message}" if exc.field and status == 422 else exc.message
+        detail = f"{exc.field}: {message}" if exc.field and status == 422 else exc.message
         return problem(
             status,
             detail,

@@ -5,15 +5,38 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tidings.core import subscribers as subscriber_rules
+from tidings.errors import InvalidInput
 from tidings.types import EventRecord, Priority
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-/@]+$")]
 ChannelName = Annotated[
     str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.\-:@/=,#$]+$")
 ]
-RecipientId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _subscriber_id(value: str) -> str:
+    """The subscriber id rule of the core, as a pydantic error on the item it refuses."""
+    try:
+        return subscriber_rules.subscriber_id(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+RecipientId = Annotated[
+    str,
+    Field(
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": subscriber_rules.MAX_ID_LENGTH,
+            "pattern": subscriber_rules.ID_PATTERN,
+        }
+    ),
+    AfterValidator(_subscriber_id),
+]
+ActorId = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class EventIn(BaseModel):
@@ -27,11 +50,12 @@ class EventIn(BaseModel):
         "Idempotency-Key header is absent.",
     )
     type: Name = Field(description="Event type, e.g. `order.shipped`; selects workflows.")
-    actor: RecipientId | None = Field(default=None, description="Who caused the event.")
+    actor: ActorId | None = Field(default=None, description="Who caused the event.")
     recipients: list[RecipientId] = Field(
         default_factory=list,
         max_length=100_000,  # the bound of `notify.max_recipients`, which decides (422)
-        description="Subscriber ids; at most `notify.max_recipients` (default 1000).",
+        description="Subscriber ids (the rule of `PUT /v1/subscribers/{id}`); at most "
+        "`notify.max_recipients` (default 1000).",
     )
     topic: Name | None = Field(default=None, description="Deliver to a topic's subscribers.")
     channels: list[ChannelName] = Field(
@@ -43,14 +67,24 @@ class EventIn(BaseModel):
         default=None, description="Hold dispatch until this time (RFC 3339 with offset)."
     )
 
+    @field_validator("send_at")
+    @classmethod
+    def _with_offset(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-01-01T09:00:00Z")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat")
+        return value
+
     @model_validator(mode="after")
     def _targets(self) -> EventIn:
         if not (self.recipients or self.topic or self.channels):
             raise ValueError("give at least one of recipients, topic or channels")
-        if self.send_at is not None and self.send_at.tzinfo is None:
-            raise ValueError("send_at needs a UTC offset, e.g. 2026-01-01T09:00:00Z")
-        if len(set(self.channels)) != len(self.channels):
-            raise ValueError("channels must not repeat")
         return self
 
 

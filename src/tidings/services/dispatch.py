@@ -3,13 +3,15 @@ on the event, so `GET /v1/events/{id}` explains what happened downstream."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import orjson
 
-from tidings.errors import NotFound
+from tidings.core import subscribers as subscriber_rules
+from tidings.errors import InvalidInput, NotFound
 from tidings.ports.events import EventStore
 from tidings.services.worker import PermanentJobError
 from tidings.types import JSON, EventRecord, EventState, Job, Outcome, Publication
@@ -72,12 +74,41 @@ class Dispatcher:
                 ),
             )
         if self.notify is not None and (event.recipients or event.topic):
-            # The recipients' workflow runs, in batch jobs; repeating it enqueues nothing new.
-            await self.notify(event)
+            event = await self._valid_recipients(event)
+            if event.recipients or event.topic:
+                # The recipients' workflow runs, in batch jobs; repeating it enqueues nothing
+                # new.
+                await self.notify(event)
         if not await self._events.transition(event.id, EventState.ACCEPTED, EventState.DISPATCHED):
             log.info("event cancelled while dispatching", extra={"event_id": event.id})
             return
         log.debug("event dispatched", extra={"event_id": event.id})
+
+    async def _valid_recipients(self, event: EventRecord) -> EventRecord:
+        """The event without the recipient ids no subscriber can have (ingest refuses them;
+        an event stored before it did may hold some): each is recorded once as a `recipient`
+        outcome `not_sent`, and the others are notified as usual."""
+        valid: list[str] = []
+        recorded = {o.target for o in event.outcomes if o.kind == "recipient"}
+        for recipient in event.recipients:
+            try:
+                valid.append(subscriber_rules.subscriber_id(recipient, field="recipients"))
+            except InvalidInput as exc:
+                if recipient in recorded:
+                    continue
+                recorded.add(recipient)
+                await self._events.add_outcome(
+                    event.id,
+                    Outcome(
+                        kind="recipient",
+                        target=recipient,
+                        status="not_sent",
+                        detail=f"not a subscriber id: {exc.message}",
+                    ),
+                )
+        if len(valid) == len(event.recipients):
+            return event
+        return dataclasses.replace(event, recipients=tuple(valid))
 
     async def fail(self, job: Job, reason: str) -> None:
         """Called when the dispatch job is dead-lettered."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from tidings.core import subscribers as subscriber_rules
 from tidings.core.idempotency import fingerprint
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
@@ -109,6 +110,10 @@ class IngestService:
             raise InvalidInput(
                 f"payload is {size} bytes; the limit is {self._max_payload}", field="payload"
             )
+        for i, recipient in enumerate(data.recipients):
+            # the subscriber id rule: an id no subscriber can have is refused here, not
+            # found out by the dispatch
+            subscriber_rules.subscriber_id(recipient, field=f"recipients.{i}")
         if self._check_channel is not None:
             for i, channel in enumerate(data.channels):
                 try:
