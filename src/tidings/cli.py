@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,7 +23,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from tidings import __version__, logs
 from tidings.config import Settings, load_settings
@@ -36,7 +37,7 @@ from tidings.services.deadletters import DeadFilter, DeadLetters
 from tidings.services.segments import MAX_PAGE as MAX_SEGMENT_PAGE
 from tidings.services.segments import Members, SegmentService
 from tidings.services.testsend import TemplateTestResult
-from tidings.types import Scope
+from tidings.types import Job, Scope
 from tidings.wiring import (
     Runtime,
     build_runtime,
@@ -79,7 +80,8 @@ def _settings(config: str | None) -> Settings:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    # One line, however long, and the message as written (`steps[0]` is not markup).
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -150,8 +152,12 @@ def serve(
     settings = _settings(config)
     if overrides:
         settings = settings.model_copy(update=overrides)
-    logs.configure(settings.log_level, settings.log_format)
     _require_migrated(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    try:  # builds the runtime: a bad workflows file stops the start here, before the banner
+        application = create_app(settings, manage_gc=True)
+    except TidingsError as exc:
+        raise _fail(exc.message) from None
     base = settings.base_url()
     out.print(f"Tidings {__version__} on {base}")
     out.print(f"  API docs  {base}/docs")
@@ -159,7 +165,7 @@ def serve(
     out.print(f"  metrics   {base}/metrics")
     out.print(f"  store     {settings.database_url}   broker {settings.broker}")
     out.print(f"  realtime  {base.replace('http', 'ws', 1)}{settings.gateway.path}")
-    uvicorn.Server(uvicorn_config(settings, create_app(settings, manage_gc=True))).run()
+    uvicorn.Server(uvicorn_config(settings, application)).run()
 
 
 token_app = typer.Typer(help="Create JWTs for the real-time gateway.", no_args_is_help=True)
@@ -241,14 +247,41 @@ def apikey_revoke(key_id: str, config: ConfigOpt = None) -> None:
 def dlq_list(
     kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line, for scripts.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """List dead-lettered jobs, oldest first."""
     jobs = _with_runtime(_settings(config), lambda rt: rt.services.jobs.list_dead(limit, kind))
-    table = Table("id", "kind", "attempts", "created", "last error")
+    if as_json:
+        for j in jobs:
+            print(json.dumps(_dead_json(j)))
+        return
+    # ids are never cut short, whatever the terminal's width: `dlq show` and `replay` take
+    # them whole; the error folds instead
+    table = Table(
+        Column("id", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2)),
+        Column("kind", no_wrap=True),
+        "attempts",
+        "created",
+        Column("last error", overflow="fold"),
+    )
     for j in jobs:
         table.add_row(j.id, j.kind, str(j.attempts), _when(j.created_at), j.last_error or "")
     out.print(table)
+
+
+def _dead_json(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "lane": job.lane.value,
+        "attempts": job.attempts,
+        "last_error": job.last_error,
+        "created_at": _when(job.created_at),
+        "payload": job.payload,
+    }
 
 
 KindOpt = Annotated[str | None, typer.Option(help="Only dead jobs of this kind.")]
@@ -277,17 +310,7 @@ def _dead_filter(
 def dlq_show(job_id: str, config: ConfigOpt = None) -> None:
     """Show one dead-lettered job: kind, lane, attempts, last error and payload."""
     job = _with_runtime(_settings(config), lambda rt: DeadLetters(rt.services.jobs).get(job_id))
-    out.print_json(
-        data={
-            "id": job.id,
-            "kind": job.kind,
-            "lane": job.lane.value,
-            "attempts": job.attempts,
-            "last_error": job.last_error,
-            "created_at": _when(job.created_at),
-            "payload": job.payload,
-        }
-    )
+    out.print_json(data=_dead_json(job))
 
 
 @dlq_app.command("replay")

@@ -4,6 +4,7 @@ one by one and by filter."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from typer.testing import CliRunner
 
@@ -58,6 +59,13 @@ async def test_inspect_and_filtered_replay_and_discard(api: Api) -> None:
     gone = await api.client.get(f"/v1/admin/dlq/{a}", headers=admin)  # replayed: not dead
     assert gone.status_code == 404
     assert gone.headers["content-type"] == "application/problem+json"
+    # an empty selection is refused, not read as "everything"
+    for verb in ("replay", "discard"):
+        empty = await api.client.post(f"/v1/admin/dlq/{verb}", json={}, headers=admin)
+        assert empty.status_code == 422
+        assert empty.headers["content-type"] == "application/problem+json"
+        assert '"all": true' in empty.json()["detail"]
+    assert [j["id"] for j in (await api.client.get("/v1/admin/dlq", headers=admin)).json()] == [b]
     bad = await api.client.post("/v1/admin/dlq/replay", json={"limit": 0}, headers=admin)
     assert bad.status_code == 422 and "limit" in bad.text
     unknown = await api.client.post("/v1/admin/dlq/replay", json={"nope": 1}, headers=admin)
@@ -79,6 +87,16 @@ async def test_cli_show_replay_by_filter_and_refuses_an_empty_selection(api: Api
         result = runner.invoke(cli, ["dlq", *args], env=env)
         return result.exit_code, result.output
 
+    # at 80 columns (a pipe's default) the ids come whole, ready for `show` and `replay`
+    code, output = await asyncio.to_thread(run, "list")
+    assert code == 0 and a in output and b in output
+    code, output = await asyncio.to_thread(run, "list", "--json")
+    assert code == 0
+    listed = [json.loads(line) for line in output.splitlines()]
+    assert [(j["id"], j["kind"], j["last_error"]) for j in listed] == [
+        (a, "notify.deliver", "transient: SMTP 451 try later"),
+        (b, "notify.deliver", "permanent: 550 no such user"),
+    ]
     code, output = await asyncio.to_thread(run, "show", b)
     assert code == 0 and "550 no such user" in output
     code, output = await asyncio.to_thread(run, "replay")

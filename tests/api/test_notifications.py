@@ -272,7 +272,9 @@ async def test_a_subscribers_report_pages_its_trail_oldest_first_and_messages_ne
     messages newest first; another subscriber's entries never appear."""
     h = api.auth()
     one_step = {
-        "steps": [{"id": "inapp", "type": "in_app", "content": {"title": "{{ payload.n }}"}}]
+        "steps": [
+            {"id": "inapp", "type": "in_app", "content": {"title": "{{ payload.n }}", "body": "b"}}
+        ]
     }
     r = await api.client.put("/v1/workflows/note", json=one_step, headers=h)
     assert r.status_code == 200, r.text

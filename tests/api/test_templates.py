@@ -84,6 +84,21 @@ async def test_bad_input_is_a_clear_422(api: Api) -> None:
         api, "/v1/templates/t/versions", {"locales": {"de": {"text": "x"}}}
     )
     assert status == 422 and "default locale" in p["detail"]
+    # a field that could never render is refused when stored, naming it
+    status, p = await admin_post(
+        api,
+        "/v1/templates/t/versions",
+        {
+            "locales": {"en": {"text": "ok"}},
+            "variants": {"b": {"en": {"text": "{{ payload.x | nosuchfilter }}"}}},
+        },
+    )
+    assert status == 422 and p["errors"][0]["field"] == "variants.b.en.text"
+    assert "not a valid template" in p["detail"] and "nosuchfilter" in p["detail"]
+    status, p = await admin_post(
+        api, "/v1/templates/t/versions", {"locales": {"en": {"text": "{{ payload.x "}}}
+    )
+    assert status == 422 and p["errors"][0]["field"] == "locales.en.text"
     await admin_post(
         api,
         "/v1/templates/t/versions",

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import require, services
 from tidings.api.problems import problem_responses
+from tidings.errors import InvalidInput
 from tidings.services.deadletters import MAX_SCAN, DeadFilter, DeadLetters
 from tidings.types import ApiKey, Job, Scope
 
@@ -99,7 +100,17 @@ class DeadFilterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Annotated[str | None, Field(max_length=100)] = None
     error_contains: Annotated[str | None, Field(min_length=1, max_length=500)] = None
+    all: bool = False  # no filter: every dead job, only when asked for in so many words
     limit: Annotated[int, Field(ge=1, le=MAX_SCAN)] = 1000
+
+    def selection(self) -> DeadFilter:
+        """The filter; an empty body selects nothing (as the CLI asks for `--all`)."""
+        if self.kind is None and self.error_contains is None and not self.all:
+            raise InvalidInput(
+                'give "kind" and/or "error_contains", or "all": true for every dead job',
+                field="all",
+            )
+        return DeadFilter(self.kind, self.error_contains, self.limit)
 
 
 class DeadBatchOut(BaseModel):
@@ -114,9 +125,7 @@ class DeadBatchOut(BaseModel):
     summary="Replay every dead job matching a filter (kind, text in the last error)",
 )
 async def replay_matching(request: Request, body: DeadFilterIn) -> DeadBatchOut:
-    ids = await DeadLetters(services(request).jobs).replay(
-        DeadFilter(body.kind, body.error_contains, body.limit)
-    )
+    ids = await DeadLetters(services(request).jobs).replay(body.selection())
     return DeadBatchOut(count=len(ids), ids=ids)
 
 
@@ -127,9 +136,7 @@ async def replay_matching(request: Request, body: DeadFilterIn) -> DeadBatchOut:
     summary="Discard every dead job matching a filter",
 )
 async def discard_matching(request: Request, body: DeadFilterIn) -> DeadBatchOut:
-    ids = await DeadLetters(services(request).jobs).discard(
-        DeadFilter(body.kind, body.error_contains, body.limit)
-    )
+    ids = await DeadLetters(services(request).jobs).discard(body.selection())
     return DeadBatchOut(count=len(ids), ids=ids)
 
 

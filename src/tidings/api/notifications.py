@@ -59,7 +59,8 @@ async def put_workflow(
 ) -> dict[str, Any]:
     if "key" in definition and definition["key"] != key:
         raise InvalidInput("differs from the key in the path", field="key")
-    record = await orchestrator(request).workflows.put(key, definition)
+    notify = orchestrator(request)
+    record = await notify.workflows.put(key, definition, templates=notify.templates.store)
     return {
         "key": record.key,
         "source": "api",

@@ -76,6 +76,11 @@ FIELDS: dict[Channel, tuple[str, ...]] = {
 HTML_FIELDS = frozenset({"html"})
 
 
+# The formatting filters every rendering has (`Renderer._filters` binds them to the
+# recipient's locale and zone).
+FILTERS = ("format_datetime", "format_date", "format_number", "format_currency")
+
+
 class RenderError(InvalidInput):
     """A template that cannot be rendered or whose result breaks the channel's rules.
     Permanent: retrying renders the same thing."""
@@ -207,6 +212,27 @@ def check_variables(version: TemplateVersion, payload: Mapping[str, Any]) -> Non
         path = ".".join(str(p) for p in first.absolute_path)
         where = f"payload.{path}" if path else "payload"
         raise InvalidInput(f"{where}: {first.message}", field=where)
+
+
+@functools.lru_cache(maxsize=2)
+def _check_env(html: bool) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=html)
+    env.filters.update(dict.fromkeys(FILTERS, str))  # their names; never called here
+    return env
+
+
+def check_source(source: str, *, html: bool = False) -> None:
+    """Compile a field's template source as the renderer does, without rendering: raises
+    `RenderError` for a source that could never render (a syntax error, an unknown filter or
+    test), naming the line when the source has more than one. `html`: the field is
+    autoescaped (email `html`). A missing variable is found only when rendering."""
+    try:
+        _check_env(html).from_string(source)
+    except TemplateError as exc:
+        reason = (exc.message or str(exc)).rstrip(".")
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line})" if line and "\n" in source else ""
+        raise RenderError(f"not a valid template: {reason}{where}") from None
 
 
 _TAGS = re.compile(r"<[^>]+>")

@@ -11,7 +11,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tidings.core.templates import Channel, Content, Rendered, Renderer, TemplateVersion
+from tidings.core.templates import (
+    HTML_FIELDS,
+    Channel,
+    Content,
+    Rendered,
+    Renderer,
+    RenderError,
+    TemplateVersion,
+    check_source,
+)
 from tidings.errors import InvalidInput, NotFound
 from tidings.ports.templates import TemplateRecord, TemplateStore, VersionRecord
 
@@ -64,6 +73,21 @@ def to_version(template: TemplateRecord, number: int, body: Mapping[str, Any]) -
     )
 
 
+def _compiles(version: TemplateVersion) -> None:
+    """Every field of every locale and variant compiles as the renderer compiles it (a
+    syntax error, an unknown filter); raises `InvalidInput` naming the field."""
+    sources = [("locales", version.locales)] + [
+        (f"variants.{name}", v) for name, v in version.variants.items()
+    ]
+    for where, locales in sources:
+        for tag, content in locales.items():
+            for name, text in content.fields.items():
+                try:
+                    check_source(text, html=name in HTML_FIELDS)
+                except RenderError as exc:
+                    raise InvalidInput(exc.message, field=f"{where}.{tag}.{name}") from None
+
+
 class TemplateService:
     def __init__(self, store: TemplateStore, renderer: Renderer | None = None) -> None:
         self.store = store
@@ -82,7 +106,7 @@ class TemplateService:
 
     async def add_version(self, template_id: str, body: dict[str, Any]) -> VersionRecord:
         template = await self.store.get(template_id)
-        to_version(template, 0, body)  # refuse what could never render
+        _compiles(to_version(template, 0, body))  # refuse what could never render
         return await self.store.add_version(template_id, body)
 
     async def publish(self, template_id: str, version: int) -> VersionRecord:

@@ -8,12 +8,26 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tidings.core.notify import Workflow, parse_workflow, parse_workflows_text
+from tidings.core.notify import ChannelStep, Workflow, parse_workflow
+from tidings.core.notify.parse import check_content, parse_workflow_definitions
 from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.notify import WorkflowRecord, WorkflowStore
+from tidings.ports.templates import TemplateStore
+from tidings.records import record
 
 log = logging.getLogger(__name__)
+
+WORKFLOW_FILES = (".yaml", ".yml", ".json")
+
+
+@record
+class _Fixed:
+    """A workflow from a file or from Python: read-only through the API."""
+
+    workflow: Workflow
+    source: str  # the file's path, or "python"
+    definition: Mapping[str, Any] | None  # as written in the file; None from Python
 
 
 class WorkflowRegistry:
@@ -25,79 +39,121 @@ class WorkflowRegistry:
         self.store = store
         self._clock = clock
         self._refresh = refresh
-        self._files: dict[str, tuple[Workflow, str]] = {}
+        self._files: dict[str, _Fixed] = {}
         self._api: dict[str, tuple[Workflow, WorkflowRecord]] = {}
         self._loaded_at = float("-inf")
 
     def load_files(self, paths: Iterable[str | Path]) -> int:
         """Load every ``*.yaml``/``*.yml``/``*.json`` file (or directory of them). A bad file
-        raises ``InvalidInput`` naming the file and the field: the service does not start."""
-        found: dict[str, tuple[Workflow, str]] = {}
+        raises ``InvalidInput`` whose message starts ``workflows file <path>:`` and names the
+        field: the service does not start. The checks are those of ``PUT /v1/workflows``
+        except one: a named template need not exist yet (templates live in the database and
+        may be created after the start)."""
+        found: dict[str, _Fixed] = {}
         for raw in paths:
             path = Path(raw)
+            if not path.exists():
+                raise InvalidInput(f"workflows file {path}: not found", field="notify.workflows")
             files = (
-                sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+                sorted(p for p in path.iterdir() if p.suffix in WORKFLOW_FILES)
                 if path.is_dir()
                 else [path]
             )
             for file in files:
-                for workflow in parse_workflows_text(file.read_text(), source=str(file)):
+                try:
+                    text = file.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise InvalidInput(
+                        f"workflows file {file}: cannot read it: {why or exc}",
+                        field="notify.workflows",
+                    ) from None
+                source = f"workflows file {file}"
+                for workflow, definition in parse_workflow_definitions(text, source=source):
                     if workflow.key in found:
                         raise InvalidInput(
-                            f"{file}: workflow {workflow.key!r} is also defined in "
-                            f"{found[workflow.key][1]}",
+                            f"{source}: workflow {workflow.key!r} is also defined in "
+                            f"{found[workflow.key].source}",
                             field="key",
                         )
-                    found[workflow.key] = (workflow, str(file))
+                    found[workflow.key] = _Fixed(workflow, str(file), definition)
         self._files = found
         return len(found)
 
     def add(self, workflow: Workflow, source: str = "python") -> None:
-        """Register a workflow built in Python (read-only, like files)."""
-        self._files[workflow.key] = (workflow, source)
+        """Register a workflow built in Python (read-only, like files); its inline content
+        is checked as a file's is."""
+        check_content(workflow)
+        self._files[workflow.key] = _Fixed(workflow, source, None)
 
     async def reload(self) -> None:
         loaded: dict[str, tuple[Workflow, WorkflowRecord]] = {}
-        for record in await self.store.all():
+        for stored in await self.store.all():
             try:
-                loaded[record.key] = (parse_workflow(record.definition), record)
+                # Accepted when it was stored: it runs as it is, and the definition stays
+                # visible even if a check added since would refuse it now.
+                workflow = parse_workflow(stored.definition, check_content=False)
             except InvalidInput:
-                log.exception("stored workflow no longer parses", extra={"key": record.key})
+                log.exception("stored workflow no longer parses", extra={"key": stored.key})
+                continue
+            loaded[stored.key] = (workflow, stored)
         self._api = loaded
         self._loaded_at = self._clock.now()
 
     async def get(self, key: str) -> Workflow | None:
         if key in self._files:
-            return self._files[key][0]
+            return self._files[key].workflow
         if self._clock.now() - self._loaded_at >= self._refresh:
             await self.reload()
         found = self._api.get(key)
         return None if found is None else found[0]
 
-    async def put(self, key: str, definition: Mapping[str, Any]) -> WorkflowRecord:
+    async def put(
+        self, key: str, definition: Mapping[str, Any], *, templates: TemplateStore | None = None
+    ) -> WorkflowRecord:
+        """Define or replace an API workflow, refusing what would fail on every trigger and
+        naming the field: everything `parse_workflow` checks and, given the template store,
+        that each named ``template`` exists for the step's channel."""
         if key in self._files:
             raise InvalidInput(
-                f"workflow {key!r} is defined in {self._files[key][1]}; change it there",
+                f"workflow {key!r} is defined in {self._files[key].source}; change it there",
                 field="key",
             )
         body = {**definition, "key": key}
-        parse_workflow(body)  # refuse what would not run, naming the field
-        record = await self.store.put(key, body, self._clock.now())
+        try:
+            workflow = parse_workflow(body)
+        except InvalidInput as exc:  # its message repeats the field; the problem names it
+            raise InvalidInput(_unlocated(exc), field=exc.field) from None
+        if templates is not None:
+            await check_templates(workflow, templates)
+        stored = await self.store.put(key, body, self._clock.now())
         await self.reload()
-        return record
+        return stored
 
     async def delete(self, key: str) -> None:
         if key in self._files:
-            raise InvalidInput(f"workflow {key!r} is defined in {self._files[key][1]}")
+            raise InvalidInput(f"workflow {key!r} is defined in {self._files[key].source}")
         if not await self.store.delete(key):
             raise NotFound(f"workflow {key} not found")
         await self.reload()
 
     async def listing(self) -> list[dict[str, Any]]:
+        """Every workflow with its definition: as written (a file's mapping, the stored body
+        of an API workflow; both hold the key); a Python workflow has no written form and
+        shows its key, name, flags and step ids and types."""
         await self.reload()
         out: list[dict[str, Any]] = [
-            {"key": k, "source": src, "revision": None, "workflow": _workflow_json(w)}
-            for k, (w, src) in sorted(self._files.items())
+            {
+                "key": k,
+                "source": fixed.source,
+                "revision": None,
+                "workflow": (
+                    dict(fixed.definition)
+                    if fixed.definition is not None
+                    else _summary(fixed.workflow)
+                ),
+            }
+            for k, fixed in sorted(self._files.items())
         ]
         out += [
             {"key": k, "source": "api", "revision": r.revision, "workflow": dict(r.definition)}
@@ -107,7 +163,35 @@ class WorkflowRegistry:
         return out
 
 
-def _workflow_json(w: Workflow) -> dict[str, Any]:
+async def check_templates(workflow: Workflow, templates: TemplateStore) -> None:
+    """Refuse a channel step whose ``template`` does not exist, or is for another channel
+    (a webhook step takes a template of any channel), naming ``steps[i].template``. A
+    template that has no published version yet passes: publishing it makes the step work."""
+    for index, step in enumerate(workflow.steps):
+        if not isinstance(step, ChannelStep) or step.template is None:
+            continue
+        where = f"steps[{index}].template"
+        try:
+            found = await templates.get(step.template)
+        except NotFound:
+            raise InvalidInput(
+                f"no template {step.template!r}: create it first (POST /v1/templates)",
+                field=where,
+            ) from None
+        if not step.takes_template_for(found.channel):
+            raise InvalidInput(
+                f"template {step.template!r} is for {found.channel}; the step sends "
+                f"{step.channel.value}",
+                field=where,
+            )
+
+
+def _unlocated(exc: InvalidInput) -> str:
+    prefix = f"{exc.field}: " if exc.field else ""
+    return exc.message.removeprefix(prefix)
+
+
+def _summary(w: Workflow) -> dict[str, Any]:
     return {
         "key": w.key,
         "name": w.name,

@@ -87,6 +87,15 @@ class ChannelStep:
             return self.suppress_when_active
         return self.channel in ACTIVE_SUPPRESSED_BY_DEFAULT
 
+    def takes_template_for(self, template_channel: str) -> bool:
+        """Whether a stored template of `template_channel` can be this step's: its own
+        channel's; push templates for web push (the same title and body); any channel's
+        for a webhook, whose body carries the rendered fields."""
+        if self.channel is Channel.WEBHOOK:
+            return True
+        wanted = Channel.PUSH if self.channel is Channel.WEBPUSH else self.channel
+        return template_channel == wanted.value
+
 
 @record
 class DelayStep:

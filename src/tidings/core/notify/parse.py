@@ -1,8 +1,14 @@
 """Workflow definitions from mappings (as loaded from YAML or JSON) and from YAML/JSON text.
 
 Every error is an :class:`~tidings.errors.InvalidInput` whose ``field`` is the exact path of
-the bad part (``steps[2].window``, ``steps[0].if.and[1].payload.x.gt``) and whose message
-starts with the source (a file name) when one is given.
+the bad part (``steps[2].window``, ``steps[0].if.and[1].payload.x.gt``,
+``steps[0].content.subject``) and whose message starts with the source (a file name) when one
+is given.
+
+Inline content is checked as far as it can be without a payload (:func:`check_content`): the
+channel's fields only, the fields the channel needs, and every field a template that
+compiles. Whether a named ``template`` exists is for the template store to say
+(``services/workflows.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from tidings.core.notify.model import (
 )
 from tidings.core.notify.schedule import parse_clock, parse_send_window
 from tidings.core.notify.types import Channel
+from tidings.core.templates import FIELDS, HTML_FIELDS, RenderError, check_source
+from tidings.core.templates import Channel as TemplateChannel
 from tidings.errors import InvalidInput
 
 _WORKFLOW_FIELDS: Final = frozenset(
@@ -49,11 +57,33 @@ _FIELDS: Final[dict[str, frozenset[str]]] = {
     "throttle": _COMMON | {"limit", "window", "key"},
 }
 
+# The fields of each channel's inline content (a web push shows what a push shows), and what
+# a message cannot go without: (at least one of these fields, the field to name, the reason).
+# An email also needs its subject.
+CONTENT_FIELDS: Final[dict[Channel, tuple[str, ...]]] = {
+    **{Channel(c.value): names for c, names in FIELDS.items()},
+    Channel.WEBPUSH: FIELDS[TemplateChannel.PUSH],
+}
+_NEEDED: Final[dict[Channel, tuple[tuple[str, ...], str, str]]] = {
+    Channel.EMAIL: (("html", "text"), "html", "an email needs html or text"),
+    Channel.SMS: (("text",), "text", "an SMS needs text"),
+    Channel.PUSH: (("title", "body"), "body", "a push needs a title or a body"),
+    Channel.WEBPUSH: (("title", "body"), "body", "a web push needs a title or a body"),
+    Channel.IN_APP: (("body",), "body", "an in-app message needs a body"),
+}
 
-def parse_workflow(mapping: Any, *, source: str | None = None) -> Workflow:
-    """A validated :class:`Workflow` from its written form (see docs/workflows.md)."""
+
+def parse_workflow(
+    mapping: Any, *, source: str | None = None, check_content: bool = True
+) -> Workflow:
+    """A validated :class:`Workflow` from its written form (see docs/workflows.md).
+    ``check_content=False`` skips :func:`check_content`: for re-reading definitions that were
+    accepted before, which keep running as they are."""
     try:
-        return _workflow(mapping)
+        workflow = _workflow(mapping)
+        if check_content:
+            _check_content(workflow)
+        return workflow
     except InvalidInput as exc:
         raise _located(exc, source) from None
 
@@ -61,6 +91,14 @@ def parse_workflow(mapping: Any, *, source: str | None = None) -> Workflow:
 def parse_workflows_text(text: str, *, source: str | None = None) -> list[Workflow]:
     """Workflows from YAML or JSON text: one workflow mapping, a list of them, or a mapping
     with a ``workflows`` list. Keys must be unique across the document."""
+    return [workflow for workflow, _ in parse_workflow_definitions(text, source=source)]
+
+
+def parse_workflow_definitions(
+    text: str, *, source: str | None = None
+) -> list[tuple[Workflow, dict[str, Any]]]:
+    """:func:`parse_workflows_text`, each workflow with its written definition (the mapping
+    the text holds for it, as loaded)."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -76,12 +114,13 @@ def parse_workflows_text(text: str, *, source: str | None = None) -> list[Workfl
     items = document if isinstance(document, list) else [document]
     if not items:
         raise _located(InvalidInput("holds no workflow", field=prefix or None), source)
-    out: list[Workflow] = []
+    out: list[tuple[Workflow, dict[str, Any]]] = []
     keys: set[str] = set()
     for index, item in enumerate(items):
         where = f"{prefix}[{index}]" if isinstance(document, list) else prefix
         try:
             wf = _workflow(item)
+            _check_content(wf)
         except InvalidInput as exc:
             field = f"{where}.{exc.field}" if where and exc.field else (where or exc.field)
             raise _located(InvalidInput(exc.message, field=field), source) from None
@@ -90,8 +129,55 @@ def parse_workflows_text(text: str, *, source: str | None = None) -> list[Workfl
                 InvalidInput(f"duplicate workflow key {wf.key!r}", field=f"{where}.key"), source
             )
         keys.add(wf.key)
-        out.append(wf)
+        out.append((wf, dict(item)))
     return out
+
+
+def check_content(workflow: Workflow) -> None:
+    """Refuse inline content that no payload could render: a field the channel does not
+    have (SMS has ``text``, not ``body``), a field whose template does not compile, none of
+    the fields the channel needs or only blank ones (an email's ``subject`` and ``html`` or
+    ``text``, an in-app ``body``, an SMS ``text``, a push's ``title`` or ``body``); and
+    inline content on a
+    webhook step (a webhook sends the event; its step names a stored template instead).
+    Raises :class:`InvalidInput` naming the field (``steps[0].content.subject``)."""
+    try:
+        _check_content(workflow)
+    except InvalidInput as exc:
+        raise _located(exc, None) from None
+
+
+def _check_content(workflow: Workflow) -> None:
+    for index, step in enumerate(workflow.steps):
+        if isinstance(step, ChannelStep) and step.content is not None:
+            _check_step_content(step.channel, step.content, f"steps[{index}].content")
+
+
+def _check_step_content(channel: Channel, content: Mapping[str, str], where: str) -> None:
+    if channel is Channel.WEBHOOK:
+        raise InvalidInput(
+            "a webhook step takes no inline content: it sends the event, and names a stored "
+            "template to add a rendered one",
+            field=where,
+        )
+    known = CONTENT_FIELDS[channel]
+    for name in content:
+        if name not in known:
+            raise InvalidInput(
+                f"{channel.value} has no field {name!r}; its fields are {', '.join(known)}",
+                field=f"{where}.{name}",
+            )
+    for name, text in content.items():
+        try:
+            check_source(text, html=name in HTML_FIELDS)
+        except RenderError as exc:
+            raise InvalidInput(exc.message, field=f"{where}.{name}") from None
+    given = {name for name, text in content.items() if text.strip()}  # blank renders blank
+    if channel is Channel.EMAIL and "subject" not in given:
+        raise InvalidInput("an email needs a subject", field=f"{where}.subject")
+    one_of, named, why = _NEEDED[channel]
+    if not given & set(one_of):
+        raise InvalidInput(why, field=f"{where}.{named}")
 
 
 def _located(exc: InvalidInput, source: str | None) -> InvalidInput:

@@ -38,7 +38,7 @@ BASE: dict[str, Any] = {
         },
         {"type": "digest", "window": "1h", "key": "payload.post_id"},
         {"type": "throttle", "limit": 3, "window": "PT1H"},
-        {"type": "email", "content": {"subject": "Hi", "body": "{{ payload.text }}"}},
+        {"type": "email", "content": {"subject": "Hi", "text": "{{ payload.text }}"}},
     ],
 }
 
@@ -157,7 +157,7 @@ def test_builder_matches_parsed_definition() -> None:
         )
         .digest("1h", key="payload.post_id")
         .throttle(3, "PT1H")
-        .email(content={"subject": "Hi", "body": "{{ payload.text }}"})
+        .email(content={"subject": "Hi", "text": "{{ payload.text }}"})
     )
     assert built == parse_workflow(BASE)
 
