@@ -270,6 +270,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         handoffs=handoffs,
     )
     dispatcher.notify = notify.start
+    # inbox marks record their engagement on the items' messages (reports mark the items)
+    inbox.on_engaged = notify.inbox_marked
     ingest.check_recipients = notify.check_trigger
     ingest.on_cancel = notify.cancel
     segments = SegmentService(

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.api.conftest import Api, make_settings, open_api
 from tidings.config import InboxSettings
+from tidings.ports.inbox import InboxItem
 
 SECRET = "inbox-secret-for-tests"
 
@@ -184,6 +185,21 @@ async def test_delete_erases_profile_memberships_and_inbox(api: Api) -> None:
     feed = (await c.get("/v1/subscribers/del/inbox", headers=h)).json()
     assert feed["items"] == [] and feed["counts"] == {"unread": 0, "unseen": 0}
     assert (await c.delete("/v1/subscribers/del", headers=h)).status_code == 404
+
+
+async def test_delete_erases_the_inbox_of_an_id_without_a_profile(api: Api) -> None:
+    """An event may name an id no subscriber has; its in-app items can still be erased."""
+    c, h = api.client, api.auth()
+    store = api.runtime.services.inbox.store
+    await store.add_many(
+        [InboxItem(f"g{n}", "ghost", f"t{n}", "", created_at=1.0, event_id="e") for n in range(2)]
+    )
+    r = await c.delete("/v1/subscribers/ghost", headers=h)
+    assert r.status_code == 200 and r.json() == {"id": "ghost", "inbox_items_deleted": 2}
+    assert await store.feed("ghost", limit=10) == []
+    gone = await c.delete("/v1/subscribers/ghost", headers=h)  # nothing left: unknown
+    assert gone.status_code == 404
+    assert gone.headers["content-type"] == "application/problem+json"
 
 
 async def test_topics_api(api: Api) -> None:

@@ -16,7 +16,7 @@ from tidings.adapters import sql
 from tidings.adapters.memory.inbox import MemoryInboxStore
 from tidings.adapters.sql.inbox import SqlInboxStore
 from tidings.errors import Conflict, NotFound
-from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
+from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Marked, Status
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -75,7 +75,7 @@ async def test_items_are_private_to_their_subscriber(store: Any) -> None:
     theirs, _ = await store.add(item("bob"))
     with pytest.raises(NotFound):
         await store.get("alice", theirs.id)
-    assert await store.mark("alice", Mark.READ, 5.0, ids=[theirs.id, mine.id]) == 1
+    assert len(await store.mark_changed("alice", Mark.READ, 5.0, ids=[theirs.id, mine.id])) == 1
     assert (await store.get("bob", theirs.id)).read_at is None
     assert [i.id for i in await store.feed("alice", limit=10)] == [mine.id]
 
@@ -98,9 +98,9 @@ async def test_filters_marks_and_counts(store: Any) -> None:
     items = [(await store.add(item()))[0] for _ in range(5)]
     ids = [i.id for i in items]
     assert await store.counts("alice") == Counts(unread=5, unseen=5)
-    assert await store.mark("alice", Mark.SEEN, 10.0, ids=ids[:2]) == 2
-    assert await store.mark("alice", Mark.SEEN, 11.0, ids=ids[:2]) == 0  # already seen
-    assert await store.mark("alice", Mark.READ, 12.0, ids=[ids[1], ids[2]]) == 2
+    assert len(await store.mark_changed("alice", Mark.SEEN, 10.0, ids=ids[:2])) == 2
+    assert len(await store.mark_changed("alice", Mark.SEEN, 11.0, ids=ids[:2])) == 0  # already seen
+    assert len(await store.mark_changed("alice", Mark.READ, 12.0, ids=[ids[1], ids[2]])) == 2
     got = await store.get("alice", ids[1])
     assert got.seen_at == 10.0 and got.read_at == 12.0  # seen time kept
     got = await store.get("alice", ids[2])
@@ -119,19 +119,21 @@ async def test_filters_marks_and_counts(store: Any) -> None:
     assert ids_of(await store.feed("alice", status=Status.UNSEEN, limit=9)) == [ids[4], ids[3]]
     assert ids_of(await store.feed("alice", status=Status.SEEN, limit=9)) == ids[2::-1]
 
-    assert await store.mark("alice", Mark.ARCHIVED, 13.0, ids=[ids[4]]) == 1
+    assert len(await store.mark_changed("alice", Mark.ARCHIVED, 13.0, ids=[ids[4]])) == 1
     assert await store.counts("alice") == Counts(unread=2, unseen=1)
     assert ids_of(await store.feed("alice", limit=9)) == ids[3::-1]
     assert ids_of(await store.feed("alice", archived=Archived.ONLY, limit=9)) == [ids[4]]
     assert len(await store.feed("alice", archived=Archived.INCLUDE, limit=9)) == 5
-    assert await store.mark("alice", Mark.UNARCHIVED, 14.0, ids=[ids[4]]) == 1
-    assert await store.mark("alice", Mark.UNREAD, 15.0, ids=[ids[1], ids[0]]) == 1
+    assert len(await store.mark_changed("alice", Mark.UNARCHIVED, 14.0, ids=[ids[4]])) == 1
+    assert len(await store.mark_changed("alice", Mark.UNREAD, 15.0, ids=[ids[1], ids[0]])) == 1
     assert (await store.get("alice", ids[1])).read_at is None
 
     # all up to a position, then all
-    assert await store.mark("alice", Mark.READ, 16.0, until=items[2].seq) == 2  # ids 0, 1
+    assert (
+        len(await store.mark_changed("alice", Mark.READ, 16.0, until=items[2].seq)) == 2
+    )  # ids 0, 1
     assert await store.counts("alice") == Counts(unread=2, unseen=0 + 2)
-    assert await store.mark("alice", Mark.READ, 17.0) == 2
+    assert len(await store.mark_changed("alice", Mark.READ, 17.0)) == 2
     assert await store.counts("alice") == Counts(unread=0, unseen=0)
     assert await store.counts("nobody") == Counts(unread=0, unseen=0)
 
@@ -267,9 +269,9 @@ async def test_concurrent_overlapping_batches_store_each_delivery_once(store: An
 async def test_counts_many(store: Any) -> None:
     items = [i for i, _ in await store.add_many([item("alice") for _ in range(4)])]
     await store.add(item("bob"))
-    await store.mark("alice", Mark.READ, 5.0, ids=[items[0].id])
-    await store.mark("alice", Mark.SEEN, 5.0, ids=[items[1].id])
-    await store.mark("alice", Mark.ARCHIVED, 5.0, ids=[items[2].id])
+    await store.mark_changed("alice", Mark.READ, 5.0, ids=[items[0].id])
+    await store.mark_changed("alice", Mark.SEEN, 5.0, ids=[items[1].id])
+    await store.mark_changed("alice", Mark.ARCHIVED, 5.0, ids=[items[2].id])
     counts = await store.counts_many(["alice", "nobody", "bob", "alice"])
     assert counts == {
         "alice": Counts(unread=2, unseen=1),
@@ -289,3 +291,55 @@ async def test_add_many_larger_than_one_statement(store: Any) -> None:
     assert all(created for _, created in results)
     assert all(a < b for a, b in itertools.pairwise(seqs))
     assert (await store.counts_many(["big0"]))["big0"] == Counts(unread=172, unseen=172)
+
+
+# -- mark_changed: the items a mark changed, with their states after it ---------------------
+
+
+async def fill(store: Any, subscriber: str, n: int) -> list[InboxItem]:
+    items = [
+        InboxItem(
+            id=f"{subscriber}-{i}",
+            subscriber=subscriber,
+            title=f"t{i}",
+            body="",
+            created_at=float(i),
+            event_id=f"e{i}" if i % 2 == 0 else None,
+        )
+        for i in range(n)
+    ]
+    return [stored for stored, _ in await store.add_many(items)]
+
+
+def by_id(marked: list[Marked]) -> dict[str, Marked]:
+    return {m.id: m for m in marked}
+
+
+async def test_mark_changed_returns_the_changed_items_as_they_stand(store: Any) -> None:
+    items = await fill(store, "alice", 4)
+    theirs = await fill(store, "bob", 1)
+    ids = [i.id for i in items]
+    seen = await store.mark_changed("alice", Mark.SEEN, 10.0, ids=[ids[0], theirs[0].id])
+    assert seen == [Marked(ids[0], "e0", 10.0, None, None)]
+    # read sets seen where unset; the seen item keeps its first instant
+    read = by_id(await store.mark_changed("alice", Mark.READ, 11.0, ids=ids[:2]))
+    assert read == {
+        ids[0]: Marked(ids[0], "e0", 10.0, 11.0, None),
+        ids[1]: Marked(ids[1], None, 11.0, 11.0, None),
+    }
+    assert await store.mark_changed("alice", Mark.READ, 12.0, ids=ids[:2]) == []
+    # up to a watermark, then all: only what is not archived yet
+    upto = await store.mark_changed("alice", Mark.ARCHIVED, 13.0, until=items[1].seq)
+    assert sorted(m.id for m in upto) == ids[:2]
+    rest = await store.mark_changed("alice", Mark.ARCHIVED, 14.0)
+    assert by_id(rest) == {
+        ids[2]: Marked(ids[2], "e2", None, None, 14.0),
+        ids[3]: Marked(ids[3], None, None, None, 14.0),
+    }
+    undone = await store.mark_changed("alice", Mark.UNREAD, 15.0)
+    assert sorted(m.id for m in undone) == ids[:2]
+    assert {m.read_at for m in undone} == {None}
+    assert (await store.get("bob", theirs[0].id)).seen_at is None
+    # `mark` counts the same changes
+    assert len(await store.mark_changed("alice", Mark.UNARCHIVED, 16.0, ids=ids)) == 4
+    assert len(await store.mark_changed("alice", Mark.UNARCHIVED, 16.0, ids=ids)) == 0

@@ -207,6 +207,7 @@ async def test_escalation_sends_email_only_to_whom_did_not_see_in_app(env: Env) 
     env.clock.advance(120)
     [item] = await env.runtime.services.inbox.store.feed("ann", limit=1)
     await env.runtime.services.inbox.mark_one("ann", item.id, Mark.SEEN)
+    assert await env.drain() == 1  # the mark woke ann's run: it ends without the email
     env.clock.advance(7 * 60)
     assert await env.drain() == 0  # nothing is due before the deadline (10 min after send)
     env.clock.advance(61)
@@ -228,6 +229,31 @@ async def test_escalation_sends_email_only_to_whom_did_not_see_in_app(env: Env) 
     assert bob_mail[0]["status"] == "sent"
     assert bob_mail[0]["template_version"].startswith("inline-")
     assert {r["state"] for r in report["runs"]} == {"done"}
+
+
+async def test_two_wakes_of_one_run_at_once_advance_it_once(env: Env) -> None:
+    """Seen, then read at once: two wake jobs, claimed together and run at the same time;
+    the second advances the run as the first left it (one trail entry for the email step)."""
+    await env.subscriber("ann", email="ann@example.com")
+    event_id = await env.send(
+        "comment.created", recipients=("ann",), payload={"author": "Dee", "text": "hi"}
+    )
+    await env.drain()
+    [item] = await env.runtime.services.inbox.store.feed("ann", limit=1)
+    await env.notify.report(item.id, "seen")
+    await env.notify.report(item.id, "read")
+    pool = env.runtime.pools[-1]
+    wakes = [j for j in await pool.claim(10) if j.kind == "notify.run"]
+    assert len(wakes) == 2
+    # statements on the connections' threads, as on PostgreSQL: each read lets the other
+    # job in (on the loop's thread they would not interleave)
+    pool._inline = False
+    await asyncio.gather(*(pool.execute(j) for j in wakes))
+    report = await env.report(event_id)
+    emails = [t for t in report["trail"] if t["step"] == "email" and t["type"] == "step"]
+    assert [(t["outcome"], t["reason"]) for t in emails] == [("not_needed", "inapp_seen")]
+    assert {r["state"] for r in report["runs"]} == {"done"}
+    assert len(env.notify._run_locks) == 0  # none kept once released
 
 
 async def test_preferences_quiet_hours_and_missing_address_are_recorded(env: Env) -> None:
@@ -463,9 +489,14 @@ async def test_transient_failures_retry_then_dead_letter_then_replay(env: Env) -
         env.clock.advance(3600)
     dead = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver")
     assert len(dead) == 1
+    # the dead letter's reason names the failure's class, not the exception type
+    assert dead[0].last_error is not None
+    assert dead[0].last_error.startswith("gave up after 3 attempts: transient: ")
+    assert "JobError" not in dead[0].last_error
     report = await env.report(event_id)
     [message] = report["messages"]
     assert message["status"] == "failed"
+    assert message["error"]
     attempts = [t for t in report["trail"] if t["type"] == "delivery"]
     assert [a["status"] for a in attempts] == ["retrying", "retrying", "failed", "dead_lettered"]
     assert all(a.get("class") in (None, "transient") for a in attempts)
@@ -476,6 +507,7 @@ async def test_transient_failures_retry_then_dead_letter_then_replay(env: Env) -
     assert [m["To"] for m in env.mails()] == ["ann@example.com"]
     message = (await env.report(event_id))["messages"][0]
     assert message["status"] == "sent"
+    assert message["error"] is None  # the failures before the replay no longer hold
 
 
 async def test_hard_bounce_suppresses_the_address_for_later_messages(env: Env) -> None:
@@ -1009,7 +1041,7 @@ async def test_a_message_failing_in_a_batch_goes_on_alone(env: Env) -> None:
     assert env.clock.now() <= retry["run_at"] <= env.clock.now() + 1.0  # full jitter, base 1 s
     [dead] = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver")
     assert dead.payload == {"message_id": by_recipient["spam"]["id"]}
-    assert dead.last_error is not None and "554 5.7.1" in dead.last_error
+    assert dead.last_error is not None and dead.last_error.startswith("permanent: 554 5.7.1")
     for _ in range(4):
         env.clock.advance(3600)
         await env.drain()

@@ -26,6 +26,9 @@ workflows:
   - key: invoice.paid
     steps:
       - {id: hook, type: webhook}
+  - key: order.paid
+    steps:
+      - {id: hook, type: webhook, template: order-paid}
 """
 
 
@@ -105,3 +108,54 @@ async def test_signed_verified_retried_with_the_same_id_and_sent_once(
         assert deliveries == ["notify.deliver", "notify.deliver_batch"]  # one retried alone
     else:
         assert deliveries == ["notify.deliver", "notify.deliver"]
+
+
+@pytest.mark.parametrize("priority", [Priority.TRANSACTIONAL, Priority.BULK])
+async def test_a_webhook_step_carries_its_template_rendered_per_recipient(
+    runtime: tuple[Runtime, ManualClock], receiver: Receiver, priority: Priority
+) -> None:
+    rt, _ = runtime
+    endpoint = await rt.services.webhooks.create(receiver.url, event_types=("order.paid",))
+    templates = rt.services.templates
+    await templates.create("order-paid", "Order paid", "in_app")
+    await templates.add_version(
+        "order-paid",
+        {
+            "locales": {
+                "en": {"title": "Paid {{ payload.order }}", "body": "Hi {{ subscriber.id }}"},
+                "de": {"title": "Bezahlt {{ payload.order }}", "body": "Hallo"},
+            }
+        },
+    )
+    await templates.publish("order-paid", 1)
+    await rt.services.subscribers.put("ann", {"locale": "de"})
+    event = await rt.services.ingest.ingest(
+        EventInput(
+            type="order.paid", payload={"order": 42}, recipients=("ann", "bob"), priority=priority
+        )
+    )
+    await drain(rt)
+    by_recipient = {}
+    for headers, body in receiver.requests:
+        data = Webhook(endpoint.secret).verify(body, headers)["data"]
+        by_recipient[data["recipient"]["id"]] = data["template"]
+    assert by_recipient == {
+        "ann": {
+            "id": "order-paid",
+            "version": 1,
+            "channel": "in_app",
+            "locale": "de",
+            "variant": None,
+            "fields": {"title": "Bezahlt 42", "body": "Hallo"},
+        },
+        "bob": {
+            "id": "order-paid",
+            "version": 1,
+            "channel": "in_app",
+            "locale": "en",
+            "variant": None,
+            "fields": {"title": "Paid 42", "body": "Hi bob"},
+        },
+    }
+    report = await rt.services.notify.event_report(event.event.id)  # type: ignore[union-attr]
+    assert sorted(m["status"] for m in report["messages"]) == ["sent", "sent"]

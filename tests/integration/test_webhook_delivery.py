@@ -292,6 +292,35 @@ async def test_breaker_opens_on_a_dead_endpoint_and_no_call_reaches_it_while_ope
     assert (await kit.store.get(dead.id)).failures == 0
 
 
+async def test_a_new_url_or_an_enable_clears_the_circuit_and_the_streak(
+    kit: Kit, receiver: Receiver
+) -> None:
+    receiver.always = (503, {})
+    ep = await kit.service.create(receiver.url + "?old")
+    for i in range(3):
+        assert (await deliver(kit, ep.id, i)).attempted
+    assert kit.guard.state(ep.id) is BreakerState.OPEN
+    assert (await kit.store.get(ep.id)).failures == 3
+    receiver.always = None
+    # a description change is no new destination: still open, the streak kept
+    await kit.service.update(ep.id, description="billing")
+    assert not (await deliver(kit, ep.id, 10)).attempted
+    assert (await kit.store.get(ep.id)).failures == 3
+    # the URL fixed: the next delivery goes straight through, the streak starts afresh
+    moved = await kit.service.update(ep.id, url=receiver.url + "?new")
+    assert moved.failures == 0 and moved.failing_since is None
+    assert kit.guard.state(ep.id) is BreakerState.CLOSED
+    assert (await deliver(kit, ep.id, 11)).delivered
+    # an operator's enable clears an open circuit too
+    receiver.always = (503, {})
+    for i in range(3):
+        await deliver(kit, ep.id, 20 + i)
+    assert kit.guard.state(ep.id) is BreakerState.OPEN
+    receiver.always = None
+    await kit.service.enable(ep.id)
+    assert (await deliver(kit, ep.id, 30)).delivered
+
+
 async def test_private_targets_are_refused_when_blocked(receiver: Receiver) -> None:
     clock = ManualClock(start=time.time())
     provider = HttpWebhookProvider(clock, block_private=True)

@@ -51,6 +51,18 @@ class InboxItem:
 
 
 @record
+class Marked:
+    """An item a mark changed, with its states after the mark (what `mark_changed` returns:
+    enough to record the engagement on the item's notification message)."""
+
+    id: str
+    event_id: str | None
+    seen_at: float | None
+    read_at: float | None
+    archived_at: float | None
+
+
+@record
 class Counts:
     """Items not archived that are unread / unseen."""
 
@@ -73,16 +85,17 @@ class InboxStore(Protocol):
       ones come back as that first item (as stored) with `False`. `Conflict` (nothing
       stored) when an item's `id` is stored already, or repeated in the batch, under
       another delivery key. An empty batch does nothing.
-    - Items are only ever visible to their subscriber: `get` and `mark` with `ids` of another
-      subscriber's items find nothing (`get` raises `NotFound`).
+    - Items are only ever visible to their subscriber: `get` and `mark_changed` with `ids` of
+      another subscriber's items find nothing (`get` raises `NotFound`).
     - `feed` returns newest first (descending `seq`) the items with `seq < before` (all when
       None), filtered by status and archived state, at most `limit`. Inserts never shift a
       page: new items get a higher `seq`.
-    - `mark` applies one state change to the listed `ids`, or when `ids` is None to every
-      item of the subscriber with `seq <= until` (all when None), and returns how many items
-      changed: marking an item already in that state changes nothing. READ sets `read_at`
-      and, if unset, `seen_at`; SEEN and ARCHIVED set their time if unset; UNREAD and
-      UNARCHIVED clear theirs.
+    - `mark_changed` applies one state change to the listed `ids`, or when `ids` is None to
+      every item of the subscriber with `seq <= until` (all when None), and returns the
+      items it changed (`Marked`, their states after the mark, in no particular order):
+      marking an item already in that state changes nothing. READ sets `read_at` and, if
+      unset, `seen_at`; SEEN and ARCHIVED set their time if unset; UNREAD and UNARCHIVED
+      clear theirs. One statement per chunk of ids, or one for a watermark or all.
     - `counts` counts the subscriber's items that are not archived; `counts_many` does it for
       many subscribers in one grouped query and has every requested subscriber in its result
       (zeros for those without items).
@@ -105,7 +118,7 @@ class InboxStore(Protocol):
         limit: int,
     ) -> list[InboxItem]: ...
 
-    async def mark(
+    async def mark_changed(
         self,
         subscriber: str,
         action: Mark,
@@ -113,7 +126,7 @@ class InboxStore(Protocol):
         *,
         ids: Sequence[str] | None = None,
         until: int | None = None,
-    ) -> int: ...
+    ) -> list[Marked]: ...
 
     async def counts(self, subscriber: str) -> Counts: ...
 

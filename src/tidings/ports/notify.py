@@ -111,10 +111,11 @@ class MessageUpdate:
     attempts: int | None = None
     trail: Sequence[TrailEntry] = ()
     jobs: Sequence[NewJob] = ()  # enqueued with the update (the message's next steps)
+    clear_error: bool = False  # the stored error goes (a later attempt succeeded)
 
     def changes(self, current: Message, at: float) -> dict[str, Any]:
         """The new values of the stored message's fields: ``statuses`` merged, ``updated_at``
-        set to `at`, and each other field given."""
+        set to `at`, each other field given, and ``error`` emptied with `clear_error`."""
         merged = dict(current.statuses)
         for name, when in self.statuses.items():
             merged[name] = min(merged.get(name, float(when)), float(when))
@@ -123,6 +124,8 @@ class MessageUpdate:
             value = getattr(self, name)
             if value is not None:
                 values[name] = value
+        if self.clear_error and self.error is None:
+            values["error"] = None
         return values
 
 

@@ -14,6 +14,15 @@ A failed publish is logged and never fails the change: a client that missed it r
 counts and feed on reconnect. Re-adding the same delivery republishes the item with the same
 idempotency key, so a delivery retried after a crash between insert and publish still
 reaches the browser, once; a retried batch likewise.
+
+Engagement: a mark that sets seen, read or archived on items of notifications hands the
+changed items to `on_engaged` (wiring gives it the orchestrator's `inbox_marked`), which
+records that engagement on the items' messages and wakes the runs waiting for it. Only
+items with an event are handed, in one call per mark (a bulk mark's items together), and a
+mark that changed nothing hands nothing. The orchestrator marks items the other way with
+`mark_reported` (a status reported for an in-app message), which never calls `on_engaged`,
+so neither side echoes the other. A failing `on_engaged` is logged and never fails the
+mark: the item is the truth, and a run waiting for it reads it at its deadline.
 """
 
 from __future__ import annotations
@@ -30,9 +39,17 @@ import orjson
 
 from tidings.core import subscribers as rules
 from tidings.core.paging import decode_cursor, encode_cursor
-from tidings.errors import InvalidInput
+from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
-from tidings.ports.inbox import Archived, Counts, InboxItem, InboxStore, Mark, Status
+from tidings.ports.inbox import (
+    Archived,
+    Counts,
+    InboxItem,
+    InboxStore,
+    Mark,
+    Marked,
+    Status,
+)
 from tidings.records import record
 from tidings.services.lanes import LaneGate
 
@@ -40,6 +57,10 @@ log = logging.getLogger(__name__)
 
 # (channel, data, idempotency key) -> anything; the gateway hub's server publish.
 Publisher = Callable[[str, bytes, str | None], Awaitable[object]]
+# (subscriber, items a mark changed) -> anything; records their engagement on their messages.
+Engaged = Callable[[str, Sequence[Marked]], Awaitable[object]]
+# The marks that are engagement on the item's message (the others undo a state).
+ENGAGING = frozenset({Mark.SEEN, Mark.READ, Mark.ARCHIVED})
 DEFAULT_NAMESPACE = "inbox"
 MAX_PAGE = 100
 MAX_BULK = 1000
@@ -69,10 +90,12 @@ class InboxService:
         namespace: str = DEFAULT_NAMESPACE,
         max_data_bytes: int = rules.MAX_DATA_BYTES,
         gate: LaneGate | None = None,
+        on_engaged: Engaged | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.publish = publish
+        self.on_engaged = on_engaged
         self.namespace = namespace
         self.max_data_bytes = max_data_bytes
         self._gate = gate or LaneGate()  # long loops yield through it
@@ -202,11 +225,12 @@ class InboxService:
 
     async def mark_one(self, subscriber: str, item_id: str, action: Mark) -> InboxItem:
         await self.store.get(subscriber, item_id)  # NotFound for another subscriber's item
-        changed = await self.store.mark(subscriber, action, self.clock.now(), ids=[item_id])
+        changed = await self.store.mark_changed(subscriber, action, self.clock.now(), ids=[item_id])
         item = await self.store.get(subscriber, item_id)
         if changed:
             await self._push(subscriber, {"type": "item", "item": item_json(item)}, None)
             await self._push_counts(subscriber)
+            await self._engaged(subscriber, action, changed)
         return item
 
     async def mark(
@@ -225,10 +249,48 @@ class InboxService:
         if ids is not None and not 1 <= len(ids) <= MAX_BULK:
             raise InvalidInput(f"give 1..{MAX_BULK} ids", field="ids")
         upto = None if until is None else _seq(until, "until")
-        changed = await self.store.mark(subscriber, action, self.clock.now(), ids=ids, until=upto)
+        changed = await self.store.mark_changed(
+            subscriber, action, self.clock.now(), ids=ids, until=upto
+        )
         if changed:
             await self._push_counts(subscriber)
-        return changed
+            await self._engaged(subscriber, action, changed)
+        return len(changed)
+
+    async def mark_reported(
+        self, subscriber: str, item_id: str, action: Mark, at: float
+    ) -> Marked | None:
+        """Mark one item at `at` for an engagement reported on its notification message:
+        the live item and counts go out as `mark_one` sends them, and `on_engaged` is not
+        called (the report records it already). None when the subscriber has no such item
+        or the mark changed nothing."""
+        changed = await self.store.mark_changed(subscriber, action, at, ids=[item_id])
+        if not changed:
+            return None
+        if self.publish is not None:
+            try:
+                item = await self.store.get(subscriber, item_id)
+            except NotFound:  # purged in between: nobody to tell
+                return changed[0]
+            await self._push(subscriber, {"type": "item", "item": item_json(item)}, None)
+            await self._push_counts(subscriber)
+        return changed[0]
+
+    async def _engaged(self, subscriber: str, action: Mark, changed: Sequence[Marked]) -> None:
+        """Hand the changed items of notifications to `on_engaged`, once per mark."""
+        if self.on_engaged is None or action not in ENGAGING:
+            return
+        items = [m for m in changed if m.event_id is not None]
+        if not items:
+            return
+        try:
+            await self.on_engaged(subscriber, items)
+        except Exception:
+            log.warning(
+                "inbox engagement not recorded on the messages",
+                exc_info=True,
+                extra={"subscriber": subscriber, "items": len(items)},
+            )
 
     async def _push_counts(self, subscriber: str) -> None:
         if self.publish is None:

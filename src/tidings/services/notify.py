@@ -24,9 +24,10 @@ happen once (at least once at providers that cannot deduplicate; messages carry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ from tidings.core.templates import (
 from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.events import EventStore
-from tidings.ports.inbox import InboxItem
+from tidings.ports.inbox import InboxItem, Mark, Marked
 from tidings.ports.notify import (
     Message,
     MessageUpdate,
@@ -115,6 +116,8 @@ DELIVER_BATCH_JOB = "notify.deliver_batch"
 FINAL_FAILURES = (FailureClass.PERMANENT, FailureClass.POLICY)
 MAX_ACTIONS_PER_STEP = 3
 ENGAGEMENT = ("seen", "read", "clicked", "archived")
+INBOX_MARKS = ("seen", "read", "archived")  # the engagement an inbox item holds
+INBOX_REPORT_CHUNK = 500  # marked items per read and write of `inbox_marked`
 DELIVERY_REPORTS = ("delivered", "bounced", "failed")
 QUEUED = DeliveryStatus.QUEUED.value
 # Runs advanced between yields to the event loop: a transactional job that becomes ready
@@ -172,7 +175,7 @@ def run_id(event_id: str, workflow: str, recipient: str) -> str:
 
 def to_recipient(subscriber_id: str, s: Subscriber | None) -> Recipient:
     if s is None:
-        return Recipient(subscriber_id)
+        return Recipient(subscriber_id, known=False)
     return Recipient(
         id=s.id,
         email=s.email,
@@ -273,6 +276,7 @@ class Orchestrator:
         # Bulk batches at once in this process: more only queue on the event loop (and on
         # SQLite's writer) in front of transactional work.
         self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
+        self._run_locks = KeyedLocks()
         self._turns = BulkTurns(self._gate)
 
     # -- at ingest -----------------------------------------------------------------------
@@ -463,6 +467,13 @@ class Orchestrator:
 
     async def handle_run(self, job: Job) -> None:
         rid = str(job.payload.get("run_id", ""))
+        # Two wakes of one run (a message seen, then read) may be claimed at once: the second
+        # advances the run as the first left it, not as both found it (one step's trail
+        # entry twice).
+        async with self._run_locks.hold(rid):
+            await self._handle_run(rid)
+
+    async def _handle_run(self, rid: str) -> None:
         loaded = await self.runs.load_many([rid])
         if rid not in loaded:
             raise PermanentJobError(f"run {rid} not found")
@@ -952,10 +963,7 @@ class Orchestrator:
         if cached is None:
             if step.template is not None:
                 found = await self.templates.resolve(step.template)
-                if (
-                    step.channel is not Channel.WEBHOOK
-                    and found.channel.value != step.channel.value
-                ):
+                if not step.takes_template_for(found.channel.value):
                     raise InvalidInput(
                         f"template {step.template} is for {found.channel.value}; "
                         f"the step sends {step.channel.value}",
@@ -1337,6 +1345,16 @@ class Orchestrator:
                 "recipient": recipient.context(),
                 "payload": event.payload,
             }
+            if template is not None:  # the step's stored template, rendered for the recipient
+                rendered = self._render(template, message, recipient, context)
+                data["template"] = {
+                    "id": rendered.template,
+                    "version": rendered.version,
+                    "channel": rendered.channel.value,
+                    "locale": rendered.locale,
+                    "variant": rendered.variant,
+                    "fields": rendered.fields,
+                }
             result = await self.webhooks.deliver(
                 endpoint,
                 event.type,
@@ -1438,6 +1456,7 @@ class Orchestrator:
             provider=provider if not provider.startswith("webhook:") else None,
             provider_id=result.provider_message_id,
             error=None if result.delivered else result.reason,
+            clear_error=result.delivered,  # an earlier attempt's failure no longer holds
             attempts=attempt,
             trail=[self._trail(message, "delivery", entry, now)],
             jobs=self._wake(message, status, now, workflow) if status != QUEUED else (),
@@ -1465,7 +1484,7 @@ class Orchestrator:
             job = dataclasses.replace(job, run_at=now + retry.delay)
             return dataclasses.replace(update, jobs=[*update.jobs, job])
         why = f"{failure.value}: {result.reason}"
-        dead = f"permanent: {why}" if failure in FINAL_FAILURES else f"{retry.reason}: {why}"
+        dead = why if failure in FINAL_FAILURES else f"{retry.reason}: {why}"
         gone = self._trail(message, "delivery", {"status": "dead_lettered", "reason": dead}, now)
         return dataclasses.replace(
             update,
@@ -1558,7 +1577,9 @@ class Orchestrator:
     async def report(self, message_id: str, status: str, at: float | None = None) -> Message:
         """A delivery report (delivered, bounced, failed) or engagement (seen, read, clicked,
         archived) for a message, e.g. from a provider callback. The first instant of each
-        status is kept; a bounce suppresses the email address."""
+        status is kept; a bounce suppresses the email address. Seen, read or archived on an
+        in-app message marks its inbox item too (with the item's live update), and what
+        that mark set besides (reading sets seen) is recorded on the message with it."""
         if status not in DELIVERY_REPORTS + ENGAGEMENT:
             allowed = ", ".join(DELIVERY_REPORTS + ENGAGEMENT)
             raise InvalidInput(f"status must be one of {allowed}", field="status")
@@ -1571,23 +1592,78 @@ class Orchestrator:
         if status == "bounced" and message.channel == Channel.EMAIL.value:
             subscriber = await self._subscriber(message.recipient, devices=False)
             await self._bounced(message, subscriber, now, "bounce reported")
+        statuses = {status: when}
+        if message.channel == Channel.IN_APP.value and status in INBOX_MARKS:
+            marked = await self.inbox.mark_reported(
+                message.recipient, message.id, Mark(status), when
+            )
+            if marked is not None:
+                statuses = _marked_statuses(marked, message.statuses) | statuses
+        jobs = self._wake(message, status, now, await self.workflows.get(message.workflow))
         [updated] = await self.runs.update_messages(
             [
                 MessageUpdate(
                     message_id,
                     status=delivery,
-                    statuses={status: when},
+                    statuses=statuses,
                     trail=[
                         self._trail(message, "delivery", {"status": status, "reported": True}, now)
                     ],
-                    jobs=self._wake(
-                        message, status, now, await self.workflows.get(message.workflow)
-                    ),
+                    jobs=jobs,
                 )
             ],
             at=now,
         )
+        if jobs and self._on_enqueue is not None:
+            self._on_enqueue()
         return updated
+
+    async def inbox_marked(self, subscriber: str, items: Sequence[Marked]) -> int:
+        """Engagement marked in the subscriber's inbox (seen, read, archived): each item's
+        states that its message lacks are recorded on the message (the item's id is its
+        message's), with a trail entry per status (`source: inbox`) and a job waking the
+        run when a step of its workflow waits for the message's step. Items without a
+        message of this subscriber's in the store (added straight to the inbox) are
+        skipped; a mark that adds nothing to a message writes nothing. A chunk of items
+        takes one read and one write transaction. Returns how many messages changed."""
+        now = self._now()
+        workflows: dict[str, Workflow | None] = {}
+        changed = 0
+        queued = False
+        for start in range(0, len(items), INBOX_REPORT_CHUNK):
+            chunk = items[start : start + INBOX_REPORT_CHUNK]
+            found = await self.runs.messages([m.id for m in chunk])
+            updates: list[MessageUpdate] = []
+            for item in chunk:
+                message = found.get(item.id)
+                if (
+                    message is None
+                    or message.channel != Channel.IN_APP.value
+                    or message.recipient != subscriber
+                ):
+                    continue
+                new = _marked_statuses(item, message.statuses)
+                if not new:
+                    continue
+                if message.workflow not in workflows:
+                    workflows[message.workflow] = await self.workflows.get(message.workflow)
+                jobs = self._wake(message, "+".join(new), now, workflows[message.workflow])
+                queued = queued or bool(jobs)
+                trail = [
+                    self._trail(
+                        message,
+                        "delivery",
+                        {"status": name, "reported": True, "source": "inbox"},
+                        now,
+                    )
+                    for name in new
+                ]
+                updates.append(MessageUpdate(message.id, statuses=new, trail=trail, jobs=jobs))
+            if updates:
+                changed += len(await self.runs.update_messages(updates, at=now))
+        if queued and self._on_enqueue is not None:
+            self._on_enqueue()
+        return changed
 
     def _wake(
         self, message: Message, status: str, now: float, workflow: Workflow | None = None
@@ -1658,6 +1734,32 @@ class Orchestrator:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+class KeyedLocks:
+    """One `asyncio.Lock` per key while anyone holds or waits for it (none kept after)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 def send_batch_job(messages: Sequence[Message], max_attempts: int, due: float) -> NewJob:
@@ -1745,6 +1847,19 @@ def _inline(workflow: Workflow, step: ChannelStep) -> TemplateVersion | None:
         locales={"en": Content(dict(step.content))},
         default_locale="en",
     )
+
+
+def _marked_statuses(item: Marked, known: Mapping[str, float]) -> dict[str, float]:
+    """The item's engagement states that `known` (its message's statuses) lacks."""
+    return {
+        name: at
+        for name, at in (
+            ("seen", item.seen_at),
+            ("read", item.read_at),
+            ("archived", item.archived_at),
+        )
+        if at is not None and name not in known
+    }
 
 
 def _replace(m: Message, **changes: Any) -> Message:

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from tidings.core import subscribers as rules
 from tidings.core.paging import decode_cursor, encode_cursor
 from tidings.core.subscribers import Device, Platform, WebPushSubscription
-from tidings.errors import InvalidInput
+from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.inbox import InboxStore
 from tidings.ports.preferences import PreferenceStore
@@ -107,8 +107,19 @@ class SubscriberService:
     async def delete(self, subscriber_id: str) -> int:
         """Erase the subscriber: profile, devices, Web Push subscriptions, topic memberships,
         notification preferences and every inbox item. The inbox goes first, so a retried
-        delete after a crash finishes the job. Returns how many inbox items were deleted."""
-        await self.store.get(subscriber_id)
+        delete after a crash finishes the job. Returns how many inbox items were deleted.
+
+        An id without a profile whose inbox holds items (events may name any valid id) is
+        erased too; `NotFound` only when there was nothing at all."""
+        try:
+            await self.store.get(subscriber_id)
+        except NotFound:
+            purged = await self.inbox.purge(subscriber_id)
+            if not purged:
+                raise
+            if self.preferences is not None:
+                await self.preferences.delete(subscriber_id)
+            return purged
         purged = await self.inbox.purge(subscriber_id)
         if self.preferences is not None:
             await self.preferences.delete(subscriber_id)

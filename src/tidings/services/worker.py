@@ -206,7 +206,13 @@ class WorkerPool:
             retry_after = exc.retry_after if isinstance(exc, RetryableJobError) else None
             policy = dataclasses.replace(self._policy, max_attempts=job.max_attempts)
             decision = decide(policy, failure, job.attempts, retry_after=retry_after)
-            error = f"{type(exc).__name__}: {exc}"
+            # a handler's classified failure reads as its class; anything else names the
+            # exception's type, which is what tells an operator where to look
+            error = (
+                f"{exc.failure.value}: {exc}"
+                if isinstance(exc, RetryableJobError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             if decision.retry:
                 log.warning(
                     "job failed, will retry",

@@ -139,7 +139,7 @@ async def test_a_retried_batch_republishes_with_the_same_keys_and_duplicates_onc
     inbox = service(published)
     batch = [entry("alice", 1, event_id="ev"), entry("alice", 2, event_id="ev2")]
     first = await inbox.add_many(batch)
-    await inbox.store.mark("alice", Mark.READ, 5.0, ids=[batch[0].id])
+    await inbox.store.mark_changed("alice", Mark.READ, 5.0, ids=[batch[0].id])
     published.messages.clear()
     again = await inbox.add_many(
         [

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from tidings.errors import Conflict, NotFound
-from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
+from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Marked, Status
 
 
 class MemoryInboxStore:
@@ -87,7 +87,7 @@ class MemoryInboxStore:
                 break
         return out
 
-    async def mark(
+    async def mark_changed(
         self,
         subscriber: str,
         action: Mark,
@@ -95,18 +95,20 @@ class MemoryInboxStore:
         *,
         ids: Sequence[str] | None = None,
         until: int | None = None,
-    ) -> int:
+    ) -> list[Marked]:
         items = self._by_subscriber.get(subscriber, {})
         if ids is not None:
             chosen = [items[i] for i in dict.fromkeys(ids) if i in items]
         else:
             chosen = [i for i in items.values() if until is None or i.seq <= until]
-        changed = 0
+        changed: list[Marked] = []
         for item in chosen:
             new = _apply(item, action, at)
             if new != item:
                 items[item.id] = new
-                changed += 1
+                changed.append(
+                    Marked(new.id, new.event_id, new.seen_at, new.read_at, new.archived_at)
+                )
         return changed
 
     async def counts(self, subscriber: str) -> Counts:

@@ -30,7 +30,7 @@ from tidings.adapters.sql.engine import is_postgres, reader, writer
 from tidings.adapters.sql.script import insert_rows, run_transaction
 from tidings.adapters.sql.tables import inbox_items
 from tidings.errors import Conflict, NotFound
-from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Status
+from tidings.ports.inbox import Archived, Counts, InboxItem, Mark, Marked, Status
 
 _IN_CHUNK = 500
 _SQLITE_ROWS = 1000  # rows per INSERT on SQLite: 13 parameters each, the limit is 32766
@@ -231,7 +231,7 @@ class SqlInboxStore:
         async with self._read.connect() as conn:
             return [_item(r._mapping) for r in await conn.execute(query)]
 
-    async def mark(
+    async def mark_changed(
         self,
         subscriber: str,
         action: Mark,
@@ -239,7 +239,7 @@ class SqlInboxStore:
         *,
         ids: Sequence[str] | None = None,
         until: int | None = None,
-    ) -> int:
+    ) -> list[Marked]:
         values: dict[str, Any]
         match action:
             case Mark.SEEN:
@@ -253,18 +253,23 @@ class SqlInboxStore:
                 pending, values = _c.archived_at.is_(None), {"archived_at": at}
             case Mark.UNARCHIVED:
                 pending, values = _c.archived_at.is_not(None), {"archived_at": None}
-        base = update(inbox_items).where(_c.subscriber_id == subscriber, pending).values(**values)
-        changed = 0
+        base = (
+            update(inbox_items)
+            .where(_c.subscriber_id == subscriber, pending)
+            .values(**values)
+            .returning(_c.id, _c.event_id, _c.seen_at, _c.read_at, _c.archived_at)
+        )
+        rows: list[Any] = []
         async with writer(self._engine) as conn:
             if ids is None:
                 stmt = base if until is None else base.where(_c.seq <= until)
-                changed = (await conn.execute(stmt)).rowcount
+                rows += (await conn.execute(stmt)).all()
             else:
                 unique = list(dict.fromkeys(ids))
                 for start in range(0, len(unique), _IN_CHUNK):
                     chunk = unique[start : start + _IN_CHUNK]
-                    changed += (await conn.execute(base.where(_c.id.in_(chunk)))).rowcount
-        return changed
+                    rows += (await conn.execute(base.where(_c.id.in_(chunk)))).all()
+        return [Marked(*row) for row in rows]
 
     async def counts(self, subscriber: str) -> Counts:
         return (await self.counts_many([subscriber]))[subscriber]

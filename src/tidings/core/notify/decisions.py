@@ -187,7 +187,12 @@ def check_address(channel: Channel, recipient: Recipient) -> Decision:
             Channel.PUSH: "push token",
             Channel.WEBPUSH: "web push subscription",
         }[channel]
-        return Decision(stage, DecisionKind.FAIL, Reason.NO_ADDRESS, f"subscriber has no {what}")
+        detail = (
+            f"subscriber has no {what}"
+            if recipient.known
+            else f"no subscriber with this id, so no {what}"
+        )
+        return Decision(stage, DecisionKind.FAIL, Reason.NO_ADDRESS, detail)
     return _send(stage, Reason.REACHABLE)
 
 

@@ -53,6 +53,7 @@ class Recipient:
     data: Mapping[str, Any] = field(default_factory=dict)
     push_tokens: int = 0
     webpush_subscriptions: int = 0
+    known: bool = True  # False: no subscriber has this id (an event named it anyway)
 
     def context(self) -> dict[str, Any]:
         """The ``subscriber`` root of the condition context."""

@@ -84,6 +84,12 @@ class GuardedProvider(Generic[M]):
             self._guards.move_to_end(key)
         return guard
 
+    def forget(self, key: str) -> None:
+        """Drop `key`'s breaker and bucket: its destination changed (a webhook endpoint's
+        URL) or an operator vouched for it (enabled again), so its past failures say
+        nothing about the next attempt."""
+        self._guards.pop(key, None)
+
     def state(self, key: str | None = None) -> BreakerState:
         guard = self._guards.get(key or self.name)
         if guard is None:

@@ -23,6 +23,7 @@ from tidings.core.retry import FailureClass
 from tidings.errors import InvalidInput
 from tidings.ports.clock import Clock
 from tidings.ports.providers import Provider, WebhookEndpoint, WebhookEndpointStore
+from tidings.services.providers.guard import GuardedProvider
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,24 @@ class WebhookService:
     ) -> WebhookEndpoint:
         if url is not None:
             check_url(url, allow_private=self._allow_private)
-        return await self.store.update(
+        before = await self.store.get(endpoint_id) if url is not None else None
+        updated = await self.store.update(
             endpoint_id,
             url=url,
             description=None if description is None else _check_description(description),
             event_types=None if event_types is None else check_event_types(event_types),
             now=self._clock.now(),
         )
+        if before is not None and before.url != updated.url and updated.enabled:
+            # a new destination: the old one's failures neither open its circuit nor count
+            # toward disabling it
+            self._forget(endpoint_id)
+            updated = await self.store.enable(endpoint_id, self._clock.now())
+        return updated
+
+    def _forget(self, endpoint_id: str) -> None:
+        if isinstance(self.provider, GuardedProvider):
+            self.provider.forget(endpoint_id)
 
     async def delete(self, endpoint_id: str) -> None:
         await self.store.delete(endpoint_id)
@@ -139,6 +151,8 @@ class WebhookService:
         )
 
     async def enable(self, endpoint_id: str) -> WebhookEndpoint:
+        """Enabled, its failure streak and its circuit cleared."""
+        self._forget(endpoint_id)
         return await self.store.enable(endpoint_id, self._clock.now())
 
     async def disable(

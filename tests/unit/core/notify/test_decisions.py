@@ -147,6 +147,13 @@ def test_address(channel: Channel, recipient: Recipient, ok: bool) -> None:
         assert d.reason is Reason.NO_ADDRESS
 
 
+def test_a_missing_address_says_whether_the_subscriber_exists() -> None:
+    assert check_address(Channel.EMAIL, Recipient("u")).detail == "subscriber has no email address"
+    unknown = check_address(Channel.EMAIL, Recipient("u", known=False))
+    assert unknown.detail == "no subscriber with this id, so no email address"
+    assert check_address(Channel.IN_APP, Recipient("u", known=False)).kind is DecisionKind.SEND
+
+
 # -- schedule ------------------------------------------------------------------------------
 
 
