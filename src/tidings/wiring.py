@@ -247,7 +247,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     workflows.load_files(settings.notify.workflows)
 
     async def active(user: str) -> bool:
-        return bool(await online.reachable(user))
+        return await online.active(user)
 
     notify = Orchestrator(
         SqlRunStore(engine, clock),

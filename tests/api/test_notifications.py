@@ -90,6 +90,31 @@ async def test_define_trigger_and_explain(api: Api) -> None:
     assert [m["id"] for m in mine.json()["messages"]] == [message["id"]]
 
 
+async def test_any_event_type_can_have_a_workflow(api: Api) -> None:
+    """Event types may hold `/` and `@` and run to 200 characters: so may workflow keys."""
+    h = api.auth()
+    one_step = {"steps": [{"id": "inapp", "type": "in_app", "content": {"body": "b"}}]}
+    for key in ("billing/invoice@v2", "e" * 200):
+        r = await api.client.put(f"/v1/workflows/{key}", json=one_step, headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["key"] == key
+        got = await api.client.get(f"/v1/workflows/{key}", headers=h)
+        assert got.status_code == 200 and got.json()["key"] == key
+    r = await api.client.post(
+        "/v1/events", json={"type": "billing/invoice@v2", "recipients": ["ana"]}, headers=h
+    )
+    assert r.status_code == 202, r.text
+    report = await settle(api, r.json()["id"], {"done"})
+    assert [(m["workflow"], m["status"]) for m in report["messages"]] == [
+        ("billing/invoice@v2", "delivered")
+    ]
+    too_long = await api.client.put(f"/v1/workflows/{'e' * 201}", json=one_step, headers=h)
+    assert too_long.status_code == 422 and "1-200 characters" in too_long.json()["detail"]
+    assert (
+        await api.client.delete("/v1/workflows/billing/invoice@v2", headers=h)
+    ).status_code == 204
+
+
 async def test_message_ids_spell_out_the_recipient_and_work_as_path_segments(api: Api) -> None:
     """A message's id is its idempotency key: a prefix per event, channel and template
     version, then the recipient id (a long one hashed). Subscriber ids may hold

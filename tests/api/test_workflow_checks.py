@@ -138,6 +138,13 @@ async def test_a_file_workflow_reads_back_whole_like_an_api_one(with_file: Api) 
     assert copied["workflow"] == {**got["workflow"], "key": "order.copied"}
     listed = (await api.client.get("/v1/workflows", headers=h)).json()["items"]
     assert [i["workflow"] for i in listed if i["key"] == "order.shipped"] == [got["workflow"]]
+    # a file's workflow is changed in its file: the API's change or removal is a conflict
+    put = await api.client.put("/v1/workflows/order.shipped", json=definition, headers=h)
+    gone = await api.client.delete("/v1/workflows/order.shipped", headers=h)
+    for r in (put, gone):
+        assert r.status_code == 409, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "workflows.yaml" in r.json()["detail"]
 
 
 def test_serve_stops_on_a_bad_workflows_file_with_one_line_and_no_banner(

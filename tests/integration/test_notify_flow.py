@@ -76,6 +76,12 @@ workflows:
       - id: push
         type: push
         content: {title: "Ping", body: "{{ payload.text }}"}
+  - key: thread.reply
+    steps:
+      - {id: calm, type: throttle, limit: 2, window: 1h, key: payload.thread}
+      - id: inapp
+        type: in_app
+        content: {title: "Reply", body: "{{ payload.text }}"}
   - key: alert
     critical: true
     steps:
@@ -510,6 +516,17 @@ async def test_transient_failures_retry_then_dead_letter_then_replay(env: Env) -
     assert message["error"] is None  # the failures before the replay no longer hold
 
 
+async def test_a_refused_message_is_dead_lettered_with_its_reason_once(env: Env) -> None:
+    await env.subscriber("ann", email="rejected@example.com")  # the sink answers 554 5.7.1
+    event_id = await env.send("news", recipients=("ann",), payload={"text": "t"})
+    await env.drain()
+    [dead] = await env.runtime.services.jobs.list_dead(10, kind="notify.deliver")
+    assert dead.last_error is not None and dead.last_error.startswith("permanent: 554 5.7.1")
+    assert "permanent: permanent" not in dead.last_error
+    [message] = (await env.report(event_id))["messages"]
+    assert message["status"] == "failed" and message["error"] == dead.last_error
+
+
 async def test_hard_bounce_suppresses_the_address_for_later_messages(env: Env) -> None:
     await env.subscriber("ann", email="unknown@example.com")  # the sink answers 550 5.1.1
     first = await env.send("news", recipients=("ann",), payload={"text": "1"})
@@ -849,21 +866,19 @@ async def test_a_few_explicit_recipients_run_in_the_dispatch_job_without_batch_j
     assert sorted(j.kind for j in left) == ["notify.deliver", "notify.deliver"]
 
 
+def cap_email(env: Env, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """The orchestrator's settings with a cap of `limit` emails an hour, over suppress."""
+    cap = FrequencyCapSettings(limit=limit, window=3600, channel="email", on_exceed="suppress")
+    settings = env.runtime.settings.model_copy(
+        update={"notify": NotifySettings(frequency_caps=[cap])}
+    )
+    monkeypatch.setattr(env.notify, "config", notify_config(settings))
+
+
 async def test_frequency_caps_from_the_settings_reach_the_decisions(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = env.runtime.settings.model_copy(
-        update={
-            "notify": NotifySettings(
-                frequency_caps=[
-                    FrequencyCapSettings(
-                        limit=1, window=3600, channel="email", on_exceed="suppress"
-                    )
-                ]
-            )
-        }
-    )
-    monkeypatch.setattr(env.notify, "config", notify_config(settings))
+    cap_email(env, monkeypatch, 1)
     await env.subscriber("ann", email="ann@example.com")
     first = await env.send("news", recipients=("ann",), payload={"text": "one"})
     await env.drain()
@@ -880,6 +895,54 @@ async def test_frequency_caps_from_the_settings_reach_the_decisions(
         "frequency_cap",
     )
     assert (await env.report(second))["messages"] == []
+
+
+async def drain_at_once(env: Env) -> None:
+    """Run the due jobs in rounds, each round's jobs at the same time, their statements on
+    the connections' threads (as on PostgreSQL: each read lets the others in)."""
+    pool = env.runtime.pools[-1]
+    pool._inline = False
+    for _ in range(20):
+        jobs = await pool.claim(100)
+        if not jobs:
+            return
+        await asyncio.gather(*(pool.execute(j) for j in jobs))
+    raise AssertionError("jobs keep coming")
+
+
+async def test_a_throttle_holds_for_events_handled_at_the_same_time(env: Env) -> None:
+    """Six replies in one thread at once, one more in another: the throttle lets two per
+    thread through, each pass counting what the one before committed."""
+    events = [
+        await env.send("thread.reply", recipients=("ann",), payload={"thread": "t1", "text": n})
+        for n in "abcdef"
+    ]
+    other = await env.send(
+        "thread.reply", recipients=("ann",), payload={"thread": "t2", "text": "g"}
+    )
+    await drain_at_once(env)
+    outcomes = sorted([(await env.report(e))["runs"][0]["outcome"] for e in events])
+    assert outcomes == ["completed"] * 2 + ["throttled"] * 4
+    assert (await env.report(other))["runs"][0]["outcome"] == "completed"
+    assert (await env.runtime.services.inbox.store.counts("ann")).unread == 3
+    assert len(env.notify._recipient_locks) == 0
+
+
+async def test_a_frequency_cap_holds_for_events_handled_at_the_same_time(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five emails to one recipient at once under a cap of two an hour: two are sent, the
+    others suppressed (a queued message counts: it is on its way)."""
+    cap_email(env, monkeypatch, 2)
+    await env.subscriber("ann", email="ann@example.com")
+    events = [
+        await env.send("news", recipients=("ann",), payload={"text": str(n)}) for n in range(5)
+    ]
+    await drain_at_once(env)
+    assert len(env.smtp.messages) == 2
+    last = [decisions(await env.report(e), "ann", "email")[-1] for e in events]
+    capped = ("frequency_cap", "suppress", "frequency_cap")
+    assert sorted(d == capped for d in last) == [False, False, True, True, True]
 
 
 async def test_a_transactional_email_is_handed_to_local_workers_without_a_claim(

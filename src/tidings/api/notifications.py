@@ -16,7 +16,7 @@ from tidings.types import Scope
 
 router = APIRouter(tags=["notifications"], dependencies=[Depends(require(Scope.PUBLISH))])
 PROBLEM = problem_responses(401, 403, 404, 409, 422)
-Key = Annotated[str, Field(min_length=1, max_length=128)]
+Key = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 def orchestrator(request: Request) -> Orchestrator:
@@ -39,7 +39,7 @@ async def list_workflows(request: Request) -> dict[str, Any]:
     return {"items": await orchestrator(request).workflows.listing()}
 
 
-@router.get("/v1/workflows/{key}", responses=PROBLEM, summary="One workflow's definition")
+@router.get("/v1/workflows/{key:path}", responses=PROBLEM, summary="One workflow's definition")
 async def get_workflow(request: Request, key: str) -> dict[str, Any]:
     for item in await orchestrator(request).workflows.listing():
         if item["key"] == key:
@@ -48,7 +48,7 @@ async def get_workflow(request: Request, key: str) -> dict[str, Any]:
 
 
 @router.put(
-    "/v1/workflows/{key}",
+    "/v1/workflows/{key:path}",
     responses=PROBLEM,
     summary="Define or replace a workflow (the key is the event type that triggers it)",
 )
@@ -69,7 +69,7 @@ async def put_workflow(
     }
 
 
-@router.delete("/v1/workflows/{key}", status_code=204, responses=PROBLEM)
+@router.delete("/v1/workflows/{key:path}", status_code=204, responses=PROBLEM)
 async def delete_workflow(request: Request, key: str) -> None:
     await orchestrator(request).workflows.delete(key)
 

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tidings.core import subscribers as subscriber_rules
+from tidings.core.notify.model import EVENT_TYPE_CHARS
 from tidings.errors import InvalidInput
 from tidings.types import EventRecord, Priority
 
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:\-/@]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=rf"^[{EVENT_TYPE_CHARS}]+$")]
 ChannelName = Annotated[
     str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.\-:@/=,#$]+$")
 ]

@@ -79,8 +79,9 @@ class Frequency(enum.StrEnum):
 class Recurrence:
     """A schedule on the recipient's wall clock. `weekdays` are 0 = Monday .. 6 = Sunday
     (weekly); `monthday` 1..31 (monthly, clamped to the month's end); `rule` an RRULE body
-    such as ``FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=9;BYMINUTE=0`` (the local time comes from the
-    rule, `at` is not used)."""
+    such as ``FREQ=WEEKLY;BYDAY=MO,TH;BYHOUR=9;BYMINUTE=0``, whose start (RFC 5545's
+    DTSTART) is at `at`: a rule without BYHOUR or BYMINUTE takes them from `at`, as a
+    series without them takes its start's."""
 
     frequency: Frequency
     at: time = time(9, 0)
@@ -132,7 +133,9 @@ class Recurrence:
         return False
 
     def _next_rrule(self, instant: datetime, local: datetime, tz: ZoneInfo) -> datetime:
-        start = (local - timedelta(days=2)).replace(second=0, microsecond=0)
+        # the series starts at `at` (a rule's missing BYHOUR/BYMINUTE come from its start),
+        # two days back so that an occurrence moved by a DST gap is not missed
+        start = datetime.combine(local.date() - timedelta(days=2), self.at)
         rule = self._rrule(start)
         cursor = start
         for _ in range(10_000):

@@ -173,7 +173,9 @@ class RunStore(Protocol):
     - `effects_done(keys, exclude_run)` returns the keys that some message of another run
       holds (the idempotency stage).
     - `recent_sends(recipients, since)` returns per recipient and channel the `release_at`
-      of messages that went out (status sent/delivered, or engagement) after `since`.
+      of messages on their way or gone (status queued, sent or delivered) after `since`:
+      what a frequency cap counts, a queued message included so that sends decided a
+      moment apart see each other before the first has left.
     - `count_passed(workflow, step_id, recipient, key, since, until)` counts this throttle's
       `passed` rows with that reason (the key) and `since < at <= until`.
     - `join_digest` adds the event to the digest (insert-if-absent): the run that creates

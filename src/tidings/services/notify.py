@@ -53,6 +53,7 @@ from tidings.core.notify import (
     StepOutcome,
     StepResult,
     SuppressionFacts,
+    ThrottleStep,
     Trigger,
     WaitForStatus,
     WaitUntil,
@@ -277,6 +278,7 @@ class Orchestrator:
         # SQLite's writer) in front of transactional work.
         self._bulk_slots = asyncio.Semaphore(self.config.bulk_concurrency)
         self._run_locks = KeyedLocks()
+        self._recipient_locks = KeyedLocks()
         self._turns = BulkTurns(self._gate)
 
     # -- at ingest -----------------------------------------------------------------------
@@ -440,6 +442,16 @@ class Orchestrator:
     ) -> None:
         if turn is not None:
             await self._turns.turn(turn)  # its reads too wait while others go first
+        async with self._one_at_a_time(workflow, recipients):
+            await self._run_batch_now(event, workflow, recipients, turn)
+
+    async def _run_batch_now(
+        self,
+        event: EventRecord,
+        workflow: Workflow,
+        recipients: Sequence[str],
+        turn: object | None,
+    ) -> None:
         key = workflow.key
         now = self._now()
         fresh = [
@@ -473,6 +485,19 @@ class Orchestrator:
         async with self._run_locks.hold(rid):
             await self._handle_run(rid)
 
+    def _counting(self, workflow: Workflow) -> bool:
+        """Whether a pass of `workflow` counts a recipient's earlier sends (frequency caps)
+        or passes (throttle steps): passes for one recipient then go one at a time in a
+        process, each reading what the one before committed."""
+        return bool(self.config.caps) or any(isinstance(s, ThrottleStep) for s in workflow.steps)
+
+    def _one_at_a_time(
+        self, workflow: Workflow, recipients: Sequence[str]
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if not self._counting(workflow):
+            return contextlib.nullcontext()
+        return self._recipient_locks.hold_many(recipients)
+
     async def _handle_run(self, rid: str) -> None:
         loaded = await self.runs.load_many([rid])
         if rid not in loaded:
@@ -491,7 +516,8 @@ class Orchestrator:
         if event.state is EventState.CANCELLED:
             await self.cancel(event.id)  # a run made while the cancel came in: end it
             return
-        await self._advance(event, workflow, [(run, steps, messages)])
+        async with self._one_at_a_time(workflow, [run.recipient]):
+            await self._advance(event, workflow, [(run, steps, messages)])
 
     # -- advancing runs ------------------------------------------------------------------
 
@@ -1187,7 +1213,11 @@ class Orchestrator:
             return
         failure = result.failure or FailureClass.TRANSIENT
         if failure in FINAL_FAILURES:
-            raise PermanentJobError(f"{failure.value}: {result.reason}")
+            # the worker's dead letter reads "permanent: <why>"; a policy failure says so
+            policy = failure is not FailureClass.PERMANENT
+            raise PermanentJobError(
+                f"{failure.value}: {result.reason}" if policy else result.reason
+            )
         raise RetryableJobError(result.reason, failure, result.retry_after)
 
     async def handle_deliver_batch(self, job: Job) -> None:
@@ -1757,6 +1787,15 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+    @contextlib.asynccontextmanager
+    async def hold_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Every key's lock, taken one by one in sorted order (two holders of overlapping
+        sets never wait for each other in a circle)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                await stack.enter_async_context(self.hold(key))
+            yield
 
     def __len__(self) -> int:
         return len(self._locks)

@@ -178,6 +178,12 @@ class OnlineService:
             return presence
         return as_seen_by(presence, await self.records.privacy(user), self_view=viewer == user)
 
+    async def active(self, user: str) -> bool:
+        """Whether the user is active in the app right now: a device in the foreground with
+        activity within `idle_after` (a tab left in the background, or a device idle, is
+        reachable but not active). The orchestrator skips push while it holds."""
+        return (await self._presence(user, self.clock.now())).status is Status.ACTIVE
+
     async def reachable(self, user: str) -> tuple[Device, ...]:
         """Devices a live message would reach now: the orchestrator holds email while there
         are some (and the user is active), and sends push or email when there are none."""

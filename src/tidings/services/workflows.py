@@ -10,7 +10,7 @@ from typing import Any
 
 from tidings.core.notify import ChannelStep, Workflow, parse_workflow
 from tidings.core.notify.parse import check_content, parse_workflow_definitions
-from tidings.errors import InvalidInput, NotFound
+from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.notify import WorkflowRecord, WorkflowStore
 from tidings.ports.templates import TemplateStore
@@ -115,9 +115,8 @@ class WorkflowRegistry:
         naming the field: everything `parse_workflow` checks and, given the template store,
         that each named ``template`` exists for the step's channel."""
         if key in self._files:
-            raise InvalidInput(
-                f"workflow {key!r} is defined in {self._files[key].source}; change it there",
-                field="key",
+            raise Conflict(
+                f"workflow {key!r} is defined in {self._files[key].source}; change it there"
             )
         body = {**definition, "key": key}
         try:
@@ -132,7 +131,9 @@ class WorkflowRegistry:
 
     async def delete(self, key: str) -> None:
         if key in self._files:
-            raise InvalidInput(f"workflow {key!r} is defined in {self._files[key].source}")
+            raise Conflict(
+                f"workflow {key!r} is defined in {self._files[key].source}; remove it there"
+            )
         if not await self.store.delete(key):
             raise NotFound(f"workflow {key} not found")
         await self.reload()

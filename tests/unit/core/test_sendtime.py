@@ -122,6 +122,16 @@ def test_rrule_schedules_on_the_wall_clock() -> None:
     assert wall(t, BERLIN) == datetime(2026, 3, 30, 2, 30)
 
 
+def test_an_rrule_without_its_time_of_day_takes_at() -> None:
+    """RFC 5545: what the rule leaves out comes from its start, which is `at` (09:00 unless
+    given), not the moment the schedule was made."""
+    mondays = Recurrence(Frequency.RRULE, time(9), rule="FREQ=WEEKLY;BYDAY=MO")
+    made = datetime(2026, 11, 30, 5, 38, tzinfo=UTC)  # a Monday, before 09:00
+    assert wall(mondays.next_after(made, UTC), UTC) == datetime(2026, 11, 30, 9, 0)
+    late = Recurrence(Frequency.RRULE, time(17, 45), rule="FREQ=DAILY;BYHOUR=8")
+    assert wall(late.next_after(made, BERLIN), BERLIN) == datetime(2026, 11, 30, 8, 45)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

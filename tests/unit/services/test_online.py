@@ -130,6 +130,22 @@ async def test_multi_device_desktop_active_and_phone_background_is_active() -> N
     p = await svc.get("alice")
     assert p.status is Status.ACTIVE
     assert {d.id for d in await svc.reachable("alice")} == {"phone", "desk"}
+    assert await svc.active("alice")
+
+
+async def test_active_needs_a_device_in_the_foreground_and_recently_active() -> None:
+    """What the orchestrator's "user active right now" reads: reachable is not enough."""
+    clock, sink = ManualClock(), Sink()
+    svc = service(clock, sink)
+    assert not await svc.active("alice")  # no device
+    await svc.report("alice", dev(clock, "tab", foreground=False))
+    assert await svc.reachable("alice") and not await svc.active("alice")  # backgrounded
+    await svc.report("alice", dev(clock, "tab"))
+    assert await svc.active("alice")
+    idle = svc.config.idle_after  # connected and heartbeating, but no activity since:
+    quiet = Device(id="tab", heartbeat_at=clock.now(), active_at=clock.now() - 1 - idle)
+    await svc.report("alice", quiet)
+    assert await svc.reachable("alice") and not await svc.active("alice")
 
 
 async def test_last_seen_writes_are_bounded_by_the_interval() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryWorkflowStore
-from tidings.errors import InvalidInput, NotFound
+from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.services.workflows import WorkflowRegistry
 
 STEP = {"id": "a", "type": "in_app", "content": {"title": "t", "body": "b"}}
@@ -28,9 +28,12 @@ async def test_files_load_from_a_directory_and_cannot_be_changed_through_the_api
     registry = WorkflowRegistry(MemoryWorkflowStore(), ManualClock())
     assert registry.load_files([tmp_path]) == 2
     assert (await registry.get("one")) is not None
-    with pytest.raises(InvalidInput) as refused:
+    with pytest.raises(Conflict) as refused:
         await registry.put("one", {"steps": [STEP]})
     assert "a.yaml" in refused.value.message
+    with pytest.raises(Conflict):
+        await registry.delete("one")
+    assert (await registry.get("one")) is not None
 
 
 async def test_a_bad_file_or_a_key_in_two_files_stops_the_load(tmp_path: Path) -> None:

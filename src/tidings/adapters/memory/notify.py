@@ -28,7 +28,8 @@ from tidings.ports.notify import (
 )
 from tidings.types import NewJob
 
-SENT_STATUSES = ("sent", "delivered")
+# what a frequency cap counts: messages on their way or gone (a queued one is sent soon)
+CAPPED_STATUSES = ("queued", "sent", "delivered")
 
 
 @dataclass(slots=True)
@@ -130,7 +131,7 @@ class MemoryRunStore:
         for recipient in dict.fromkeys(recipients):
             for message_id in self._messages_by_recipient.get(recipient, ()):
                 m = self._messages[message_id]
-                if m.release_at > since and m.status in SENT_STATUSES:
+                if m.release_at > since and m.status in CAPPED_STATUSES:
                     out.setdefault(recipient, {}).setdefault(m.channel, []).append(m.release_at)
         return out
 

@@ -56,7 +56,8 @@ from tidings.ports.notify import (
 from tidings.types import NewJob, Priority
 
 _IN_CHUNK = 500
-SENT_STATUSES = ("sent", "delivered")
+# what a frequency cap counts: messages on their way or gone (a queued one is sent soon)
+CAPPED_STATUSES = ("queued", "sent", "delivered")
 _r, _s, _m, _t = notify_runs.c, notify_steps.c, notify_messages.c, notify_trail.c
 
 
@@ -228,7 +229,7 @@ class SqlRunStore:
                     select(_m.recipient, _m.channel, _m.release_at).where(
                         among(_m.recipient, chunk, self._pg),
                         _m.release_at > since,
-                        _m.status.in_(SENT_STATUSES),
+                        _m.status.in_(CAPPED_STATUSES),
                     )
                 )
                 for recipient, channel, at in rows:

@@ -35,7 +35,10 @@ from tidings.core.notify.types import Channel, Engagement
 from tidings.errors import InvalidInput
 from tidings.records import record
 
-KEY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# A workflow's key is the event type that triggers it: any event type the API takes.
+EVENT_TYPE_CHARS: Final = r"A-Za-z0-9._:\-/@"
+KEY_RE: Final = re.compile(rf"[{EVENT_TYPE_CHARS}]{{1,200}}")
+KEY_RULE: Final = "must be 1-200 characters of letters, digits and . _ : - / @ (an event type)"
 STEP_ID_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 MAX_STEPS: Final = 50
 
@@ -317,9 +320,7 @@ def validate_workflow(wf: Workflow) -> None:
     """Check the rules no single field can: unique ids, references to earlier steps only,
     flags that exclude each other. Raises :class:`InvalidInput` naming the path."""
     if not isinstance(wf.key, str) or not KEY_RE.fullmatch(wf.key):
-        raise InvalidInput(
-            "must be 1-128 characters of letters, digits and . _ : - (an event type)", field="key"
-        )
+        raise InvalidInput(KEY_RULE, field="key")
     if wf.critical and wf.commercial:
         raise InvalidInput("a workflow cannot be both critical and commercial", field="critical")
     if len(wf.steps) > MAX_STEPS:

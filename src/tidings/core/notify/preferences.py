@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from tidings.core.notify.decisions import Preferences, WorkflowPreference
 from tidings.core.notify.fields import channel, check_bool, check_known
-from tidings.core.notify.model import KEY_RE
+from tidings.core.notify.model import KEY_RE, KEY_RULE
 from tidings.core.notify.schedule import DAY_NAMES, QuietHours, parse_quiet_hours
 from tidings.core.notify.types import Channel
 from tidings.errors import InvalidInput
@@ -133,9 +133,7 @@ def _merge_patch(target: Any, patch: Any) -> Any:
 def _workflow(key: Any, spec: Any) -> WorkflowPreference:
     where = f"workflows.{key}"
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
-        raise InvalidInput(
-            "must be 1-128 characters of letters, digits and . _ : - (an event type)", field=where
-        )
+        raise InvalidInput(KEY_RULE, field=where)
     if not isinstance(spec, Mapping):
         raise InvalidInput("must be an object with enabled and/or channels", field=where)
     check_known(spec, _WORKFLOW, where)
