@@ -1,9 +1,12 @@
-"""Python SDK for the Tidings server API: send events, publish to channels, read history and
-presence, disconnect users.
+"""Python SDK for the Tidings server API: send and cancel events and read why each of their
+messages was sent, held, suppressed or failed; manage subscribers, topics and workflows;
+report message statuses; publish to channels, read history and presence, disconnect users.
 
     async with Tidings("http://127.0.0.1:8000", api_key) as t:
-        accepted = await t.send_event("order.shipped", channels=["orders.u1"], payload={...},
+        await t.put_subscriber("ana", email="ana@example.com", timezone="Europe/Lisbon")
+        accepted = await t.send_event("order.shipped", recipients=["ana"], payload={...},
                                       idempotency_key="order-42-shipped")
+        report = await t.notifications(accepted["id"])   # runs, messages, trail
         pub = await t.publish("chat:room", {"text": "hi"})
 
 Every non-2xx answer raises `TidingsApiError` carrying the problem+json document.
@@ -15,6 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -83,6 +87,8 @@ class Tidings:
         send_at: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """Accept an event (202). `idempotency_key` (your id for the event) makes a retried
+        call return the first result instead of a second event."""
         body: dict[str, Any] = {
             "type": type,
             "payload": payload or {},
@@ -101,8 +107,128 @@ class Tidings:
         return result
 
     async def get_event(self, event_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", f"/v1/events/{event_id}")
+        result: dict[str, Any] = await self._call("GET", f"/v1/events/{_seg(event_id)}")
         return result
+
+    async def cancel_event(self, event_id: str) -> dict[str, Any]:
+        """Stop an event: held, delayed or waiting runs end `cancelled`, their queued
+        messages are not sent (409 once it is cancelled)."""
+        result: dict[str, Any] = await self._call("POST", f"/v1/events/{_seg(event_id)}/cancel")
+        return result
+
+    # --- notifications ---------------------------------------------------------------------
+
+    async def notifications(
+        self, event_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """A page of the event's recipients: `{counts, runs, messages, trail, next_cursor}`,
+        why each message was sent, held, suppressed or failed."""
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/events/{_seg(event_id)}/notifications",
+            params=_page(cursor, limit),
+        )
+        return result
+
+    async def subscriber_notifications(
+        self, subscriber_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The subscriber's trail (oldest first) and messages (newest first), paged."""
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/subscribers/{_seg(subscriber_id)}/notifications",
+            params=_page(cursor, limit),
+        )
+        return result
+
+    async def message(self, message_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/messages/{_seg(message_id)}")
+        return result
+
+    async def report_status(
+        self, message_id: str, status: str, *, at: float | None = None
+    ) -> dict[str, Any]:
+        """Report delivery (delivered, bounced, failed) or engagement (seen, read, clicked,
+        archived) for a message; runs waiting for it wake."""
+        body: dict[str, Any] = {"status": status}
+        if at is not None:
+            body["at"] = at
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/messages/{_seg(message_id)}/status", json=body
+        )
+        return result
+
+    async def put_workflow(self, key: str, definition: dict[str, Any]) -> dict[str, Any]:
+        """Define or replace the workflow of event type `key` (see docs/workflows.md)."""
+        result: dict[str, Any] = await self._call(
+            "PUT", f"/v1/workflows/{_seg(key)}", json=definition
+        )
+        return result
+
+    async def get_workflow(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/workflows/{_seg(key)}")
+        return result
+
+    async def delete_workflow(self, key: str) -> None:
+        await self._call("DELETE", f"/v1/workflows/{_seg(key)}")
+
+    # --- subscribers and topics ------------------------------------------------------------
+
+    async def put_subscriber(self, subscriber_id: str, **fields: Any) -> dict[str, Any]:
+        """Create or replace a subscriber: `email`, `phone`, `locale`, `timezone`, `data`,
+        `devices`, `webpush`."""
+        result: dict[str, Any] = await self._call(
+            "PUT", f"/v1/subscribers/{_seg(subscriber_id)}", json=fields
+        )
+        return result
+
+    async def update_subscriber(self, subscriber_id: str, **fields: Any) -> dict[str, Any]:
+        """Change the given fields only (`data` merges key by key; a key set to None goes)."""
+        result: dict[str, Any] = await self._call(
+            "PATCH", f"/v1/subscribers/{_seg(subscriber_id)}", json=fields
+        )
+        return result
+
+    async def get_subscriber(self, subscriber_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/subscribers/{_seg(subscriber_id)}")
+        return result
+
+    async def delete_subscriber(self, subscriber_id: str) -> int:
+        """Erase the subscriber (profile, devices, memberships, inbox); how many inbox items
+        went."""
+        result = await self._call("DELETE", f"/v1/subscribers/{_seg(subscriber_id)}")
+        return int(result["inbox_items_deleted"])
+
+    async def subscriber_token(self, subscriber_id: str, *, ttl: float | None = None) -> str:
+        """A short-lived token for the subscriber's browser: the inbox API and the gateway."""
+        body = {"ttl": ttl} if ttl is not None else {}
+        result = await self._call("POST", f"/v1/subscribers/{_seg(subscriber_id)}/token", json=body)
+        return str(result["token"])
+
+    async def create_topic(self, key: str, name: str | None = None) -> dict[str, Any]:
+        """A new topic (409 when the key is taken)."""
+        body: dict[str, Any] = {"key": key}
+        if name is not None:
+            body["name"] = name
+        result: dict[str, Any] = await self._call("POST", "/v1/topics", json=body)
+        return result
+
+    async def add_to_topic(self, key: str, subscriber_ids: Iterable[str]) -> int:
+        """Add subscribers to a topic (idempotent); how many were new."""
+        result = await self._call(
+            "POST",
+            f"/v1/topics/{_seg(key)}/subscribers",
+            json={"subscribers": list(subscriber_ids)},
+        )
+        return int(result["added"])
+
+    async def remove_from_topic(self, key: str, subscriber_ids: Iterable[str]) -> int:
+        result = await self._call(
+            "POST",
+            f"/v1/topics/{_seg(key)}/subscribers/remove",
+            json={"subscribers": list(subscriber_ids)},
+        )
+        return int(result["removed"])
 
     # --- real-time -------------------------------------------------------------------------
 
@@ -154,3 +280,17 @@ class Tidings:
             "POST", "/v1/realtime/disconnect", json={"user": user, "code": code, "reason": reason}
         )
         return int(result["disconnected"])
+
+
+def _seg(value: str) -> str:
+    """`value` as one path segment (an id may hold `:`, `@`, `+`, `=`, a key `/`)."""
+    return quote(value, safe="")
+
+
+def _page(cursor: str | None, limit: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if cursor is not None:
+        params["cursor"] = cursor
+    if limit is not None:
+        params["limit"] = limit
+    return params
