@@ -298,10 +298,13 @@ def _order(op: Op, a: Any, b: Any) -> bool:
 
 def step_references(condition: Condition) -> set[str]:
     """Step ids a condition reads (``steps.<id>...``), to check they name earlier steps."""
+    return {path[1] for path in paths(condition) if path[0] == "steps" and len(path) > 1}
+
+
+def paths(condition: Condition) -> set[tuple[str, ...]]:
+    """Every field path a condition reads."""
     if isinstance(condition, All | AnyOf):
-        return set().union(*(step_references(c) for c in condition.items))
+        return set().union(*(paths(c) for c in condition.items))
     if isinstance(condition, Not):
-        return step_references(condition.item)
-    if condition.path[0] == "steps" and len(condition.path) > 1:
-        return {condition.path[1]}
-    return set()
+        return paths(condition.item)
+    return {tuple(condition.path)}

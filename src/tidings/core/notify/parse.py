@@ -19,7 +19,7 @@ from typing import Any, Final
 import yaml
 
 from tidings.core.notify import fields
-from tidings.core.notify.conditions import TRUE, parse_condition, parse_path
+from tidings.core.notify.conditions import TRUE, parse_condition, parse_path, paths
 from tidings.core.notify.durations import parse_duration
 from tidings.core.notify.fields import check_bool, check_known, required
 from tidings.core.notify.model import (
@@ -139,7 +139,8 @@ def check_content(workflow: Workflow) -> None:
     the fields the channel needs or only blank ones (an email's ``subject`` and ``html`` or
     ``text``, an in-app ``body``, an SMS ``text``, a push's ``title`` or ``body``); and
     inline content on a
-    webhook step (a webhook sends the event; its step names a stored template instead).
+    webhook step (a webhook sends the event; its step names a stored template instead); a
+    condition that reads `digest` with no digest step before it (always false).
     Raises :class:`InvalidInput` naming the field (``steps[0].content.subject``)."""
     try:
         _check_content(workflow)
@@ -148,7 +149,14 @@ def check_content(workflow: Workflow) -> None:
 
 
 def _check_content(workflow: Workflow) -> None:
+    digest_before = False
     for index, step in enumerate(workflow.steps):
+        if not digest_before and any(p[0] == "digest" for p in paths(step.condition)):
+            raise InvalidInput(
+                "the condition reads digest, and no earlier step is a digest",
+                field=f"steps[{index}].if",
+            )
+        digest_before = digest_before or isinstance(step, DigestStep)
         if isinstance(step, ChannelStep) and step.content is not None:
             _check_step_content(step.channel, step.content, f"steps[{index}].content")
 

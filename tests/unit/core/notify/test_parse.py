@@ -270,3 +270,22 @@ def test_delay_at_local_is_a_time_of_day_and_excludes_the_other_forms() -> None:
             {"key": "k", "steps": [{"type": "delay", "at_local": "09:00", "duration": "1h"}]}
         )
     assert "exactly one of duration, until and at_local" in both.value.message
+
+
+def test_a_condition_on_the_digest_needs_an_earlier_digest_step() -> None:
+    inapp = {"id": "inapp", "type": "in_app", "content": {"body": "b"}}
+    when = {"if": {"digest.count": {"gt": 1}}}
+    with pytest.raises(InvalidInput) as refused:
+        parse_workflow({"key": "k", "steps": [{**inapp, **when}]})
+    assert refused.value.field == "steps[0].if"
+    assert "no earlier step is a digest" in refused.value.message
+    nested = {"if": {"not": {"or": [{"payload.x": 1}, {"digest.count": {"gt": 1}}]}}}
+    with pytest.raises(InvalidInput) as inside:
+        parse_workflow({"key": "k", "steps": [{**inapp, **nested}]})
+    assert "no earlier step is a digest" in inside.value.message
+    # a definition stored before this check still loads (it runs as it did)
+    stored = parse_workflow({"key": "k", "steps": [{**inapp, **when}]}, check_content=False)
+    assert [s.id for s in stored.steps] == ["inapp"]
+    digest = {"id": "batch", "type": "digest", "window": "1h"}
+    wf = parse_workflow({"key": "k", "steps": [digest, {**inapp, **when}]})
+    assert [s.id for s in wf.steps] == ["batch", "inapp"]
