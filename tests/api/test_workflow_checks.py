@@ -69,6 +69,16 @@ async def with_file(tmp_path: Path) -> AsyncIterator[Api]:
             "steps[1].template",
             "no template 'does-not-exist': create it first (POST /v1/templates)",
         ),
+        (
+            {"id": "hook", "type": "webhook", "endpoint": "ep_nowhere"},
+            "steps[1].endpoint",
+            "no webhook endpoint 'ep_nowhere': create it first (POST /v1/webhooks/endpoints)",
+        ),
+        (
+            {"id": "late", "type": "in_app", "content": {"body": "b"}, "if": {"digest.count": 2}},
+            "steps[1].if",
+            "the condition reads digest, and no earlier step is a digest",
+        ),
     ],
 )
 async def test_put_refuses_a_definition_that_could_never_send(
@@ -84,6 +94,13 @@ async def test_put_refuses_a_definition_that_could_never_send(
     assert problem["detail"] == f"{field}: {message}"
     assert problem["errors"] == [{"field": field, "message": message, "type": "invalid"}]
     assert (await api.client.get("/v1/workflows/order.shipped", headers=h)).status_code == 404
+
+
+async def test_put_takes_a_webhook_endpoint_that_exists(api: Api) -> None:
+    endpoint = await api.runtime.services.webhooks.create("http://127.0.0.1:9/hook")
+    hook = {"steps": [{"id": "hook", "type": "webhook", "endpoint": endpoint.id}]}
+    r = await api.client.put("/v1/workflows/order.paid", json=hook, headers=api.auth())
+    assert r.status_code == 200, r.text
 
 
 async def test_put_takes_a_template_that_exists_for_the_steps_channel(api: Api) -> None:

@@ -60,7 +60,9 @@ async def put_workflow(
     if "key" in definition and definition["key"] != key:
         raise InvalidInput("differs from the key in the path", field="key")
     notify = orchestrator(request)
-    record = await notify.workflows.put(key, definition, templates=notify.templates.store)
+    record = await notify.workflows.put(
+        key, definition, templates=notify.templates.store, endpoints=notify.webhooks.store
+    )
     return {
         "key": record.key,
         "source": "api",

@@ -13,6 +13,7 @@ from tidings.core.notify.parse import check_content, parse_workflow_definitions
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.notify import WorkflowRecord, WorkflowStore
+from tidings.ports.providers import WebhookEndpointStore
 from tidings.ports.templates import TemplateStore
 from tidings.records import record
 
@@ -109,11 +110,17 @@ class WorkflowRegistry:
         return None if found is None else found[0]
 
     async def put(
-        self, key: str, definition: Mapping[str, Any], *, templates: TemplateStore | None = None
+        self,
+        key: str,
+        definition: Mapping[str, Any],
+        *,
+        templates: TemplateStore | None = None,
+        endpoints: WebhookEndpointStore | None = None,
     ) -> WorkflowRecord:
         """Define or replace an API workflow, refusing what would fail on every trigger and
         naming the field: everything `parse_workflow` checks and, given the template store,
-        that each named ``template`` exists for the step's channel."""
+        that each named ``template`` exists for the step's channel; given the endpoint
+        store, that each webhook step's ``endpoint`` exists."""
         if key in self._files:
             raise Conflict(
                 f"workflow {key!r} is defined in {self._files[key].source}; change it there"
@@ -125,6 +132,8 @@ class WorkflowRegistry:
             raise InvalidInput(_unlocated(exc), field=exc.field) from None
         if templates is not None:
             await check_templates(workflow, templates)
+        if endpoints is not None:
+            await check_endpoints(workflow, endpoints)
         stored = await self.store.put(key, body, self._clock.now())
         await self.reload()
         return stored
@@ -185,6 +194,23 @@ async def check_templates(workflow: Workflow, templates: TemplateStore) -> None:
                 f"{step.channel.value}",
                 field=where,
             )
+
+
+async def check_endpoints(workflow: Workflow, endpoints: WebhookEndpointStore) -> None:
+    """Refuse a webhook step whose ``endpoint`` names no endpoint (it could never send),
+    naming ``steps[i].endpoint``. A disabled endpoint passes: enabling it makes the step
+    work."""
+    for index, step in enumerate(workflow.steps):
+        if not isinstance(step, ChannelStep) or step.endpoint is None:
+            continue
+        try:
+            await endpoints.get(step.endpoint)
+        except NotFound:
+            raise InvalidInput(
+                f"no webhook endpoint {step.endpoint!r}: create it first "
+                "(POST /v1/webhooks/endpoints)",
+                field=f"steps[{index}].endpoint",
+            ) from None
 
 
 def _unlocated(exc: InvalidInput) -> str:
