@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.exc import StatementError
 
 from tests.contract.conftest import Stores
+from tidings.adapters.sql.notify import SqlRunStore
 from tidings.ports.notify import (
     Message,
     MessageUpdate,
@@ -1027,3 +1028,31 @@ async def test_an_open_digest_whose_leader_ended_keeps_no_member(stores: Stores)
     stores.clock.advance(10 * DAY)
     assert await stores.runs.prune(stores.clock.now(), 100) == 2
     assert await stores.runs.get_runs([leader.id, member.id]) == {}
+
+
+async def test_exclusive_keys_are_held_across_stores_on_postgresql(stores: Stores) -> None:
+    """Two stores on one database (two processes): a key held by one waits the other until
+    released; other keys go on; a block that raises releases its keys. SQLite and memory
+    lock nothing (one process runs the workers)."""
+    if stores.backend != "postgres":
+        async with stores.runs.exclusive(["a"]), stores.runs.exclusive(["a"]):
+            return  # re-entrant: nothing is held
+    other = SqlRunStore(stores.engine(), stores.clock)
+    order: list[str] = []
+
+    async def second(keys: list[str], name: str) -> None:
+        async with other.exclusive(keys):
+            order.append(name)
+
+    async with stores.runs.exclusive(["recipient:a", "recipient:b"]):
+        blocked = asyncio.create_task(second(["recipient:b", "recipient:z"], "b"))
+        await second(["recipient:c"], "c")  # not held: goes on at once
+        await asyncio.sleep(0.2)
+        assert order == ["c"] and not blocked.done()
+        order.append("released")
+    await asyncio.wait_for(blocked, 5)
+    assert order == ["c", "released", "b"]
+    with pytest.raises(RuntimeError):
+        async with stores.runs.exclusive(["run:r1"]):
+            raise RuntimeError("the block failed")
+    await asyncio.wait_for(second(["run:r1"], "after"), 5)  # released all the same

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import field
 from typing import Any, Protocol
 
@@ -204,7 +205,15 @@ class RunStore(Protocol):
       has a `queued` message (held, or being delivered) or that belongs to a digest not
       closed yet whose leader run is not done (the digest still to go out lists it).
       Nothing else is deleted: events, inbox items and jobs are not the run store's.
+    - `exclusive(keys)` holds, for the block, a lock on each key that every process sharing
+      the store sees (a pass over a recipient's runs that counts their earlier sends or
+      throttle passes, a run advanced by a wake): taken in sorted order, released at the
+      end, also when the block raises. PostgreSQL: session advisory locks on a connection
+      of their own. SQLite and memory: nothing to do (one process runs the workers; the
+      orchestrator's own locks order its tasks).
     """
+
+    def exclusive(self, keys: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]: ...
 

@@ -482,21 +482,28 @@ class Orchestrator:
         # Two wakes of one run (a message seen, then read) may be claimed at once: the second
         # advances the run as the first left it, not as both found it (one step's trail
         # entry twice).
-        async with self._run_locks.hold(rid):
+        async with self._run_locks.hold(rid), self.runs.exclusive([f"run:{rid}"]):
             await self._handle_run(rid)
 
     def _counting(self, workflow: Workflow) -> bool:
         """Whether a pass of `workflow` counts a recipient's earlier sends (frequency caps)
-        or passes (throttle steps): passes for one recipient then go one at a time in a
-        process, each reading what the one before committed."""
+        or passes (throttle steps): passes for one recipient then go one at a time, each
+        reading what the one before committed."""
         return bool(self.config.caps) or any(isinstance(s, ThrottleStep) for s in workflow.steps)
 
-    def _one_at_a_time(
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(
         self, workflow: Workflow, recipients: Sequence[str]
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    ) -> AsyncIterator[None]:
+        """With `_counting`: the recipients' locks in this process, then across the
+        processes that share the store (this process's tasks queue here, not each holding a
+        database connection while it waits)."""
         if not self._counting(workflow):
-            return contextlib.nullcontext()
-        return self._recipient_locks.hold_many(recipients)
+            yield
+            return
+        shared = [f"recipient:{r}" for r in recipients]
+        async with self._recipient_locks.hold_many(recipients), self.runs.exclusive(shared):
+            yield
 
     async def _handle_run(self, rid: str) -> None:
         loaded = await self.runs.load_many([rid])

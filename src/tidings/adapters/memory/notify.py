@@ -4,9 +4,10 @@ API-defined workflows (reference for the contract suite)."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,11 @@ class MemoryRunStore:
         self._digests: dict[str, _Digest] = {}
 
     # -- runs ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Nothing to lock: the store lives in one process."""
+        yield
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
         return {i: self._runs[i] for i in run_ids if i in self._runs}

@@ -3,13 +3,15 @@ API-defined workflows. Batches are written with one statement per table per tran
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, false, func, select, update
+from sqlalchemy import bindparam, delete, false, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -59,6 +61,15 @@ _IN_CHUNK = 500
 # what a frequency cap counts: messages on their way or gone (a queued one is sent soon)
 CAPPED_STATUSES = ("queued", "sent", "delivered")
 _r, _s, _m, _t = notify_runs.c, notify_steps.c, notify_messages.c, notify_trail.c
+_LOCK_MANY = text(
+    "SELECT count(pg_advisory_lock(k)) FROM "
+    "(SELECT k FROM unnest(CAST(:ids AS bigint[])) AS k ORDER BY k OFFSET 0) AS s"
+)
+
+
+def lock_id(key: str) -> int:
+    """A PostgreSQL advisory lock's 64-bit id for `key`: the first 8 bytes of its SHA-256."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
 class SqlRunStore:
@@ -121,6 +132,23 @@ class SqlRunStore:
         ]
 
     # -- runs ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        if not self._pg or not keys:
+            yield  # SQLite: one process runs the workers
+            return
+        ids = sorted({lock_id(k) for k in keys})
+        async with self._engine.connect() as conn:
+            # No transaction stays open while the locks are held (they belong to the session)
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # In sorted order (the subquery keeps it: OFFSET 0 stops it being flattened),
+            # so two holders of overlapping sets never wait for each other in a circle.
+            await conn.execute(_LOCK_MANY, {"ids": ids})
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock_all()"))
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
         async with self._read.connect() as conn:
