@@ -32,7 +32,7 @@ from datetime import datetime, time, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from tidings.core.notify.conditions import evaluate, resolve
+from tidings.core.notify.conditions import MISSING, evaluate, resolve
 from tidings.core.notify.decisions import DecisionKind, Verdict
 from tidings.core.notify.digest import (
     DigestEvent,
@@ -372,7 +372,8 @@ def _delay(step: DelayStep, ctx: Mapping[str, Any], anchor: float, now: float) -
         release = next_local(anchor, time(step.at_local // 60, step.at_local % 60), tz)
     else:
         assert step.until is not None
-        instant = parse_instant(resolve(step.until, ctx))
+        value = resolve(step.until, ctx)
+        instant = parse_instant(value)
         if instant is None:
             path = ".".join(step.until)
             return Record(
@@ -380,7 +381,7 @@ def _delay(step: DelayStep, ctx: Mapping[str, Any], anchor: float, now: float) -
                     step.id,
                     StepOutcome.FAILED,
                     anchor,
-                    reason=f"delay_until_invalid: {path} is missing or not a date-time",
+                    reason=f"delay_until_invalid: {path} {not_an_instant(value)}",
                 )
             )
         release = max(anchor, instant)
@@ -415,6 +416,26 @@ def parse_instant(value: Any) -> float | None:
     if parsed.tzinfo is None:
         return None
     return parsed.timestamp()
+
+
+def not_an_instant(value: Any) -> str:
+    """Why `parse_instant` refused `value`, for the trail."""
+    if value is None or value is MISSING:
+        return "is missing"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value == value and abs(value) >= 1e11:
+            return f"is {value!r}: too large for epoch seconds (milliseconds?)"
+        return f"is {value!r}: not a finite number of epoch seconds"
+    if isinstance(value, str):
+        shown = value if len(value) <= 64 else value[:61] + "..."
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return f"is {shown!r}: not an ISO 8601 date-time or epoch seconds"
+        if parsed.tzinfo is None:
+            return f"is {shown!r}: a date-time without a UTC offset (ambiguous)"
+        return f"is {shown!r}: longer than 64 characters"
+    return f"is a {type(value).__name__}, not a date-time or epoch seconds"
 
 
 # -- results the service stores after acting ----------------------------------------------

@@ -251,14 +251,25 @@ def test_delay_until_payload_field() -> None:
     assert past.results["delay"].at == T0  # a past instant does not wait
 
 
-@pytest.mark.parametrize("bad", [None, "tomorrow", "2024-06-03T12:00:00", True, float("nan")])
-def test_delay_until_invalid_fails_the_run_with_reason(bad: Any) -> None:
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (None, "is missing"),
+        ("tomorrow", "'tomorrow': not an ISO 8601 date-time or epoch seconds"),
+        ("2024-06-03T12:00:00", "a date-time without a UTC offset (ambiguous)"),
+        (True, "is a bool, not a date-time or epoch seconds"),
+        (float("nan"), "not a finite number of epoch seconds"),
+        (1717408800000, "is 1717408800000: too large for epoch seconds (milliseconds?)"),
+    ],
+)
+def test_delay_until_invalid_fails_the_run_with_reason(bad: Any, why: str) -> None:
     wf = Workflow("reminder").delay(until="payload.remind_at").email("t")
     payload = {} if bad is None else {"remind_at": bad}
     svc = Service(wf)
     done = svc.run(Trigger("e1", "reminder", payload, T0), T0)
     assert isinstance(done, Done) and done.outcome is RunOutcome.FAILED
-    assert done.reason.startswith("delay_until_invalid: payload.remind_at")
+    assert done.reason.startswith("delay_until_invalid: payload.remind_at ")
+    assert done.reason.endswith(why)
     assert svc.sent == []
 
 
