@@ -179,10 +179,12 @@ class OnlineService:
         return as_seen_by(presence, await self.records.privacy(user), self_view=viewer == user)
 
     async def active(self, user: str) -> bool:
-        """Whether the user is active in the app right now: a device in the foreground with
-        activity within `idle_after` (a tab left in the background, or a device idle, is
-        reachable but not active). The orchestrator skips push while it holds."""
-        return (await self._presence(user, self.clock.now())).status is Status.ACTIVE
+        """Whether the user is active in the app right now: a connected device in the
+        foreground with activity within `idle_after` (a tab left in the background, or a
+        device idle, is reachable but not active; one that disconnected is neither, though
+        its presence lingers until the sweep). The orchestrator skips push while it holds."""
+        presence = await self._presence(user, self.clock.now())
+        return any(d.connected and s is Status.ACTIVE for d, s in presence.devices)
 
     async def reachable(self, user: str) -> tuple[Device, ...]:
         """Devices a live message would reach now: the orchestrator holds email while there

@@ -107,7 +107,19 @@ class WorkflowRegistry:
         if self._clock.now() - self._loaded_at >= self._refresh:
             await self.reload()
         found = self._api.get(key)
-        return None if found is None else found[0]
+        if found is None:
+            # Not known here yet: defined a moment ago through another process, its event
+            # sent through this one. One row's read decides, not the next refresh.
+            stored = await self.store.get(key)
+            if stored is None:
+                return None
+            try:
+                workflow = parse_workflow(stored.definition, check_content=False)
+            except InvalidInput:
+                log.exception("stored workflow no longer parses", extra={"key": key})
+                return None
+            found = self._api[key] = (workflow, stored)
+        return found[0]
 
     async def put(
         self,

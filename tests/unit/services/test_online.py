@@ -146,6 +146,12 @@ async def test_active_needs_a_device_in_the_foreground_and_recently_active() -> 
     quiet = Device(id="tab", heartbeat_at=clock.now(), active_at=clock.now() - 1 - idle)
     await svc.report("alice", quiet)
     assert await svc.reachable("alice") and not await svc.active("alice")
+    # a device that disconnected while active: its presence lingers, but it is not in the app
+    await svc.report("alice", dev(clock, "tab"))
+    assert await svc.active("alice")
+    await svc.report("alice", dev(clock, "tab", connected=False))
+    assert (await svc.get("alice")).status is Status.ACTIVE  # until the sweep
+    assert not await svc.reachable("alice") and not await svc.active("alice")
 
 
 async def test_last_seen_writes_are_bounded_by_the_interval() -> None:

@@ -50,16 +50,23 @@ async def test_a_bad_file_or_a_key_in_two_files_stops_the_load(tmp_path: Path) -
     assert str(bad) in broken.value.message and broken.value.field == "steps[0].duration"
 
 
-async def test_api_workflows_are_seen_by_another_process_after_the_refresh() -> None:
+async def test_another_process_sees_a_new_workflow_at_once_and_a_change_after_refresh() -> None:
     store, clock = MemoryWorkflowStore(), ManualClock()
     here = WorkflowRegistry(store, clock, refresh=5.0)
     there = WorkflowRegistry(store, clock, refresh=5.0)
     assert await there.get("k") is None
     record = await here.put("k", {"steps": [STEP]})
     assert record.revision == 1 and await here.get("k") is not None
-    assert await there.get("k") is None  # read 0 s ago
+    # a key it did not know is read from the store: an event sent through the other
+    # process right after the definition finds it
+    found = await there.get("k")
+    assert found is not None and [s.id for s in found.steps] == ["a"]
+    await here.put("k", {"steps": [{**STEP, "id": "b"}]})
+    known = await there.get("k")  # known, read 0 s ago: the change waits for the refresh
+    assert known is not None and [s.id for s in known.steps] == ["a"]
     clock.advance(5)
-    assert await there.get("k") is not None
+    changed = await there.get("k")
+    assert changed is not None and [s.id for s in changed.steps] == ["b"]
     with pytest.raises(InvalidInput) as bad:
         await here.put("k", {"steps": [{"id": "a", "type": "in_app"}]})
     assert bad.value.field == "steps[0].template"
