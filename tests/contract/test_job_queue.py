@@ -100,6 +100,10 @@ async def test_retry_requeues_at_run_at_with_the_error(stores: Stores) -> None:
     stores.clock.advance(5)
     [again] = await stores.jobs.claim("w", BOTH, 1, 30.0)
     assert again.attempts == 2
+    # a deferral gives the claim back
+    await stores.jobs.retry(again.id, again.lease_token, stores.clock.now(), "deferred", attempts=1)
+    [third] = await stores.jobs.claim("w", BOTH, 1, 30.0)
+    assert third.attempts == 2 and (await stores.jobs.get(job.id)).last_error == "deferred"
 
 
 async def test_dead_letters_list_replay_discard(stores: Stores) -> None:

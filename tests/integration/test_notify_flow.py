@@ -21,7 +21,14 @@ from tests.api.conftest import make_settings
 from tests.integration.test_smtp_delivery import Server, Sink, free_port
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.sql.tables import jobs
-from tidings.config import FrequencyCapSettings, NotifySettings, SmtpSettings, WorkerSettings
+from tidings.config import (
+    FrequencyCapSettings,
+    NotifySettings,
+    ProviderSettings,
+    RateLimitSettings,
+    SmtpSettings,
+    WorkerSettings,
+)
 from tidings.core.notify import Preferences, WorkflowPreference, parse_quiet_hours
 from tidings.core.notify.types import Channel
 from tidings.core.subscribers import Device, Platform
@@ -1012,6 +1019,54 @@ async def mailing(env: Env, addresses: dict[str, str]) -> str:
     await topics.create(Topic("list", "List"))
     await topics.add_members("list", list(addresses), env.clock.now())
     return await env.send("news", topic="list", payload={"text": "t"}, priority=Priority.BULK)
+
+
+async def test_a_providers_rate_limit_paces_a_send_without_using_attempts(
+    tmp_path: Path,
+) -> None:
+    """Five emails a second, five at once: a bulk send to 30 and 10 transactional emails
+    all go out, paced, none dead-lettered, each message on its first attempt (held-back
+    messages wait for a slot kept for them and use no attempt)."""
+    (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
+    sink = Sink()
+    server = Server(sink, free_port())
+    server.start()
+    clock = ManualClock()
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/notify.db",
+        smtp=SmtpSettings(host="127.0.0.1", port=server.port),
+        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")], delivery_attempts=2),
+        providers=ProviderSettings(rate_limits={"email": RateLimitSettings(rate=5, burst=5)}),
+    )
+    settings.worker = WorkerSettings(enabled=False, lease_seconds=30.0)
+    migrate(settings)
+    runtime = build_runtime(settings, clock=clock)
+    await runtime.start()
+    try:
+        env = Env(runtime, clock, sink)
+        start = clock.now()
+        bulk = await mailing(env, {f"m{i:02d}": f"m{i:02d}@example.com" for i in range(30)})
+        tx = [
+            await env.send("news", recipients=(f"m{i:02d}",), payload={"text": "tx"})
+            for i in range(10)
+        ]
+        for _ in range(200):
+            await env.drain()
+            if len(sink.messages) == 40:
+                break
+            clock.advance(0.1)
+        assert len(sink.messages) == 40
+        assert clock.now() - start >= (40 - 5) / 5 - 0.5  # paced: five a second after five
+        assert await runtime.services.jobs.list_dead(100) == []
+        for event_id in [bulk, *tx]:
+            for message in (await env.report(event_id))["messages"]:
+                assert (message["status"], message["attempts"]) == ("sent", 1), message
+        report = await env.report(bulk)
+        deferred = [t for t in report["trail"] if t.get("status") == "deferred"]
+        assert deferred and all(t["reason"] == "smtp: local rate limit" for t in deferred)
+    finally:
+        await runtime.stop()
+        server.stop()
 
 
 async def jobs_of(env: Env, kind: str) -> list[dict[str, Any]]:

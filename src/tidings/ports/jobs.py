@@ -19,7 +19,8 @@ class JobQueue(Protocol):
       Concurrent claimers never receive the same job while its lease holds.
     - `complete`, `retry`, `dead_letter` and `extend` need the current `lease_token`; with a stale
       token they raise `LeaseLost` and change nothing.
-    - `retry` puts the job back to QUEUED at `run_at` with `last_error`.
+    - `retry` puts the job back to QUEUED at `run_at` with `last_error`; `attempts`, when
+      given, sets its claim count (a deferral that used no attempt gives the claim back).
     - `dead_letter` moves it to DEAD; `replay` puts a DEAD job back to QUEUED (attempts reset).
     """
 
@@ -31,7 +32,15 @@ class JobQueue(Protocol):
 
     async def complete(self, job_id: str, lease_token: str) -> None: ...
 
-    async def retry(self, job_id: str, lease_token: str, run_at: float, error: str) -> None: ...
+    async def retry(
+        self,
+        job_id: str,
+        lease_token: str,
+        run_at: float,
+        error: str,
+        *,
+        attempts: int | None = None,
+    ) -> None: ...
 
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> None: ...
 

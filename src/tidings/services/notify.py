@@ -102,7 +102,7 @@ from tidings.services.inbox import InboxService
 from tidings.services.lanes import BulkTurns, LaneGate, together
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
-from tidings.services.worker import Handoffs, PermanentJobError, RetryableJobError
+from tidings.services.worker import DeferJob, Handoffs, PermanentJobError, RetryableJobError
 from tidings.services.workflows import WorkflowRegistry
 from tidings.types import EventRecord, EventState, Job, NewJob, Outcome, Priority
 
@@ -1209,6 +1209,10 @@ class Orchestrator:
         template = await self._version(workflow, _step_of(workflow, message), message)
         attempt = message.attempts + 1
         result, provider = await self._attempt(message, event, workflow, subscriber, template, {})
+        if result.paced:  # held back by the provider's rate limit: no attempt used
+            raise DeferJob(
+                result.retry_after if result.retry_after is not None else 1.0, result.reason
+            )
         now = self._now()
         update = self._settlement(
             message, attempt, result, provider, now, workflow, last=job.attempts >= job.max_attempts
@@ -1508,7 +1512,17 @@ class Orchestrator:
         workflow: Workflow | None,
     ) -> MessageUpdate:
         """The first attempt of a message sent in a batch, settled: a failure goes on as
-        the message's own delivery job, due for its next attempt or dead-lettered."""
+        the message's own delivery job, due for its next attempt or dead-lettered; one
+        the provider's rate limit held back goes on as its own job, due at the slot kept
+        for it, no attempt used."""
+        if result.paced:
+            due = now + (result.retry_after if result.retry_after is not None else 1.0)
+            entry = {"status": "deferred", "reason": result.reason, "until": due}
+            return MessageUpdate(
+                message.id,
+                trail=[self._trail(message, "delivery", entry, now)],
+                jobs=[dataclasses.replace(self._deliver_job(message), run_at=due)],
+            )
         if result.delivered or result.bounce is Bounce.HARD:
             return self._settlement(message, 1, result, provider, now, workflow)
         # the worker's decision after a failed first attempt (`WorkerPool.execute`)

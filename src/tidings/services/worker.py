@@ -33,6 +33,15 @@ class PermanentJobError(Exception):
     """The job can never succeed: dead-letter it without retrying."""
 
 
+class DeferJob(Exception):
+    """The job could not start its work now and used no attempt (a provider's local rate
+    limit held it back): queued again `delay` seconds from now, its claim given back."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
 class RetryableJobError(Exception):
     def __init__(
         self,
@@ -199,6 +208,16 @@ class WorkerPool:
                 await handler(job)
         except PermanentJobError as exc:
             await self._dead(job, token, f"permanent: {exc}")
+        except DeferJob as exc:
+            await self._settle(
+                self._jobs.retry(
+                    job.id,
+                    token,
+                    self._clock.now() + max(exc.delay, 0.0),
+                    f"deferred: {exc}",
+                    attempts=max(job.attempts - 1, 0),
+                )
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -44,7 +44,9 @@ async def test_rate_limit_answers_without_calling_and_names_the_wait() -> None:
     assert (await guard.send(MAIL)).delivered
     r = await guard.send(MAIL)
     assert (r.failure, r.attempted, r.retry_after) == (FailureClass.RATE_LIMITED, False, 0.5)
-    assert len(p.sent) == 2 and guard.throttled == 1
+    assert r.paced  # held back, not tried: the caller uses no attempt
+    assert (await guard.send(MAIL)).retry_after == 1.0  # the next slot, not the same one
+    assert len(p.sent) == 2 and guard.throttled == 2
     clock.advance(0.5)
     assert (await guard.send(MAIL)).delivered
 

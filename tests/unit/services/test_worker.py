@@ -5,7 +5,7 @@ import asyncio
 from tidings.adapters.clock import ManualClock
 from tidings.adapters.memory import MemoryJobQueue
 from tidings.core.retry import FailureClass, RetryPolicy
-from tidings.services.worker import PermanentJobError, RetryableJobError, WorkerPool
+from tidings.services.worker import DeferJob, PermanentJobError, RetryableJobError, WorkerPool
 from tidings.types import INLINE_SQLITE, Job, JobState, NewJob, Priority
 
 
@@ -88,6 +88,30 @@ async def test_rate_limited_waits_retry_after(clock: ManualClock) -> None:
     await pool(jobs, clock, {"k": handle}).run_once()
     job = await jobs.get(job_id)
     assert job is not None and job.run_at == clock.now() + 7.0
+
+
+async def test_a_deferred_job_waits_and_gives_its_claim_back(clock: ManualClock) -> None:
+    jobs = MemoryJobQueue(clock)
+    runs = 0
+
+    async def handle(job: Job) -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 5:  # more deferrals than attempts: none is used up
+            raise DeferJob(2.0, "smtp: local rate limit")
+
+    job_id = await jobs.enqueue(NewJob(kind="k", payload={}, max_attempts=2))
+    workers = pool(jobs, clock, {"k": handle})
+    for _ in range(5):
+        await workers.run_once()
+        job = await jobs.get(job_id)
+        assert job is not None and job.state == JobState.QUEUED
+        assert (job.attempts, job.run_at) == (0, clock.now() + 2.0)
+        assert job.last_error == "deferred: smtp: local rate limit"
+        clock.advance(2.0)
+    await workers.run_once()
+    job = await jobs.get(job_id)
+    assert job is not None and (job.state, job.attempts) == (JobState.DONE, 1)
 
 
 async def test_unknown_kind_is_dead_lettered(clock: ManualClock) -> None:

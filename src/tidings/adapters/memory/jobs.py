@@ -76,7 +76,15 @@ class MemoryJobQueue:
             job, state=JobState.DONE, lease_token=None, locked_until=None
         )
 
-    async def retry(self, job_id: str, lease_token: str, run_at: float, error: str) -> None:
+    async def retry(
+        self,
+        job_id: str,
+        lease_token: str,
+        run_at: float,
+        error: str,
+        *,
+        attempts: int | None = None,
+    ) -> None:
         job = self._held(job_id, lease_token)
         self._jobs[job_id] = dataclasses.replace(
             job,
@@ -85,6 +93,7 @@ class MemoryJobQueue:
             lease_token=None,
             locked_until=None,
             last_error=error,
+            attempts=job.attempts if attempts is None else attempts,
         )
 
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> None:

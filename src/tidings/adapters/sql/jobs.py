@@ -41,7 +41,7 @@ _RUNNING = JobState.RUNNING.value
 
 
 _INSERT_JOB = insert(jobs)  # built once, see events.py
-_SETTLED = frozenset({"state", "run_at", "lease_token", "locked_until", "last_error"})
+_SETTLED = frozenset({"state", "run_at", "lease_token", "locked_until", "last_error", "attempts"})
 
 
 @functools.cache
@@ -189,7 +189,16 @@ class SqlJobQueue:
             job_id, lease_token, state=JobState.DONE.value, lease_token=None, locked_until=None
         )
 
-    async def retry(self, job_id: str, lease_token: str, run_at: float, error: str) -> None:
+    async def retry(
+        self,
+        job_id: str,
+        lease_token: str,
+        run_at: float,
+        error: str,
+        *,
+        attempts: int | None = None,
+    ) -> None:
+        counted = {} if attempts is None else {"attempts": attempts}
         await self._settle(
             job_id,
             lease_token,
@@ -198,6 +207,7 @@ class SqlJobQueue:
             lease_token=None,
             locked_until=None,
             last_error=error,
+            **counted,
         )
 
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> None:

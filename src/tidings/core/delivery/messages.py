@@ -67,6 +67,8 @@ class DeliveryResult:
       short-circuited failures.
     - `attempted`: False when the guard answered without calling the provider (circuit open,
       local rate limit, endpoint disabled); the orchestrator need not count such an attempt.
+    - `paced`: the guard's rate limit held the message back: no attempt was made and none
+      is used up; `retry_after` is the slot it keeps for it.
     - `provider_message_id`: the provider's id of the accepted message (Message-ID, webhook-id).
     - `status`: the provider's answer code (HTTP status, SMTP reply code) when there was one.
     - `disable`: the destination asked never to be called again (HTTP 410 Gone).
@@ -78,6 +80,7 @@ class DeliveryResult:
     provider_message_id: str | None = None
     status: int | None = None
     attempted: bool = True
+    paced: bool = False
     bounce: Bounce = Bounce.NONE
     disable: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
@@ -110,6 +113,7 @@ class DeliveryResult:
         retry_after: float | None = None,
         status: int | None = None,
         attempted: bool = True,
+        paced: bool = False,
         bounce: Bounce = Bounce.NONE,
         disable: bool = False,
     ) -> DeliveryResult:
@@ -119,6 +123,7 @@ class DeliveryResult:
             retry_after=retry_after,
             status=status,
             attempted=attempted,
+            paced=paced,
             bounce=bounce,
             disable=disable,
         )

@@ -13,6 +13,7 @@ class TokenBucket:
         self.burst = float(burst)
         self._tokens = float(burst)
         self._at = now
+        self._queued_until = now  # the end of the slots kept for refused callers (`slot`)
 
     def _refill(self, now: float) -> None:
         if now > self._at:
@@ -33,3 +34,15 @@ class TokenBucket:
             self._tokens = max(0.0, self._tokens - n)
             return 0.0
         return (n - self._tokens) / self.rate
+
+    def slot(self, now: float) -> float:
+        """`take` one token, or, when there is none, the seconds until a slot kept for the
+        caller: refused callers are spread one token apart (`1 / rate`) after the next
+        token, so that coming back each finds one, instead of all coming back at once and
+        all but one being refused again."""
+        wait = self.take(now)
+        if wait <= 0:
+            return 0.0
+        slot = max(now + wait, self._queued_until)
+        self._queued_until = slot + 1.0 / self.rate
+        return slot - now

@@ -104,7 +104,7 @@ class GuardedProvider(Generic[M]):
         if breaker.state(now) is BreakerState.OPEN:
             return self._short_circuit(key, breaker.retry_after(now))
         if guard.bucket is not None:
-            wait = guard.bucket.take(now)
+            wait = guard.bucket.slot(now)
             if wait > 0:
                 self.throttled += 1
                 return DeliveryResult.failed(
@@ -112,6 +112,7 @@ class GuardedProvider(Generic[M]):
                     f"{self.name}: local rate limit",
                     retry_after=wait,
                     attempted=False,
+                    paced=True,
                 )
         if not breaker.admit(now):
             return self._short_circuit(key, breaker.retry_after(now))

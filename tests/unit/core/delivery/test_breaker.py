@@ -134,6 +134,16 @@ def test_token_bucket() -> None:
         TokenBucket(rate=0, burst=1, now=0.0)
 
 
+def test_token_bucket_keeps_slots_for_the_refused_one_token_apart() -> None:
+    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
+    assert [bucket.slot(0.0) for _ in range(6)] == [0.0, 0.0, 0.5, 1.0, 1.5, 2.0]
+    # each comes back at its slot and finds its token
+    assert [bucket.slot(t) for t in (0.5, 1.0, 1.5, 2.0)] == [0.0, 0.0, 0.0, 0.0]
+    # the slots kept are spent: a later caller is told the next token's wait only
+    assert bucket.slot(2.0) == 0.5
+    assert bucket.slot(10.0) == 0.0
+
+
 @given(
     st.floats(min_value=0.1, max_value=100.0),
     st.integers(min_value=1, max_value=50),
