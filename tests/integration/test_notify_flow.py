@@ -5,6 +5,7 @@ decisions and their trail, escalation, digests, quiet hours, retries, dead lette
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email
 import email.policy
@@ -139,8 +140,10 @@ class Env:
         ]
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def open_env(tmp_path: Path, attempts: int = 3, **overrides: Any) -> AsyncIterator[Env]:
+    """A runtime on SQLite with this module's workflows, a real SMTP sink, a manual clock
+    and no worker loops (tests run the jobs); `overrides` go to the settings."""
     (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
     sink = Sink()
     server = Server(sink, free_port())
@@ -149,7 +152,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path}/notify.db",
         smtp=SmtpSettings(host="127.0.0.1", port=server.port),
-        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")], delivery_attempts=3),
+        notify=NotifySettings(
+            workflows=[str(tmp_path / "workflows.yaml")], delivery_attempts=attempts
+        ),
+        **overrides,
     )
     settings.worker = WorkerSettings(enabled=False, lease_seconds=30.0)
     migrate(settings)
@@ -160,6 +166,12 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     finally:
         await runtime.stop()
         server.stop()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_env(tmp_path) as found:
+        yield found
 
 
 def decisions(report: dict[str, Any], recipient: str, step: str) -> list[tuple[str, str, str]]:
@@ -1027,23 +1039,9 @@ async def test_a_providers_rate_limit_paces_a_send_without_using_attempts(
     """Five emails a second, five at once: a bulk send to 30 and 10 transactional emails
     all go out, paced, none dead-lettered, each message on its first attempt (held-back
     messages wait for a slot kept for them and use no attempt)."""
-    (tmp_path / "workflows.yaml").write_text(WORKFLOWS)
-    sink = Sink()
-    server = Server(sink, free_port())
-    server.start()
-    clock = ManualClock()
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path}/notify.db",
-        smtp=SmtpSettings(host="127.0.0.1", port=server.port),
-        notify=NotifySettings(workflows=[str(tmp_path / "workflows.yaml")], delivery_attempts=2),
-        providers=ProviderSettings(rate_limits={"email": RateLimitSettings(rate=5, burst=5)}),
-    )
-    settings.worker = WorkerSettings(enabled=False, lease_seconds=30.0)
-    migrate(settings)
-    runtime = build_runtime(settings, clock=clock)
-    await runtime.start()
-    try:
-        env = Env(runtime, clock, sink)
+    limit = ProviderSettings(rate_limits={"email": RateLimitSettings(rate=5, burst=5)})
+    async with open_env(tmp_path, attempts=2, providers=limit) as env:
+        clock, sink, runtime = env.clock, env.smtp, env.runtime
         start = clock.now()
         bulk = await mailing(env, {f"m{i:02d}": f"m{i:02d}@example.com" for i in range(30)})
         tx = [
@@ -1064,9 +1062,6 @@ async def test_a_providers_rate_limit_paces_a_send_without_using_attempts(
         report = await env.report(bulk)
         deferred = [t for t in report["trail"] if t.get("status") == "deferred"]
         assert deferred and all(t["reason"] == "smtp: local rate limit" for t in deferred)
-    finally:
-        await runtime.stop()
-        server.stop()
 
 
 async def jobs_of(env: Env, kind: str) -> list[dict[str, Any]]:
