@@ -31,6 +31,9 @@ async def test_metrics_count_requests_and_queue(api: Api) -> None:
     assert 'tidings_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert 'route="/v1/events",status="202"' in text
     assert 'tidings_queue_jobs{lane="transactional",state="queued"} 1.0' in text
+    # the lanes and states with nothing in them are series too: zeros, not gaps
+    assert 'tidings_queue_jobs{lane="bulk",state="queued"} 0.0' in text
+    assert 'tidings_queue_jobs{lane="bulk",state="running"} 0.0' in text
     assert "tidings_http_request_duration_seconds_bucket" in text
 
 

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from starlette.responses import Response
 
 from tidings.api.auth import services
+from tidings.types import Priority
 
 router = APIRouter(tags=["operations"])
 
@@ -52,8 +53,10 @@ async def metrics(request: Request) -> Response:
     depth = await services(request).jobs.depth()
     gauges.jobs.clear()
     for state, per_lane in (("queued", depth.queued), ("running", depth.running)):
-        for lane, count in per_lane.items():
-            gauges.jobs.labels(lane, state).set(count)
+        # every lane and state, zeros included: an empty queue is a value, not a gap that
+        # an alert on the series would read as "no data"
+        for lane in {p.value for p in Priority} | set(per_lane):
+            gauges.jobs.labels(lane, state).set(per_lane.get(lane, 0))
     gauges.dead.set(depth.dead)
     registry: CollectorRegistry = request.app.state.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
