@@ -308,9 +308,17 @@ def _dead_filter(
 
 @dlq_app.command("show")
 def dlq_show(job_id: str, config: ConfigOpt = None) -> None:
-    """Show one dead-lettered job: kind, lane, attempts, last error and payload."""
-    job = _with_runtime(_settings(config), lambda rt: DeadLetters(rt.services.jobs).get(job_id))
-    out.print_json(data=_dead_json(job))
+    """Show one dead-lettered job: kind, lane, attempts, last error, payload and the
+    messages a delivery job carries, as they stand."""
+
+    async def op(rt: Runtime) -> dict[str, Any]:
+        job = await DeadLetters(rt.services.jobs).get(job_id)
+        shown = _dead_json(job)
+        if rt.services.notify is not None:
+            shown["messages"] = await rt.services.notify.job_messages(job.payload)
+        return shown
+
+    out.print_json(data=_with_runtime(_settings(config), op))
 
 
 @dlq_app.command("replay")

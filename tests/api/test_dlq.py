@@ -39,6 +39,7 @@ async def test_inspect_and_filtered_replay_and_discard(api: Api) -> None:
     assert one.status_code == 200
     assert one.json()["last_error"] == "permanent: 550 no such user"
     assert one.json()["payload"] == {"k": "notify.deliver"}
+    assert one.json()["messages"] == []  # it carries no message id
 
     replayed = await api.client.post(
         "/v1/admin/dlq/replay",

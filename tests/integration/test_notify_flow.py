@@ -544,6 +544,14 @@ async def test_a_refused_message_is_dead_lettered_with_its_reason_once(env: Env)
     assert "permanent: permanent" not in dead.last_error
     [message] = (await env.report(event_id))["messages"]
     assert message["status"] == "failed" and message["error"] == dead.last_error
+    # what an operator inspecting the dead letter sees of it (API and `tidings dlq show`)
+    [shown] = await env.notify.job_messages(dead.payload)
+    assert (shown["id"], shown["recipient"], shown["channel"], shown["status"]) == (
+        message["id"],
+        "ann",
+        "email",
+        "failed",
+    )
 
 
 async def test_hard_bounce_suppresses_the_address_for_later_messages(env: Env) -> None:

@@ -57,6 +57,11 @@ class DeadJobOut(BaseModel):
     attempts: int
     last_error: str | None
     created_at: datetime
+    messages: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="One dead letter's view only: the messages a delivery job carries, as "
+        "they stand (event, recipient, channel, provider, status, error)",
+    )
 
     @classmethod
     def of(cls, j: Job) -> DeadJobOut:
@@ -142,7 +147,12 @@ async def discard_matching(request: Request, body: DeadFilterIn) -> DeadBatchOut
 
 @router.get("/dlq/{job_id}", responses=PROBLEM, dependencies=[ADMIN], summary="Inspect one")
 async def get_dead(request: Request, job_id: str) -> DeadJobOut:
-    return DeadJobOut.of(await DeadLetters(services(request).jobs).get(job_id))
+    found = services(request)
+    job = await DeadLetters(found.jobs).get(job_id)
+    out = DeadJobOut.of(job)
+    if found.notify is not None:
+        out.messages = await found.notify.job_messages(job.payload)
+    return out
 
 
 @router.post("/dlq/{job_id}/replay", status_code=204, responses=PROBLEM, dependencies=[ADMIN])

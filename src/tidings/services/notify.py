@@ -1625,6 +1625,19 @@ class Orchestrator:
 
     # -- reports from providers, clients and the inbox -----------------------------------
 
+    async def job_messages(self, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The messages a delivery job carries (`message_id`, or a batch's `message_ids`), as
+        they stand now: what an operator inspecting a dead letter wants to see (event,
+        recipient, channel, provider, status, error). Other jobs carry none."""
+        if "message_id" in payload:
+            ids = [str(payload["message_id"])]
+        else:
+            ids = [str(i) for i in payload.get("message_ids") or []]
+        if not ids:
+            return []
+        found = await self.runs.messages(ids)
+        return [message_json(found[i]) for i in ids if i in found]
+
     async def report(self, message_id: str, status: str, at: float | None = None) -> Message:
         """A delivery report (delivered, bounced, failed) or engagement (seen, read, clicked,
         archived) for a message, e.g. from a provider callback. The first instant of each
