@@ -67,6 +67,8 @@ async def test_bad_items_name_the_field(api: Api) -> None:
     for body, field in (
         ({"title": ""}, "title"),
         ({"title": "x", "action_url": "javascript:alert(1)"}, "action_url"),
+        ({"title": "x", "action_url": "/\\evil.example"}, "action_url"),
+        ({"title": "x", "action_url": "/a\nb"}, "action_url"),
         ({"title": "x", "data": {"k": "v" * 2000}}, "data"),
         ({"title": "x", "colour": "red"}, "colour"),
     ):

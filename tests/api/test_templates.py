@@ -99,6 +99,11 @@ async def test_bad_input_is_a_clear_422(api: Api) -> None:
         api, "/v1/templates/t/versions", {"locales": {"en": {"text": "{{ payload.x "}}}
     )
     assert status == 422 and p["errors"][0]["field"] == "locales.en.text"
+    status, p = await admin_post(
+        api, "/v1/templates/t/versions", {"locales": {"en": {"text": "x", "layout": "nolayout"}}}
+    )
+    assert status == 422 and p["errors"][0]["field"] == "locales.en.layout"
+    assert "unknown layout 'nolayout'" in p["detail"]
     await admin_post(
         api,
         "/v1/templates/t/versions",

@@ -335,14 +335,23 @@ class Renderer:
         if not checked:
             check_variables(version, payload)
         source = version.locales
-        if variant is not None and variant in version.variants:
+        if variant is not None:
+            if variant not in version.variants:
+                known = ", ".join(sorted(version.variants)) or "none"
+                raise RenderError(
+                    f"no variant {variant!r} in this version (its variants: {known})",
+                    field="variant",
+                )
             source = version.variants[variant]
         tag = pick_locale(source, locale, version.default_locale)
         if tag not in source:  # a variant without the default locale: the base content
             source = version.locales
             tag = pick_locale(source, locale, version.default_locale)
+            variant = None  # the answer says what was rendered
         content = source[tag]
-        babel_locale, locale_name, rtl = _locale_facts(locale or tag)
+        # numbers and dates in the reader's locale; the direction is the content's own
+        babel_locale, locale_name, _ = _locale_facts(locale or tag)
+        rtl = _locale_facts(tag)[2]
         try:
             tz = ZoneInfo(timezone)
         except (KeyError, ValueError):
@@ -537,12 +546,25 @@ def validate(
             if len(fields.get("body", "")) > 5000:
                 raise RenderError("the body is over 5000 characters", field="body")
             url = fields.get("action_url", "")
-            if url:
-                parts = urlsplit(url)
-                relative = not parts.scheme and not parts.netloc and url.startswith("/")
-                if not relative and parts.scheme not in ("https", "http"):
-                    raise RenderError(
-                        "the action URL must be http(s) or a path starting with /",
-                        field="action_url",
-                    )
+            if url and not action_url_ok(url):
+                raise RenderError(
+                    "the action URL must be an http(s) URL with a host or a path starting "
+                    "with / (no backslash or control character)",
+                    field="action_url",
+                )
     return None
+
+
+_UNSAFE_IN_URL = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+def action_url_ok(url: str) -> bool:
+    """Whether an in-app item's `action_url` may go to a browser: an http(s) URL with a
+    host, or a path on the app's own site (`/...`, not `//host`). A backslash or a control
+    character is refused anywhere: browsers read `/\\host` as `//host`, another site."""
+    if _UNSAFE_IN_URL.search(url):
+        return False
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return bool(parts.netloc)
+    return not parts.scheme and not parts.netloc and url.startswith("/")

@@ -33,12 +33,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from tidings.core import subscribers as rules
 from tidings.core.paging import decode_cursor, encode_cursor
+from tidings.core.templates import action_url_ok
 from tidings.errors import InvalidInput, NotFound
 from tidings.ports.clock import Clock
 from tidings.ports.inbox import (
@@ -175,13 +175,14 @@ class InboxService:
             if len(item.body) > MAX_BODY:
                 raise InvalidInput(f"at most {MAX_BODY} characters", field="body")
             action_url = item.action_url
-            if action_url is not None:
-                url = urlsplit(action_url)
-                relative = not url.scheme and not url.netloc and action_url.startswith("/")
-                if len(action_url) > MAX_URL or not (
-                    relative or (url.scheme in ("http", "https") and url.netloc)
-                ):
-                    raise InvalidInput("must be an http(s) URL or a path", field="action_url")
+            if action_url is not None and (
+                len(action_url) > MAX_URL or not action_url_ok(action_url)
+            ):
+                raise InvalidInput(
+                    "must be an http(s) URL with a host or a path starting with / "
+                    "(no backslash or control character)",
+                    field="action_url",
+                )
             rules.check_data(item.data, self.max_data_bytes)
         except InvalidInput as exc:
             if not where:

@@ -73,14 +73,21 @@ def to_version(template: TemplateRecord, number: int, body: Mapping[str, Any]) -
     )
 
 
-def _compiles(version: TemplateVersion) -> None:
+def _compiles(version: TemplateVersion, layouts: Mapping[str, str]) -> None:
     """Every field of every locale and variant compiles as the renderer compiles it (a
-    syntax error, an unknown filter); raises `InvalidInput` naming the field."""
+    syntax error, an unknown filter) and every layout named is one the renderer has;
+    raises `InvalidInput` naming the field."""
     sources = [("locales", version.locales)] + [
         (f"variants.{name}", v) for name, v in version.variants.items()
     ]
     for where, locales in sources:
         for tag, content in locales.items():
+            if content.layout is not None and content.layout not in layouts:
+                known = ", ".join(sorted(layouts)) or "none configured"
+                raise InvalidInput(
+                    f"unknown layout {content.layout!r} (layouts: {known})",
+                    field=f"{where}.{tag}.layout",
+                )
             for name, text in content.fields.items():
                 try:
                     check_source(text, html=name in HTML_FIELDS)
@@ -106,7 +113,8 @@ class TemplateService:
 
     async def add_version(self, template_id: str, body: dict[str, Any]) -> VersionRecord:
         template = await self.store.get(template_id)
-        _compiles(to_version(template, 0, body))  # refuse what could never render
+        # refuse what could never render
+        _compiles(to_version(template, 0, body), self.renderer.layouts)
         return await self.store.add_version(template_id, body)
 
     async def publish(self, template_id: str, version: int) -> VersionRecord:

@@ -13,6 +13,7 @@ from tidings.core.templates import (
     Renderer,
     RenderError,
     TemplateVersion,
+    action_url_ok,
     assign_variant,
     check_variables,
     html_to_text,
@@ -72,8 +73,29 @@ def test_locale_fallback_chain() -> None:
     assert Renderer().render(v, PAYLOAD, locale="pt-BR").fields["subject"] == "Pedido 42 enviado"
     assert Renderer().render(v, PAYLOAD, locale="pt-BR").locale == "pt"
     assert Renderer().render(v, PAYLOAD, locale="fr").locale == "en"
-    ar = TemplateVersion("t", 1, Channel.IN_APP, {"en": Content({"body": "x"})})
-    assert Renderer().render(ar, {}, locale="ar-EG").rtl is True
+    # the direction is the rendered content's: English for an Arabic reader is not rtl
+    en_only = TemplateVersion("t", 1, Channel.IN_APP, {"en": Content({"body": "x"})})
+    assert Renderer().render(en_only, {}, locale="ar-EG").rtl is False
+    ar = TemplateVersion(
+        "t", 1, Channel.IN_APP, {"en": Content({"body": "x"}), "ar": Content({"body": "س"})}
+    )
+    shown = Renderer().render(ar, {}, locale="ar-EG")
+    assert (shown.locale, shown.rtl) == ("ar", True)
+
+
+def test_an_unknown_variant_is_refused_and_a_fallback_says_so() -> None:
+    v = TemplateVersion(
+        "t",
+        1,
+        Channel.IN_APP,
+        {"en": Content({"body": "base"}), "pt": Content({"body": "base pt"})},
+        variants={"b": {"en": Content({"body": "b"})}},
+    )
+    with pytest.raises(RenderError) as unknown:
+        Renderer().render(v, {}, locale="en", variant="zzz")
+    assert unknown.value.field == "variant" and "'zzz'" in unknown.value.message
+    b = Renderer().render(v, {}, locale="en", variant="b")
+    assert (b.variant, b.fields["body"]) == ("b", "b")
 
 
 def test_babel_numbers_and_currency() -> None:
@@ -284,3 +306,26 @@ def test_a_missing_lookup_is_still_a_render_error(source: str, says: str) -> Non
         Renderer().render(version, {"none": None}, locale="en")
     assert err.value.field == "body"
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("/orders/42", True),
+        ("https://shop.example/o?id=1", True),
+        ("/\\evil.example", False),  # browsers read it as //evil.example
+        ("//evil.example", False),
+        ("/a\nb", False),
+        ("javascript:alert(1)", False),
+        ("https:no-host", False),
+    ],
+)
+def test_an_in_app_action_url_stays_on_the_site_or_names_a_host(url: str, ok: bool) -> None:
+    assert action_url_ok(url) is ok
+    v = TemplateVersion("t", 1, Channel.IN_APP, {"en": Content({"body": "b", "action_url": url})})
+    if ok:
+        assert Renderer().render(v, {}).fields["action_url"] == url
+    else:
+        with pytest.raises(RenderError) as refused:
+            Renderer().render(v, {})
+        assert refused.value.field == "action_url"

@@ -115,7 +115,21 @@ def merge_preferences(prefs: Preferences, patch: Any) -> Preferences:
     """
     if not isinstance(patch, Mapping):
         raise InvalidInput("a preferences patch must be a JSON object")
+    _patched_channels(patch.get("channels"), "channels")
+    workflows = patch.get("workflows")
+    if isinstance(workflows, Mapping):
+        for key, spec in workflows.items():
+            if isinstance(spec, Mapping):
+                _patched_channels(spec.get("channels"), f"workflows.{key}.channels")
     return preferences_from_json(_merge_patch(preferences_to_json(prefs), patch))
+
+
+def _patched_channels(value: Any, where: str) -> None:
+    """A patch's channel names are channels even where it removes them (`"fax": null`
+    would otherwise remove nothing and pass)."""
+    if isinstance(value, Mapping):
+        for name in value:
+            channel(name, f"{where}.{name}")
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

@@ -250,3 +250,11 @@ def test_merge_errors_name_the_field_of_the_patch() -> None:
     with pytest.raises(InvalidInput) as caught:
         merge_preferences(BASE, {"quiet_hours": [{"start": "7", "end": "08:00"}]})
     assert caught.value.field == "quiet_hours.0.start"
+    # an unknown channel is refused where the patch removes it too
+    with pytest.raises(InvalidInput) as caught:
+        merge_preferences(BASE, {"channels": {"fax": None}})
+    assert caught.value.field == "channels.fax"
+    with pytest.raises(InvalidInput) as caught:
+        merge_preferences(BASE, {"workflows": {"comment.created": {"channels": {"fax": None}}}})
+    assert caught.value.field == "workflows.comment.created.channels.fax"
+    assert merge_preferences(BASE, {"channels": {"sms": None}}) is not None
