@@ -1056,3 +1056,12 @@ async def test_exclusive_keys_are_held_across_stores_on_postgresql(stores: Store
         async with stores.runs.exclusive(["run:r1"]):
             raise RuntimeError("the block failed")
     await asyncio.wait_for(second(["run:r1"], "after"), 5)  # released all the same
+    # a holder cancelled while it waits for a lock leaves none behind
+    async with stores.runs.exclusive(["recipient:q"]):
+        waiting = asyncio.create_task(second(["recipient:p", "recipient:q"], "cancelled"))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    await asyncio.wait_for(second(["recipient:p", "recipient:q"], "free"), 5)
+    assert order[-1] == "free" and "cancelled" not in order

@@ -142,13 +142,18 @@ class SqlRunStore:
         async with self._engine.connect() as conn:
             # No transaction stays open while the locks are held (they belong to the session)
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            # In sorted order (the subquery keeps it: OFFSET 0 stops it being flattened),
-            # so two holders of overlapping sets never wait for each other in a circle.
-            await conn.execute(_LOCK_MANY, {"ids": ids})
             try:
+                # In sorted order (the subquery keeps it: OFFSET 0 stops it being
+                # flattened), so two holders of overlapping sets never wait for each other
+                # in a circle.
+                await conn.execute(_LOCK_MANY, {"ids": ids})
                 yield
-            finally:
-                await conn.execute(text("SELECT pg_advisory_unlock_all()"))
+            except BaseException:
+                # Cancelled or failed, perhaps while taking the locks: the session is closed
+                # rather than trusted to release what it holds, and its locks end with it.
+                await conn.invalidate()
+                raise
+            await conn.execute(text("SELECT pg_advisory_unlock_all()"))
 
     async def get_runs(self, run_ids: Sequence[str]) -> dict[str, Run]:
         async with self._read.connect() as conn:
