@@ -80,6 +80,7 @@ async def test_bad_input_is_a_clear_422(api: Api) -> None:
         api, "/v1/templates/t/versions", {"locales": {"en": {"subject": "x"}}}
     )
     assert status == 422 and "no field 'subject'" in p["detail"]
+    assert p["errors"][0]["field"] == "locales.en.subject"
     status, p = await admin_post(
         api, "/v1/templates/t/versions", {"locales": {"de": {"text": "x"}}}
     )

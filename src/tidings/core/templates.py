@@ -115,9 +115,11 @@ class TemplateVersion:
         for tag, content in self.locales.items():
             unknown = set(content.fields) - set(FIELDS[self.channel])
             if unknown:
+                name = sorted(unknown)[0]
                 raise InvalidInput(
-                    f"{self.channel.value} has no field {sorted(unknown)[0]!r}",
-                    field=f"locales.{tag}",
+                    f"{self.channel.value} has no field {name!r}; its fields are "
+                    + ", ".join(FIELDS[self.channel]),
+                    field=f"locales.{tag}.{name}",
                 )
         if self.variables is not None:
             try:
