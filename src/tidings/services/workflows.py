@@ -138,10 +138,7 @@ class WorkflowRegistry:
                 f"workflow {key!r} is defined in {self._files[key].source}; change it there"
             )
         body = {**definition, "key": key}
-        try:
-            workflow = parse_workflow(body)
-        except InvalidInput as exc:  # its message repeats the field; the problem names it
-            raise InvalidInput(_unlocated(exc), field=exc.field) from None
+        workflow = parse_workflow(body)
         if templates is not None:
             await check_templates(workflow, templates)
         if endpoints is not None:
@@ -223,11 +220,6 @@ async def check_endpoints(workflow: Workflow, endpoints: WebhookEndpointStore) -
                 "(POST /v1/webhooks/endpoints)",
                 field=f"steps[{index}].endpoint",
             ) from None
-
-
-def _unlocated(exc: InvalidInput) -> str:
-    prefix = f"{exc.field}: " if exc.field else ""
-    return exc.message.removeprefix(prefix)
 
 
 def _summary(w: Workflow) -> dict[str, Any]:
