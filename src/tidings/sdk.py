@@ -72,6 +72,11 @@ class Tidings:
             raise TidingsApiError(r.status_code, problem)
         return r.json() if r.content else None
 
+    async def _doc(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """`_call` for the answers that are one JSON object."""
+        result: dict[str, Any] = await self._call(method, path, **kwargs)
+        return result
+
     # --- events ----------------------------------------------------------------------------
 
     async def send_event(
@@ -103,18 +108,15 @@ class Tidings:
         if send_at is not None:
             body["send_at"] = send_at.isoformat()
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        result: dict[str, Any] = await self._call("POST", "/v1/events", json=body, headers=headers)
-        return result
+        return await self._doc("POST", "/v1/events", json=body, headers=headers)
 
     async def get_event(self, event_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", f"/v1/events/{_seg(event_id)}")
-        return result
+        return await self._doc("GET", f"/v1/events/{_seg(event_id)}")
 
     async def cancel_event(self, event_id: str) -> dict[str, Any]:
         """Stop an event: held, delayed or waiting runs end `cancelled`, their queued
         messages are not sent (409 once it is cancelled)."""
-        result: dict[str, Any] = await self._call("POST", f"/v1/events/{_seg(event_id)}/cancel")
-        return result
+        return await self._doc("POST", f"/v1/events/{_seg(event_id)}/cancel")
 
     # --- notifications ---------------------------------------------------------------------
 
@@ -123,27 +125,24 @@ class Tidings:
     ) -> dict[str, Any]:
         """A page of the event's recipients: `{counts, runs, messages, trail, next_cursor}`,
         why each message was sent, held, suppressed or failed."""
-        result: dict[str, Any] = await self._call(
+        return await self._doc(
             "GET",
             f"/v1/events/{_seg(event_id)}/notifications",
             params=_page(cursor, limit),
         )
-        return result
 
     async def subscriber_notifications(
         self, subscriber_id: str, *, cursor: str | None = None, limit: int | None = None
     ) -> dict[str, Any]:
         """The subscriber's trail (oldest first) and messages (newest first), paged."""
-        result: dict[str, Any] = await self._call(
+        return await self._doc(
             "GET",
             f"/v1/subscribers/{_seg(subscriber_id)}/notifications",
             params=_page(cursor, limit),
         )
-        return result
 
     async def message(self, message_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", f"/v1/messages/{_seg(message_id)}")
-        return result
+        return await self._doc("GET", f"/v1/messages/{_seg(message_id)}")
 
     async def report_status(
         self, message_id: str, status: str, *, at: float | None = None
@@ -153,21 +152,14 @@ class Tidings:
         body: dict[str, Any] = {"status": status}
         if at is not None:
             body["at"] = at
-        result: dict[str, Any] = await self._call(
-            "POST", f"/v1/messages/{_seg(message_id)}/status", json=body
-        )
-        return result
+        return await self._doc("POST", f"/v1/messages/{_seg(message_id)}/status", json=body)
 
     async def put_workflow(self, key: str, definition: dict[str, Any]) -> dict[str, Any]:
         """Define or replace the workflow of event type `key` (see docs/workflows.md)."""
-        result: dict[str, Any] = await self._call(
-            "PUT", f"/v1/workflows/{_seg(key)}", json=definition
-        )
-        return result
+        return await self._doc("PUT", f"/v1/workflows/{_seg(key)}", json=definition)
 
     async def get_workflow(self, key: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", f"/v1/workflows/{_seg(key)}")
-        return result
+        return await self._doc("GET", f"/v1/workflows/{_seg(key)}")
 
     async def delete_workflow(self, key: str) -> None:
         await self._call("DELETE", f"/v1/workflows/{_seg(key)}")
@@ -177,21 +169,14 @@ class Tidings:
     async def put_subscriber(self, subscriber_id: str, **fields: Any) -> dict[str, Any]:
         """Create or replace a subscriber: `email`, `phone`, `locale`, `timezone`, `data`,
         `devices`, `webpush`."""
-        result: dict[str, Any] = await self._call(
-            "PUT", f"/v1/subscribers/{_seg(subscriber_id)}", json=fields
-        )
-        return result
+        return await self._doc("PUT", f"/v1/subscribers/{_seg(subscriber_id)}", json=fields)
 
     async def update_subscriber(self, subscriber_id: str, **fields: Any) -> dict[str, Any]:
         """Change the given fields only (`data` merges key by key; a key set to None goes)."""
-        result: dict[str, Any] = await self._call(
-            "PATCH", f"/v1/subscribers/{_seg(subscriber_id)}", json=fields
-        )
-        return result
+        return await self._doc("PATCH", f"/v1/subscribers/{_seg(subscriber_id)}", json=fields)
 
     async def get_subscriber(self, subscriber_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", f"/v1/subscribers/{_seg(subscriber_id)}")
-        return result
+        return await self._doc("GET", f"/v1/subscribers/{_seg(subscriber_id)}")
 
     async def delete_subscriber(self, subscriber_id: str) -> int:
         """Erase the subscriber (profile, devices, memberships, inbox); how many inbox items
@@ -210,8 +195,7 @@ class Tidings:
         body: dict[str, Any] = {"key": key}
         if name is not None:
             body["name"] = name
-        result: dict[str, Any] = await self._call("POST", "/v1/topics", json=body)
-        return result
+        return await self._doc("POST", "/v1/topics", json=body)
 
     async def add_to_topic(self, key: str, subscriber_ids: Iterable[str]) -> int:
         """Add subscribers to a topic (idempotent); how many were new."""
@@ -238,8 +222,7 @@ class Tidings:
         body: dict[str, Any] = {"channel": channel, "data": data}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        result: dict[str, Any] = await self._call("POST", "/v1/realtime/publish", json=body)
-        return result
+        return await self._doc("POST", "/v1/realtime/publish", json=body)
 
     async def broadcast(self, channels: Iterable[str], data: Any) -> list[dict[str, Any]]:
         body = {"channels": list(channels), "data": data}
@@ -252,10 +235,7 @@ class Tidings:
         params: dict[str, Any] = {"limit": limit}
         if since is not None:
             params["since_offset"], params["since_epoch"] = since
-        result: dict[str, Any] = await self._call(
-            "GET", f"/v1/realtime/channels/{channel}/history", params=params
-        )
-        return result
+        return await self._doc("GET", f"/v1/realtime/channels/{channel}/history", params=params)
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._call(
