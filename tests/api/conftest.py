@@ -6,8 +6,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tidings.config import GatewaySettings, NotifySettings, Settings, WorkerSettings
+from tidings.ports.clock import Clock
 from tidings.types import Scope
 from tidings.wiring import Runtime, build_runtime, create_app, migrate
 
@@ -63,9 +66,19 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     )
 
 
-async def open_api(settings: Settings) -> AsyncIterator[Api]:
+async def admin_sql(pg_url: str, statement: str) -> None:
+    """One statement on PostgreSQL outside a transaction (CREATE/DROP DATABASE)."""
+    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await admin.dispose()
+
+
+async def open_api(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Api]:
     migrate(settings)
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, clock)
     app = create_app(settings, runtime)
     async with app.router.lifespan_context(app):
         _, publish = await runtime.services.apikeys.create("pub", frozenset({Scope.PUBLISH}))

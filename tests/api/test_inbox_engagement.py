@@ -13,18 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.api.conftest import Api, make_settings
+from tests.api.conftest import Api, admin_sql, make_settings, open_api
 from tidings.adapters.clock import ManualClock
 from tidings.config import InboxSettings
 from tidings.services import notify as notify_module
-from tidings.types import Scope
-from tidings.wiring import build_runtime, create_app, migrate
 
 SECRET = "inbox-engagement-secret"
 TIMEOUT = 600.0  # the workflow's wait: 10 min
@@ -49,15 +44,6 @@ class Env:
         self.h = api.auth()
 
 
-async def _admin(pg_url: str, statement: str) -> None:
-    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
     database = f"tidings_test_engagement_{os.getpid()}"
@@ -66,27 +52,19 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         url = f"sqlite+aiosqlite:///{tmp_path}/api.db"
     else:
         pg_url = request.getfixturevalue("pg_url")  # skips, or under CI fails, without PG
-        await _admin(pg_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        await _admin(pg_url, f"CREATE DATABASE {database}")
+        await admin_sql(pg_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await admin_sql(pg_url, f"CREATE DATABASE {database}")
         url = pg_url.rsplit("/", 1)[0] + "/" + database
     settings = make_settings(url, inbox=InboxSettings(hmac_secret=SECRET))
     try:
-        migrate(settings)
         clock = ManualClock(1_800_000_000.0)
-        runtime = build_runtime(settings, clock)
-        app = create_app(settings, runtime)
-        async with app.router.lifespan_context(app):
-            _, publish = await runtime.services.apikeys.create("pub", frozenset({Scope.PUBLISH}))
-            _, admin = await runtime.services.apikeys.create("adm", frozenset({Scope.ADMIN}))
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                api = Api(client=client, runtime=runtime, publish_key=publish, admin_key=admin)
-                r = await client.put("/v1/workflows/reply", json=WORKFLOW, headers=api.auth())
-                assert r.status_code == 200, r.text
-                yield Env(api, clock)
+        async for api in open_api(settings, clock):
+            r = await api.client.put("/v1/workflows/reply", json=WORKFLOW, headers=api.auth())
+            assert r.status_code == 200, r.text
+            yield Env(api, clock)
     finally:
         if pg_url is not None:
-            await _admin(pg_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            await admin_sql(pg_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def as_sub(subscriber: str) -> dict[str, str]:

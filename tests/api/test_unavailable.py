@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.api.conftest import Api, make_settings, open_api
+from tests.api.conftest import Api, admin_sql, make_settings, open_api
 from tidings.adapters.sql import engine as sql_engine
 from tidings.config import WorkerSettings
 
@@ -19,8 +19,8 @@ DATABASE = "tidings_test_unavailable"
 
 @pytest.fixture
 async def pg_api(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
-    await _admin(pg_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    await _admin(pg_url, f"CREATE DATABASE {DATABASE}")
+    await admin_sql(pg_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    await admin_sql(pg_url, f"CREATE DATABASE {DATABASE}")
     # no connection counts as idle: none is pinged before use, so a broken one is met
     monkeypatch.setattr(sql_engine, "PING_AFTER_IDLE", 3600.0)
     settings = make_settings(pg_url.rsplit("/", 1)[0] + "/" + DATABASE)
@@ -30,16 +30,7 @@ async def pg_api(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         async for api in open_api(settings):
             yield api
     finally:
-        await _admin(pg_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-
-
-async def _admin(pg_url: str, statement: str) -> None:
-    admin = create_async_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await admin.dispose()
+        await admin_sql(pg_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 
 async def test_a_lost_connection_is_a_503_and_the_next_request_is_served(
