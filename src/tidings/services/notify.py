@@ -98,7 +98,7 @@ from tidings.ports.notify import (
 from tidings.ports.preferences import PreferenceStore, SuppressionStore
 from tidings.ports.subscribers import Subscriber, SubscriberStore, TopicStore
 from tidings.records import record
-from tidings.services.inbox import InboxService
+from tidings.services.inbox import ENGAGING, InboxService
 from tidings.services.lanes import BulkTurns, LaneGate, together
 from tidings.services.providers import ProviderRegistry, WebhookService
 from tidings.services.templates import TemplateService
@@ -117,7 +117,6 @@ DELIVER_BATCH_JOB = "notify.deliver_batch"
 FINAL_FAILURES = (FailureClass.PERMANENT, FailureClass.POLICY)
 MAX_ACTIONS_PER_STEP = 3
 ENGAGEMENT = ("seen", "read", "clicked", "archived")
-INBOX_MARKS = ("seen", "read", "archived")  # the engagement an inbox item holds
 INBOX_REPORT_CHUNK = 500  # marked items per read and write of `inbox_marked`
 DELIVERY_REPORTS = ("delivered", "bounced", "failed")
 QUEUED = DeliveryStatus.QUEUED.value
@@ -1657,7 +1656,7 @@ class Orchestrator:
             subscriber = await self._subscriber(message.recipient, devices=False)
             await self._bounced(message, subscriber, now, "bounce reported")
         statuses = {status: when}
-        if message.channel == Channel.IN_APP.value and status in INBOX_MARKS:
+        if message.channel == Channel.IN_APP.value and status in {m.value for m in ENGAGING}:
             marked = await self.inbox.mark_reported(
                 message.recipient, message.id, Mark(status), when
             )
